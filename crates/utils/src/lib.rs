@@ -1,1 +1,15 @@
-//! placeholder
+//! Small, dependency-light building blocks shared by abupdate's crates, its tests and xtask:
+//! one external-command runner, RAII guards for loop devices and mounts, the writer lock,
+//! durable file writes and a `/proc/self/mountinfo` parser.
+//!
+//! Invariant: nothing here decides policy. Every function does one system-level step and
+//! reports failures with the path or device and the step that failed.
+
+pub mod cmd;
+pub mod durable;
+pub mod lock;
+pub mod loopdev;
+pub mod mount;
+pub mod mountinfo;
+
+pub use cmd::{Cmd, CmdError};
