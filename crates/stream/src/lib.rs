@@ -1,1 +1,25 @@
-//! placeholder
+//! Streams a raw filesystem image from a file or an http(s) URL into a `Write` sink:
+//! read → SHA-256 of the published bytes → decompress (zstd, xz, gzip) → size check →
+//! write. No temporary copy is made and memory use does not depend on the image size.
+//!
+//! Invariants: this crate never compares digests (the caller decides what a mismatch means
+//! for the partly written target), never writes past [`CopyOptions::max_image_bytes`], and
+//! every error names the path or URL and the step. Parsing ([`Compression::detect`],
+//! [`parse_sha256sums`], [`parse_hex_sha256`]) is pure and does no I/O.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod compression;
+mod copy;
+mod error;
+mod http;
+mod progress;
+mod source;
+mod sums;
+
+pub use compression::{Compression, MAGIC_LEN};
+pub use copy::{copy, CopyOptions, CopyStats};
+pub use error::{Error, ErrorKind};
+pub use progress::{reporter, NoProgress, Progress};
+pub use source::{fetch_text, OpenOptions, OpenedSource, Source, TEXT_LIMIT};
+pub use sums::{parse_hex_sha256, parse_sha256sums};
