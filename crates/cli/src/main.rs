@@ -1,1 +1,9 @@
-fn main() {}
+//! `abupdate`: the command line over `abupdate-lib`. Parses arguments, calls one library
+//! function per verb, prints the result (text or `--json`), and maps errors to the exit
+//! codes documented in README.md.
+
+mod cli;
+
+fn main() {
+    std::process::exit(cli::run(std::env::args_os()));
+}

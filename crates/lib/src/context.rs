@@ -1,0 +1,153 @@
+//! What every verb starts from: the configuration, the disk layout, the booted slot, the
+//! boot partition mounted privately, the state store and the boot flow.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use abupdate_utils::lock::WriterLock;
+use abupdate_utils::mount::TempMount;
+
+use crate::boot::{BootFlow, BootState, Grub};
+use crate::config::Config;
+use crate::disk::{Layout, SlotId};
+use crate::error::{Error, Result};
+use crate::fsinfo;
+use crate::state::{effective_state, Facts, SlotState, State, Store};
+
+/// Environment variable naming a failpoint at which abupdate aborts, as if power were cut.
+pub const FAILPOINT_ENV: &str = "ABUPDATE_FAILPOINT";
+
+/// Aborts the process (no cleanup, like a power cut) when `ABUPDATE_FAILPOINT` names this step.
+pub fn failpoint(name: &str) {
+    if std::env::var(FAILPOINT_ENV).is_ok_and(|v| v == name) {
+        eprintln!("abupdate: failpoint {name} reached: aborting");
+        std::process::abort();
+    }
+}
+
+/// Configuration and layout of the running host.
+#[derive(Debug)]
+pub struct Context {
+    /// The configuration.
+    pub cfg: Config,
+    /// Where it was read from.
+    pub cfg_path: PathBuf,
+    /// The partitions.
+    pub layout: Layout,
+}
+
+/// The boot partition mounted in abupdate's private mount namespace.
+#[derive(Debug)]
+pub struct BootPartition {
+    mount: TempMount,
+}
+
+impl BootPartition {
+    /// Root of the mounted boot partition.
+    pub fn root(&self) -> &Path {
+        self.mount.path()
+    }
+
+    /// abupdate's state store on it.
+    pub fn store(&self) -> Store {
+        Store::new(self.root())
+    }
+
+    /// The boot flow (GRUB) on it.
+    pub fn flow(&self) -> Grub {
+        Grub::new(self.root())
+    }
+
+    /// Unmounts, reporting failure.
+    pub fn close(self) -> Result<()> {
+        Ok(self.mount.close()?)
+    }
+}
+
+/// Enters a private mount namespace once per process.
+pub fn private_namespace() -> Result<()> {
+    static DONE: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    DONE.get_or_init(|| abupdate_utils::mount::enter_private_namespace().map_err(|e| e.to_string()))
+        .clone()
+        .map_err(|e| Error::Io {
+            step: "enter a private mount namespace".into(),
+            path: PathBuf::from("/"),
+            source: std::io::Error::other(e),
+        })
+}
+
+/// Mounts an ext2/3/4 (or FAT) partition privately.
+pub fn mount_private(device: &Path, read_only: bool) -> Result<TempMount> {
+    private_namespace()?;
+    let fstype = match fsinfo::read_ext4_info(device) {
+        Ok(Some(_)) => "ext4",
+        Ok(None) => "vfat",
+        Err(e) => return Err(Error::io("read superblock of", device)(e)),
+    };
+    Ok(TempMount::new(device, fstype, read_only)?)
+}
+
+impl Context {
+    /// Loads the configuration and finds the partitions.
+    pub fn open(cfg_path: &Path) -> Result<Context> {
+        let cfg = Config::load(cfg_path)?;
+        let layout = crate::disk::discover(&cfg)?;
+        Ok(Context {
+            cfg,
+            cfg_path: cfg_path.to_owned(),
+            layout,
+        })
+    }
+
+    /// Takes the one-writer lock.
+    pub fn lock(&self) -> Result<WriterLock> {
+        Ok(WriterLock::acquire(&self.cfg.lock_file)?)
+    }
+
+    /// The booted slot.
+    pub fn booted(&self) -> Result<SlotId> {
+        crate::disk::booted_slot(&self.layout)
+    }
+
+    /// Mounts the boot partition privately (read-write only when `write`).
+    pub fn mount_boot(&self, write: bool) -> Result<BootPartition> {
+        Ok(BootPartition {
+            mount: mount_private(&self.layout.boot.device, !write)?,
+        })
+    }
+
+    /// The filesystem UUID a slot holds now (None when it holds no ext filesystem).
+    pub fn slot_fs_uuid(&self, slot: SlotId) -> Result<Option<String>> {
+        let dev = &self.layout.slot(slot).device;
+        fsinfo::read_ext4_info(dev)
+            .map(|i| i.map(|i| i.uuid))
+            .map_err(Error::io("read superblock of", dev))
+    }
+
+    /// Gathers the facts the transition rules need.
+    pub fn facts(&self, state: &State, boot: &BootState, booted: SlotId) -> Result<Facts> {
+        let mut states = [SlotState::Empty; 2];
+        for s in SlotId::ALL {
+            let uuid = self.slot_fs_uuid(s)?;
+            states[s as usize] =
+                effective_state(s, state.slots.get(&s), uuid.as_deref(), boot, booted);
+        }
+        Ok(Facts {
+            booted,
+            states,
+            boot: *boot,
+        })
+    }
+}
+
+/// Loads state, boot state and facts from a mounted boot partition.
+pub fn load_all(
+    ctx: &Context,
+    boot: &BootPartition,
+    booted: SlotId,
+) -> Result<(State, BootState, Facts)> {
+    let state = boot.store().load()?;
+    let bs = boot.flow().read_state()?;
+    let facts = ctx.facts(&state, &bs, booted)?;
+    Ok((state, bs, facts))
+}
