@@ -54,7 +54,12 @@ pub struct CopyReport {
 /// the new image, no type conflicts) runs before the first write, so a refused plan
 /// leaves the slot unchanged. Files are written to a temporary name, given their
 /// metadata, then renamed over the destination; directories are merged, never replaced.
+/// Missing parent directories are created with the metadata of the host's directory
+/// (symlinks above an entry on the host are followed); existing ones keep the image's.
 /// Hard links are copied as separate files. Ends with `syncfs` on the slot.
+///
+/// The host is only read, with `O_NOATIME` where permitted. An I/O error during the write
+/// phase can leave earlier entries written; rerunning the copy is safe.
 pub fn copy_into(host_root: &Path, plan: &Plan, slot_root: &Path) -> Result<CopyReport, Error> {
     let slot_fd = rustix::fs::open(
         slot_root,
@@ -76,8 +81,8 @@ pub fn copy_into(host_root: &Path, plan: &Plan, slot_root: &Path) -> Result<Copy
         report: CopyReport::default(),
         temp_counter: 0,
     };
-    for (entry, rel) in plan.entries.iter().zip(&checked.relative) {
-        writer.write_entry(entry, rel)?;
+    for (entry, (rel, meta)) in plan.entries.iter().zip(checked.entries) {
+        writer.write_entry(entry, &rel, meta)?;
     }
     writer.finish_dirs()?;
     let report = writer.report;
@@ -160,15 +165,17 @@ fn unsafe_link(slot: &Slot, dir: BorrowedFd<'_>, name: &OsStr, rel: &Path) -> Er
 
 /// The result of the check phase.
 struct Checked {
-    /// Each entry's path relative to the roots, in plan order.
-    relative: Vec<PathBuf>,
+    /// Each entry's path relative to the roots and its host metadata, in plan order. The
+    /// metadata is read once, here, before anything reads the entry (reading a symlink
+    /// updates its atime).
+    entries: Vec<(PathBuf, HostMeta)>,
     /// Parent directories missing in the slot, with the metadata of the host's directory.
     missing_parents: BTreeMap<PathBuf, HostMeta>,
 }
 
 /// Checks every entry without writing anything.
 fn check(host_root: &Path, plan: &Plan, slot: &Slot) -> Result<Checked, Error> {
-    let mut relative = Vec::with_capacity(plan.entries.len());
+    let mut entries = Vec::with_capacity(plan.entries.len());
     let mut missing_parents = BTreeMap::new();
     let mut non_dirs = BTreeSet::new();
     for entry in &plan.entries {
@@ -177,7 +184,8 @@ fn check(host_root: &Path, plan: &Plan, slot: &Slot) -> Result<Checked, Error> {
             return Err(Error::DestinationConflict {
                 path: in_slot(&rel),
                 detail: format!(
-                    "its parent {} is copied as a non-directory",
+                    "cannot be written: its parent {} is copied as a non-directory (the \
+                     host path goes through a symlink)",
                     in_slot(ancestor).display()
                 ),
             });
@@ -185,12 +193,12 @@ fn check(host_root: &Path, plan: &Plan, slot: &Slot) -> Result<Checked, Error> {
         if entry.kind != EntryKind::Dir {
             non_dirs.insert(rel.clone());
         }
-        check_host(host_root, entry)?;
+        let meta = check_host(host_root, entry)?;
         check_slot(host_root, slot, &rel, entry.kind, &mut missing_parents)?;
-        relative.push(rel);
+        entries.push((rel, meta));
     }
     Ok(Checked {
-        relative,
+        entries,
         missing_parents,
     })
 }
@@ -344,19 +352,13 @@ struct Writer<'a> {
 }
 
 impl Writer<'_> {
-    fn write_entry(&mut self, entry: &PlannedEntry, rel: &Path) -> Result<(), Error> {
+    fn write_entry(
+        &mut self,
+        entry: &PlannedEntry,
+        rel: &Path,
+        meta: HostMeta,
+    ) -> Result<(), Error> {
         let on_host = host_path(self.host_root, &entry.path);
-        let meta = host::read_meta(&on_host, false)?;
-        if meta.kind != entry.kind {
-            return Err(Error::HostChanged {
-                detail: format!(
-                    "planned as {} but now {}",
-                    kind_name(entry.kind),
-                    kind_name(meta.kind)
-                ),
-                path: on_host,
-            });
-        }
         let parent_rel = rel.parent().unwrap_or(Path::new(""));
         let name = rel.file_name().unwrap_or_default();
         let parent = self.open_parent(parent_rel)?;

@@ -1,7 +1,10 @@
 //! Reading the host side: metadata and extended attributes of the running system's files.
 
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
 use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -93,15 +96,21 @@ pub(crate) fn read_meta(path: &Path, follow: bool) -> Result<HostMeta, Error> {
     })
 }
 
+/// Opens a host path for reading without updating its atime (falls back to a plain open
+/// where `O_NOATIME` is not permitted: the caller does not own the file and is not root).
+fn open_noatime(path: &Path, flags: OFlags) -> rustix::io::Result<OwnedFd> {
+    let flags = flags | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY;
+    match rustix::fs::open(path, flags | OFlags::NOATIME, Mode::empty()) {
+        Err(Errno::PERM) => rustix::fs::open(path, flags, Mode::empty()),
+        other => other,
+    }
+}
+
 /// Opens a host regular file for reading without following a symlink, and checks it is
 /// still the file `meta` describes.
 pub(crate) fn open_file(path: &Path, meta: &HostMeta) -> Result<File, Error> {
-    let fd = rustix::fs::open(
-        path,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY,
-        Mode::empty(),
-    )
-    .map_err(|e| host_err(path, "open for reading")(e.into()))?;
+    let fd = open_noatime(path, OFlags::NOFOLLOW)
+        .map_err(|e| host_err(path, "open for reading")(e.into()))?;
     let file = File::from(fd);
     let md = file.metadata().map_err(host_err(path, "fstat"))?;
     if !md.file_type().is_file() || md.ino() != meta.ino || md.dev() != meta.dev {
@@ -168,11 +177,19 @@ fn read_xattrs(path: &Path, follow: bool) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>>
     Ok(out)
 }
 
-/// Reads the names in the host directory `path`, sorted.
-pub(crate) fn read_dir_names(path: &Path) -> Result<Vec<std::ffi::OsString>, Error> {
+/// Reads the names in the host directory `path` (without updating its atime), sorted.
+pub(crate) fn read_dir_names(path: &Path) -> Result<Vec<OsString>, Error> {
+    let fd = open_noatime(path, OFlags::DIRECTORY)
+        .map_err(|e| host_err(path, "open directory")(e.into()))?;
+    let dir =
+        rustix::fs::Dir::read_from(&fd).map_err(|e| host_err(path, "read directory")(e.into()))?;
     let mut names = Vec::new();
-    for entry in fs::read_dir(path).map_err(host_err(path, "read directory"))? {
-        names.push(entry.map_err(host_err(path, "read directory"))?.file_name());
+    for entry in dir {
+        let entry = entry.map_err(|e| host_err(path, "read directory")(e.into()))?;
+        let name = entry.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            names.push(OsStr::from_bytes(name).to_owned());
+        }
     }
     names.sort();
     Ok(names)
