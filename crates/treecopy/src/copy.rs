@@ -390,7 +390,7 @@ impl Writer<'_> {
             }
             EntryKind::File => {
                 let mut src = host::open_file(on_host, &meta)?;
-                let temp = self.temp_name(parent.as_fd(), &display);
+                let mut temp = self.temp_name(parent.as_fd(), &display);
                 let fd = rustix::fs::openat2(
                     parent,
                     &temp.name,
@@ -403,7 +403,6 @@ impl Writer<'_> {
                     RESOLVE,
                 )
                 .map_err(|e| dest_err(&display, "create temp file", e))?;
-                let mut temp = temp;
                 temp.armed = true;
                 let mut dst = File::from(fd);
                 let bytes = io::copy(&mut src, &mut dst).map_err(|source| Error::Destination {
