@@ -365,10 +365,12 @@ pub fn switch(ctx: &Context, opts: &SwitchOpts) -> Result<Outcome> {
     let flow = boot.flow();
     flow.install_menu(&menu_entries(ctx, &st, &facts), booted, &menu_settings(ctx))?;
     failpoint("switch.after-menu");
+    // The target was re-staged: it is no longer a good fallback for the default slot.
     flow.write_state(&BootState {
+        default: bs.default,
+        fallback: None,
         trial: Some(target),
         tries_left: tries,
-        ..bs
     })?;
     failpoint("switch.after-grubenv");
     let os = st
