@@ -1,0 +1,226 @@
+//! HTTP sources against a local test server: plain download, resume with 206, resume when
+//! the server answers 200, changed file, retries exhausted, status errors, small text files.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::VecDeque;
+
+use abupdate_stream::{
+    copy, fetch_text, parse_sha256sums, CopyOptions, CopyStats, Error, ErrorKind, NoProgress,
+    Source, TEXT_LIMIT,
+};
+use common::{quick_opts, sample, sha256_hex, zstd, TestServer};
+
+fn download(server: &TestServer, path: &str) -> (Result<CopyStats, Error>, Vec<u8>) {
+    let src = Source::parse(&server.url(path))
+        .unwrap()
+        .open(&quick_opts())
+        .unwrap();
+    let mut sink = Vec::new();
+    let res = copy(src, &mut sink, &CopyOptions::default(), &mut NoProgress);
+    (res, sink)
+}
+
+#[test]
+fn plain_download_with_digests() {
+    let image = sample(3 << 20);
+    let published = zstd(&image);
+    let server = TestServer::start(published.clone(), Some("\"v1\""));
+    let src = Source::parse(&server.url("/img/debian.img.zst")).unwrap();
+    assert_eq!(src.file_name().as_deref(), Some("debian.img.zst"));
+    let opened = src.open(&quick_opts()).unwrap();
+    assert_eq!(opened.len(), Some(published.len() as u64));
+    let mut sink = Vec::new();
+    let stats = copy(opened, &mut sink, &CopyOptions::default(), &mut NoProgress).unwrap();
+    assert!(sink == image);
+    assert_eq!(stats.source_sha256, sha256_hex(&published));
+    assert_eq!(stats.image_sha256, sha256_hex(&image));
+    assert_eq!(server.seen().len(), 1);
+}
+
+#[test]
+fn dropped_connection_resumes_with_range() {
+    let image = sample(5 << 20);
+    let server = TestServer::start(image.clone(), Some("\"abc\""));
+    server.state.lock().unwrap().drops = VecDeque::from([1_500_000]);
+    let (res, sink) = download(&server, "/a.img");
+    let stats = res.unwrap();
+    assert!(sink == image, "image differs");
+    assert_eq!(stats.source_sha256, sha256_hex(&image));
+    let seen = server.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[1].range.as_deref(), Some("bytes=1500000-"));
+    assert_eq!(seen[1].if_range.as_deref(), Some("\"abc\""));
+    assert_eq!(seen[1].status, 206);
+}
+
+#[test]
+fn several_drops_each_resume() {
+    let image = sample(3 << 20);
+    let published = zstd(&image);
+    let server = TestServer::start(published.clone(), Some("\"abc\""));
+    // More drops than max_retries: the count restarts whenever data arrives.
+    server.state.lock().unwrap().drops = VecDeque::from([1000, 200_000, 7, 300_000, 1]);
+    let (res, sink) = download(&server, "/a.img.zst");
+    let stats = res.unwrap();
+    assert!(sink == image);
+    assert_eq!(stats.source_sha256, sha256_hex(&published));
+    assert_eq!(server.seen().len(), 6);
+}
+
+#[test]
+fn server_ignoring_range_rereads_from_start() {
+    let image = sample(4 << 20);
+    let published = zstd(&image);
+    let server = TestServer::start(published.clone(), Some("\"e1\""));
+    {
+        let mut st = server.state.lock().unwrap();
+        st.drops = VecDeque::from([published.len() / 2]);
+        st.ignore_range = true;
+    }
+    let (res, sink) = download(&server, "/b.img.zst");
+    let stats = res.unwrap();
+    assert!(sink == image, "image differs");
+    assert_eq!(stats.source_bytes, published.len() as u64);
+    assert_eq!(stats.source_sha256, sha256_hex(&published));
+    let seen = server.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[1].status, 200);
+}
+
+#[test]
+fn no_validator_still_resumes() {
+    let image = sample(2 << 20);
+    let server = TestServer::start(image.clone(), None);
+    {
+        let mut st = server.state.lock().unwrap();
+        st.drops = VecDeque::from([100_000]);
+        st.ignore_range = true;
+    }
+    let (res, sink) = download(&server, "/c.img");
+    res.unwrap();
+    assert!(sink == image);
+    assert_eq!(server.seen()[1].if_range, None);
+}
+
+#[test]
+fn changed_etag_is_source_changed() {
+    let server = TestServer::start(sample(2 << 20), Some("\"v1\""));
+    {
+        let mut st = server.state.lock().unwrap();
+        st.drops = VecDeque::from([500_000]);
+        st.etag_after_first = Some("\"v2\"".to_string());
+    }
+    let (res, _) = download(&server, "/d.img");
+    let err = res.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::SourceChanged {
+                offset: 500_000,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("\"v2\""), "{err}");
+    // The server answered the If-Range mismatch with 200 and the new ETag.
+    assert_eq!(server.seen()[1].status, 200);
+}
+
+#[test]
+fn changed_etag_on_206_is_source_changed() {
+    let server = TestServer::start(sample(2 << 20), Some("\"v1\""));
+    {
+        let mut st = server.state.lock().unwrap();
+        st.drops = VecDeque::from([500_000]);
+        st.etag_after_first = Some("\"v2\"".to_string());
+        st.ignore_if_range = true;
+    }
+    let (res, _) = download(&server, "/d.img");
+    let err = res.unwrap_err();
+    assert!(matches!(err, Error::SourceChanged { .. }), "{err:?}");
+    assert_eq!(server.seen()[1].status, 206);
+}
+
+#[test]
+fn retries_exhausted_is_an_io_error() {
+    let server = TestServer::start(sample(1 << 20), Some("\"v1\""));
+    server.state.lock().unwrap().drops = VecDeque::from([1000, 0, 0, 0, 0, 0]);
+    let (res, _) = download(&server, "/e.img");
+    let err = res.unwrap_err();
+    assert!(matches!(err, Error::Http { .. }), "{err:?}");
+    assert_eq!(err.kind(), ErrorKind::Io);
+    assert!(err.to_string().contains("/e.img"), "{err}");
+    // One first request plus max_retries (3) resumes.
+    assert_eq!(server.seen().len(), 4);
+}
+
+#[test]
+fn http_status_error_names_url_and_status() {
+    let server = TestServer::start(Vec::new(), None);
+    let err = Source::parse(&server.url("/missing"))
+        .unwrap()
+        .open(&quick_opts())
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, Error::HttpStatus { status: 404, .. }),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    assert!(msg.contains("/missing") && msg.contains("404"), "{msg}");
+}
+
+#[test]
+fn connection_refused_is_an_io_error() {
+    // Bind and drop to get a port that is (very likely) closed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let src = Source::parse(&format!("http://127.0.0.1:{port}/x.img")).unwrap();
+    let err = src.open(&quick_opts()).err().unwrap();
+    assert!(matches!(err, Error::Http { .. }), "{err:?}");
+    assert_eq!(err.kind(), ErrorKind::Io);
+}
+
+#[test]
+fn fetch_and_parse_sha256sums() {
+    let hex = sha256_hex(b"image");
+    let text = format!(
+        "{}  other.img.zst\n{hex} *debian-13.img.zst\n",
+        sha256_hex(b"x")
+    );
+    let server = TestServer::start(text.clone().into_bytes(), None);
+    let sums = Source::parse(&server.url("/SHA256SUMS")).unwrap();
+    let fetched = fetch_text(&sums, &quick_opts()).unwrap();
+    assert_eq!(fetched, text);
+    let image = Source::parse(&server.url("/images/debian-13.img.zst")).unwrap();
+    let name = image.file_name().unwrap();
+    assert_eq!(parse_sha256sums(&fetched, &name).unwrap(), hex);
+    assert!(matches!(
+        parse_sha256sums(&fetched, "debian-12.img.zst"),
+        Err(Error::ChecksumMissing { .. })
+    ));
+}
+
+#[test]
+fn fetch_text_refuses_large_and_binary_files() {
+    let server = TestServer::start(vec![b'a'; TEXT_LIMIT as usize + 1], None);
+    let err = fetch_text(&Source::parse(&server.url("/big")).unwrap(), &quick_opts()).unwrap_err();
+    assert!(matches!(err, Error::TextTooLarge { .. }), "{err:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("SHA256SUMS");
+    std::fs::write(&path, [0xff, 0xfe, 0]).unwrap();
+    let err = fetch_text(
+        &Source::parse(path.to_str().unwrap()).unwrap(),
+        &quick_opts(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::NotText { .. }), "{err:?}");
+}
