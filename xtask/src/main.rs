@@ -1,1 +1,122 @@
-fn main() {}
+//! `cargo xtask`: glue that builds Debian images and a GRUB disk, boots it under QEMU and
+//! drives the real `abupdate` binary inside the guest through upgrade, rollback and failure
+//! scenarios.
+//!
+//! Architecture invariant: no product logic lives here. GRUB configuration, grubenv, state
+//! and staging are always done by `abupdate` itself; xtask only prepares disks, runs QEMU,
+//! serves files over HTTP on loopback and asserts on what the guest reports.
+
+#![allow(dead_code)] // TEMPORARY while the harness is being written
+
+mod disk;
+mod e2e;
+mod http;
+mod images;
+mod setup;
+mod util;
+mod vm;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// Command line of `cargo xtask`.
+#[derive(Debug, Parser)]
+#[command(name = "xtask", about = "Build, boot and test abupdate on real disks under QEMU")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// One variant per command; each is handled by one function.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install the host packages the harness needs (apt-get), if missing.
+    Setup,
+    /// Build (or reuse from the cache) the Debian 12 tar and Debian 13 images.
+    Images,
+    /// Assemble a bootable disk image (slot A = Debian 12 + abupdate) at PATH.
+    Disk {
+        /// Where to write the disk image.
+        path: std::path::PathBuf,
+    },
+    /// Run the end-to-end scenarios under QEMU.
+    E2e {
+        /// Run only these scenarios (comma separated): upgrade, rollback, trial, broken,
+        /// powercut, downtime (or a, b, c, d, e, f).
+        #[arg(long)]
+        only: Option<String>,
+        /// Keep the run directory (disk, serial logs) even when everything passes.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Set everything up and narrate an upgrade and a rollback on a real boot.
+    Demo,
+    /// Measure the downtime of `abupdate switch` against a plain reboot.
+    Bench,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Setup => cmd_setup(),
+        Command::Images => cmd_images(),
+        Command::Disk { path } => cmd_disk(&path),
+        Command::E2e { only, keep } => cmd_e2e(only.as_deref(), keep),
+        Command::Demo => cmd_demo(),
+        Command::Bench => cmd_bench(),
+    }
+}
+
+fn cmd_setup() -> Result<()> {
+    setup::ensure_host_packages()
+}
+
+fn cmd_images() -> Result<()> {
+    setup::ensure_host_packages()?;
+    let imgs = images::ensure()?;
+    println!("{imgs}");
+    Ok(())
+}
+
+fn cmd_disk(path: &std::path::Path) -> Result<()> {
+    setup::ensure_host_packages()?;
+    let imgs = images::ensure()?;
+    let abupdate = util::build_abupdate_release()?;
+    let info = disk::build(&imgs, &abupdate, path)?;
+    println!("disk ready: {} (data file sha256 {})", path.display(), info.data_sha256);
+    Ok(())
+}
+
+fn cmd_e2e(only: Option<&str>, keep: bool) -> Result<()> {
+    let selected = e2e::parse_selection(only)?;
+    e2e::run(&selected, keep)
+}
+
+fn cmd_demo() -> Result<()> {
+    e2e::demo()
+}
+
+fn cmd_bench() -> Result<()> {
+    e2e::bench()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_e2e_only() {
+        let cli = Cli::try_parse_from(["xtask", "e2e", "--only", "a,b"]).expect("parses");
+        assert!(matches!(cli.command, Command::E2e { only: Some(ref s), .. } if s == "a,b"));
+    }
+}

@@ -1,0 +1,51 @@
+//! Host setup: the Debian packages the harness needs, installed with apt-get when missing.
+
+use anyhow::{Context, Result};
+use abupdate_utils::Cmd;
+
+/// Host packages used by the harness (see VM-NOTES.md).
+pub const HOST_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "grub-pc-bin",
+    "grub-common",
+    "grub2-common",
+    "mmdebstrap",
+    "e2fsprogs",
+    "dosfstools",
+    "mtools",
+    "fdisk",
+    "gdisk",
+    "util-linux",
+    "socat",
+    "zstd",
+    "openssh-client",
+    "debian-archive-keyring",
+];
+
+fn installed(pkg: &str) -> bool {
+    Cmd::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .run()
+        .map(|o| o.stdout_str().contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+/// Installs the missing host packages; runs `apt-get update` only when something is missing.
+pub fn ensure_host_packages() -> Result<()> {
+    let missing: Vec<&str> = HOST_PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!("setup: installing missing host packages: {}", missing.join(" "));
+    Cmd::new("apt-get")
+        .arg("update")
+        .run()
+        .context("setup: apt-get update")?;
+    Cmd::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .run()
+        .with_context(|| format!("setup: apt-get install {}", missing.join(" ")))?;
+    Ok(())
+}

@@ -1,0 +1,152 @@
+//! Small helpers shared by the xtask commands: hashing, the release build of abupdate,
+//! long-running commands logged to a file, and a loop device for a bare filesystem image.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use abupdate_utils::Cmd;
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+
+/// The workspace root (parent of xtask/).
+pub fn workspace_root() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.parent().unwrap_or(here).to_path_buf()
+}
+
+/// Hex sha256 of a file's content.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = File::open(path).with_context(|| format!("open {} to hash it", path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("read {} to hash it", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex(&h.finalize()))
+}
+
+/// Hex sha256 of bytes.
+pub fn sha256_bytes(data: &[u8]) -> String {
+    hex(&Sha256::digest(data))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Runs a long command with its output appended to `log`; on failure the error names the
+/// command and the log file, and the log's tail is printed.
+pub fn run_logged(cmd: &mut Command, log: &Path, what: &str) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("open log {}", log.display()))?;
+    writeln!(f, "==> {cmd:?}").with_context(|| format!("write log {}", log.display()))?;
+    let err = f.try_clone().with_context(|| format!("dup log {}", log.display()))?;
+    let start = Instant::now();
+    let status = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(f))
+        .stderr(Stdio::from(err))
+        .status()
+        .with_context(|| format!("{what}: cannot start {cmd:?}"))?;
+    if !status.success() {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(30).collect();
+        for l in tail.iter().rev() {
+            eprintln!("  | {l}");
+        }
+        bail!("{what}: {cmd:?} failed ({status}); full log: {}", log.display());
+    }
+    println!("  {what}: done in {:.0?}", start.elapsed());
+    Ok(())
+}
+
+/// Builds the release `abupdate` binary and returns its path.
+pub fn build_abupdate_release() -> Result<PathBuf> {
+    let root = workspace_root();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    println!("build: cargo build --release -p abupdate");
+    let status = Command::new(cargo)
+        .current_dir(&root)
+        .args(["build", "--release", "--quiet", "-p", "abupdate"])
+        .status()
+        .context("build: cannot run cargo")?;
+    if !status.success() {
+        bail!("build: cargo build --release -p abupdate failed ({status})");
+    }
+    let bin = root.join("target/release/abupdate");
+    if !bin.is_file() {
+        bail!("build: {} missing after cargo build", bin.display());
+    }
+    Ok(bin)
+}
+
+/// A loop device over a bare filesystem image (no partition table); detached on drop.
+pub struct FsLoop {
+    dev: PathBuf,
+    closed: bool,
+}
+
+impl FsLoop {
+    /// Attaches `image` to a free loop device.
+    pub fn attach(image: &Path) -> Result<FsLoop> {
+        let out = Cmd::new("losetup")
+            .args(["-f", "--show"])
+            .arg(image)
+            .run()
+            .with_context(|| format!("attach {} to a loop device", image.display()))?;
+        Ok(FsLoop {
+            dev: PathBuf::from(out.stdout_str().trim()),
+            closed: false,
+        })
+    }
+
+    /// The loop device node.
+    pub fn path(&self) -> &Path {
+        &self.dev
+    }
+
+    /// Detaches, reporting failure.
+    pub fn close(mut self) -> Result<()> {
+        self.closed = true;
+        Cmd::new("losetup")
+            .arg("-d")
+            .arg(&self.dev)
+            .run()
+            .with_context(|| format!("detach {}", self.dev.display()))?;
+        Ok(())
+    }
+}
+
+impl Drop for FsLoop {
+    fn drop(&mut self) {
+        if !self.closed {
+            if let Err(e) = Cmd::new("losetup").arg("-d").arg(&self.dev).run() {
+                eprintln!("warning: detach {}: {e}", self.dev.display());
+            }
+        }
+    }
+}
+
+/// Extracts a rootfs tar into `dir` preserving owners, modes and xattrs.
+pub fn extract_tar(tar: &Path, dir: &Path) -> Result<()> {
+    Cmd::new("tar")
+        .arg("-xpf")
+        .arg(tar)
+        .args(["--xattrs", "--xattrs-include=*", "--numeric-owner", "-C"])
+        .arg(dir)
+        .run()
+        .with_context(|| format!("extract {} into {}", tar.display(), dir.display()))?;
+    Ok(())
+}

@@ -1,0 +1,308 @@
+//! QEMU driver: one VM per disk image, TCG (VM-NOTES.md), `-no-reboot` so every guest reboot
+//! or panic ends the QEMU process and the harness starts it again on the same disk; serial
+//! console to one log file per boot; ssh with the cached key through a host port forward.
+//! QEMU is killed on drop, so every failure path leaves no process behind.
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// How long one boot may take to reach ssh under TCG on a busy 2-core machine.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What an ssh command returned.
+#[derive(Debug, Clone)]
+pub struct SshOutput {
+    /// Exit code (255: ssh itself failed or the connection dropped).
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+/// A virtual machine over one disk image.
+pub struct Vm {
+    disk: PathBuf,
+    log_dir: PathBuf,
+    key: PathBuf,
+    http_port: u16,
+    ssh_port: u16,
+    boot: u32,
+    child: Option<Child>,
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released).
+fn free_port() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").context("find a free loopback port")?;
+    Ok(l.local_addr().context("find a free loopback port")?.port())
+}
+
+impl Vm {
+    /// A stopped VM for `disk`; logs go to `log_dir`.
+    pub fn new(disk: &Path, log_dir: &Path, key: &Path, http_port: u16) -> Result<Vm> {
+        std::fs::create_dir_all(log_dir)
+            .with_context(|| format!("create {}", log_dir.display()))?;
+        Ok(Vm {
+            disk: disk.to_path_buf(),
+            log_dir: log_dir.to_path_buf(),
+            key: key.to_path_buf(),
+            http_port,
+            ssh_port: free_port()?,
+            boot: 0,
+            child: None,
+        })
+    }
+
+    /// Number of boots so far.
+    pub fn boots(&self) -> u32 {
+        self.boot
+    }
+
+    /// The serial log of the current (last started) boot.
+    pub fn serial_path(&self) -> PathBuf {
+        self.log_dir.join(format!("serial-{:02}.log", self.boot))
+    }
+
+    /// The serial console output of the current boot so far.
+    pub fn serial(&self) -> String {
+        std::fs::read(self.serial_path())
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Powers the machine on (QEMU process start).
+    pub fn start(&mut self) -> Result<()> {
+        if self.running() {
+            bail!("vm: start requested while QEMU still runs");
+        }
+        self.boot += 1;
+        let serial = self.serial_path();
+        let qlog = self.log_dir.join(format!("qemu-{:02}.log", self.boot));
+        let qlog_f = std::fs::File::create(&qlog)
+            .with_context(|| format!("create {}", qlog.display()))?;
+        let qlog_e = qlog_f
+            .try_clone()
+            .with_context(|| format!("dup {}", qlog.display()))?;
+        let nic = format!(
+            "user,model=virtio-net-pci,restrict=on,hostfwd=tcp:127.0.0.1:{}-:22,guestfwd=tcp:10.0.2.100:80-cmd:socat - TCP:127.0.0.1:{}",
+            self.ssh_port, self.http_port
+        );
+        let child = Command::new("qemu-system-x86_64")
+            .args(["-accel", "tcg,thread=multi", "-cpu", "max", "-M", "q35"])
+            .args(["-smp", "2", "-m", "1024", "-nodefaults", "-display", "none"])
+            .arg("-no-reboot")
+            .arg("-serial")
+            .arg(format!("file:{}", serial.display()))
+            .arg("-drive")
+            .arg(format!(
+                "file={},format=raw,if=virtio,cache=unsafe",
+                self.disk.display()
+            ))
+            .arg("-nic")
+            .arg(nic)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(qlog_f))
+            .stderr(Stdio::from(qlog_e))
+            .spawn()
+            .context("vm: start qemu-system-x86_64")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Whether QEMU is still running (reaps it if it exited).
+    pub fn running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => match c.try_wait() {
+                Ok(None) => true,
+                Ok(Some(_)) | Err(_) => {
+                    self.child = None;
+                    false
+                }
+            },
+            None => false,
+        }
+    }
+
+    /// Pulls the plug: SIGKILL to QEMU, waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits until QEMU exits by itself (guest reboot, poweroff or panic with `-no-reboot`).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let Some(c) = self.child.as_mut() else {
+                bail!("vm: wait for QEMU to exit, but it is not running");
+            };
+            if let Some(st) = c.try_wait().context("vm: wait for QEMU")? {
+                self.child = None;
+                return Ok(st);
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "vm: QEMU did not exit (guest reboot) within {timeout:?}; serial log {}",
+                    self.serial_path().display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Waits until `needle` shows on the serial console of this boot.
+    pub fn wait_serial(&mut self, needle: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.serial().contains(needle) {
+                return Ok(());
+            }
+            if !self.running() {
+                bail!(
+                    "vm: QEMU exited before {needle:?} appeared on serial ({})",
+                    self.serial_path().display()
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "vm: {needle:?} did not appear on serial within {timeout:?} ({})",
+                    self.serial_path().display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Waits until sshd answers a command; returns how long it took.
+    pub fn wait_ssh(&mut self, timeout: Duration) -> Result<Duration> {
+        let start = Instant::now();
+        loop {
+            if !self.running() {
+                bail!(
+                    "vm: QEMU exited before ssh answered (serial log {})",
+                    self.serial_path().display()
+                );
+            }
+            if let Ok(o) = self.ssh_with_timeout("true", 5) {
+                if o.code == 0 {
+                    return Ok(start.elapsed());
+                }
+            }
+            if start.elapsed() >= timeout {
+                bail!(
+                    "vm: ssh did not answer within {timeout:?} (serial log {})",
+                    self.serial_path().display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Waits until either ssh answers (`Ok(true)`) or QEMU exits by itself (`Ok(false)`).
+    pub fn wait_ssh_or_exit(&mut self, timeout: Duration) -> Result<bool> {
+        let start = Instant::now();
+        loop {
+            if !self.running() {
+                return Ok(false);
+            }
+            if let Ok(o) = self.ssh_with_timeout("true", 5) {
+                if o.code == 0 {
+                    return Ok(true);
+                }
+            }
+            if start.elapsed() >= timeout {
+                bail!(
+                    "vm: neither ssh answered nor QEMU exited within {timeout:?} (serial log {})",
+                    self.serial_path().display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    fn ssh_command(&self, connect_timeout: u32) -> Command {
+        let mut c = Command::new("ssh");
+        c.arg("-i")
+            .arg(&self.key)
+            .args(["-p", &self.ssh_port.to_string()])
+            .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
+            .args(["-o", "LogLevel=ERROR", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"])
+            .arg("-o")
+            .arg(format!("ConnectTimeout={connect_timeout}"))
+            .args(["-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=6"])
+            .arg("root@127.0.0.1");
+        c
+    }
+
+    fn ssh_with_timeout(&self, cmd: &str, connect_timeout: u32) -> Result<SshOutput> {
+        let out = self
+            .ssh_command(connect_timeout)
+            .arg(cmd)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("ssh: cannot run ssh for {cmd:?}"))?;
+        Ok(SshOutput {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
+    /// Runs a shell command in the guest; any exit code is returned.
+    pub fn ssh(&self, cmd: &str) -> Result<SshOutput> {
+        self.ssh_with_timeout(cmd, 20)
+    }
+
+    /// Runs a shell command in the guest; a non-zero exit is an error with its output.
+    pub fn ssh_ok(&self, cmd: &str) -> Result<String> {
+        let o = self.ssh(cmd)?;
+        if o.code != 0 {
+            bail!(
+                "guest command {cmd:?} failed (exit {}): {}{}",
+                o.code,
+                o.stdout.trim(),
+                if o.stderr.trim().is_empty() {
+                    String::new()
+                } else {
+                    format!("\nstderr: {}", o.stderr.trim())
+                }
+            );
+        }
+        Ok(o.stdout)
+    }
+
+    /// Starts a guest command in the background, its output appended to `log`.
+    pub fn ssh_spawn(&self, cmd: &str, log: &Path) -> Result<Child> {
+        let f = std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
+        let e = f.try_clone().with_context(|| format!("dup {}", log.display()))?;
+        self.ssh_command(20)
+            .arg(cmd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(f))
+            .stderr(Stdio::from(e))
+            .spawn()
+            .with_context(|| format!("ssh: start {cmd:?}"))
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Reads a whole file as text, empty when missing.
+pub fn read_text(path: &Path) -> String {
+    let mut s = String::new();
+    if let Ok(mut f) = std::fs::File::open(path) {
+        let _ = f.read_to_string(&mut s);
+    }
+    s
+}
