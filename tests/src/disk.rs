@@ -349,6 +349,21 @@ impl TestDisk {
         Output::of(self.command(booted).args(args))
     }
 
+    /// Runs `abupdate --config <config> ARGS` (booted slot A) with another config file.
+    pub fn run_with_config<I, S>(&self, config: &Path, args: I) -> Result<Output>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut c = Command::new(abupdate_bin());
+        c.env("ABUPDATE_ASSUME_BOOTED", "a")
+            .env("NO_COLOR", "1")
+            .arg("--config")
+            .arg(config)
+            .args(args);
+        Output::of(&mut c)
+    }
+
     /// `abupdate --json status` as JSON (as if `booted` were booted).
     pub fn status(&self, booted: &str) -> Result<serde_json::Value> {
         let out = self.run_as(booted, ["--json", "status"])?;
