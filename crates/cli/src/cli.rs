@@ -42,6 +42,9 @@ enum Cmd {
     History,
     /// First-time setup of the boot partition with SLOT as the good default.
     Init(InitArgs),
+    /// Boot assessment (run by abupdate.service on every boot): commit a healthy trial slot,
+    /// or return to the old one.
+    Daemon,
 }
 
 #[derive(Debug, Args)]
@@ -151,6 +154,10 @@ fn init(ctx: &Context, json: bool, a: InitArgs) -> Result<(), Error> {
     print(json, &ops::init(ctx, a.slot, a.force)?)
 }
 
+fn daemon(ctx: &Context, json: bool) -> Result<(), Error> {
+    print(json, &abupdate_lib::assess::daemon(ctx)?)
+}
+
 fn dispatch(opt: Opt) -> Result<(), Error> {
     let ctx = Context::open(&opt.config)?;
     let json = opt.json;
@@ -162,6 +169,7 @@ fn dispatch(opt: Opt) -> Result<(), Error> {
         Cmd::Rollback(a) => rollback(&ctx, json, a),
         Cmd::History => history(&ctx, json),
         Cmd::Init(a) => init(&ctx, json, a),
+        Cmd::Daemon => daemon(&ctx, json),
     }
 }
 

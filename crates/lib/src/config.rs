@@ -172,6 +172,107 @@ pub struct Config {
     /// The writer lock file.
     #[serde(default = "default_lock")]
     pub lock_file: PathBuf,
+    /// Health checks the daemon runs in a trial slot before it commits.
+    #[serde(default)]
+    pub health: HealthConfig,
+    /// Hardware watchdog held during a trial.
+    #[serde(default)]
+    pub watchdog: WatchdogConfig,
+    /// Directory of hook directories (`pre-stage.d`, `post-stage.d`, `pre-switch.d`,
+    /// `post-commit.d`, `on-rollback.d`).
+    #[serde(default = "default_hooks_dir")]
+    pub hooks_dir: PathBuf,
+}
+
+/// What the daemon does when a health check fails in a trial slot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    /// Make the old slot the default again and reboot into it.
+    #[default]
+    Rollback,
+    /// Make the old slot the default again but keep running and report.
+    Keep,
+}
+
+/// One health check: exactly one of `unit`, `command`, `tcp`, `http`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CheckConfig {
+    /// A systemd unit that must be active.
+    pub unit: Option<String>,
+    /// A command (argv) that must exit 0.
+    pub command: Option<Vec<String>>,
+    /// `host:port` that must accept a TCP connection.
+    pub tcp: Option<String>,
+    /// An http(s) URL that must answer 2xx.
+    pub http: Option<String>,
+    /// Seconds this check may take (default 30).
+    #[serde(default = "default_check_timeout")]
+    pub timeout: u64,
+}
+
+/// Health checks of a trial boot.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Seconds from daemon start for the boot to finish and every check to pass.
+    #[serde(default = "default_deadline")]
+    pub deadline: u64,
+    /// What to do when a check fails.
+    #[serde(default)]
+    pub on_failure: OnFailure,
+    /// Accept a `degraded` system (a failed unit) as healthy.
+    #[serde(default)]
+    pub allow_degraded: bool,
+    /// The checks, run in order.
+    #[serde(default)]
+    pub checks: Vec<CheckConfig>,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            deadline: default_deadline(),
+            on_failure: OnFailure::default(),
+            allow_degraded: false,
+            checks: Vec::new(),
+        }
+    }
+}
+
+/// The hardware watchdog the daemon holds while a trial is pending.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchdogConfig {
+    /// Hold the watchdog during a trial.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// The watchdog device.
+    #[serde(default = "default_watchdog_device")]
+    pub device: PathBuf,
+}
+
+impl Default for WatchdogConfig {
+    fn default() -> Self {
+        WatchdogConfig {
+            enabled: true,
+            device: default_watchdog_device(),
+        }
+    }
+}
+
+fn default_check_timeout() -> u64 {
+    30
+}
+fn default_deadline() -> u64 {
+    300
+}
+fn default_watchdog_device() -> PathBuf {
+    PathBuf::from("/dev/watchdog")
+}
+fn default_hooks_dir() -> PathBuf {
+    PathBuf::from("/etc/abupdate/hooks")
 }
 
 fn yes() -> bool {
@@ -320,6 +421,49 @@ impl Config {
                 }
             }
         }
+        for (i, c) in self.health.checks.iter().enumerate() {
+            let key = format!("health.checks[{i}]");
+            let n = [
+                c.unit.is_some(),
+                c.command.is_some(),
+                c.tcp.is_some(),
+                c.http.is_some(),
+            ]
+            .iter()
+            .filter(|b| **b)
+            .count();
+            if n != 1 {
+                return Err(invalid(
+                    &key,
+                    "needs exactly one of unit, command, tcp, http".into(),
+                ));
+            }
+            if c.timeout == 0 || c.timeout > self.health.deadline {
+                return Err(invalid(
+                    &key,
+                    format!("timeout {} must be 1..=health.deadline", c.timeout),
+                ));
+            }
+            if c.command.as_ref().is_some_and(|a| a.is_empty()) {
+                return Err(invalid(&key, "command is empty".into()));
+            }
+            if let Some(t) = &c.tcp {
+                if t.rsplit_once(':')
+                    .and_then(|(_, p)| p.parse::<u16>().ok())
+                    .is_none()
+                {
+                    return Err(invalid(&key, format!("tcp {t:?} is not host:port")));
+                }
+            }
+            if let Some(u) = &c.http {
+                if !(u.starts_with("http://") || u.starts_with("https://")) {
+                    return Err(invalid(&key, format!("http {u:?} is not an http(s) URL")));
+                }
+            }
+        }
+        if self.health.deadline == 0 {
+            return Err(invalid("health.deadline", "must be positive".into()));
+        }
         for s in &self.services {
             if s.is_empty() || s.contains(['/', ' ']) {
                 return Err(invalid("services", format!("{s:?} is not a unit name")));
@@ -427,6 +571,31 @@ trial: { tries: 2 }
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(e.contains("slot_b"), "{e}");
+    }
+
+    #[test]
+    fn health_checks_parse_and_validate() {
+        let text = format!(
+            "{GOOD}health:\n  deadline: 120\n  on_failure: keep\n  checks:\n    - {{ unit: ssh.service }}\n    - {{ tcp: \"127.0.0.1:22\", timeout: 5 }}\n    - {{ http: \"http://127.0.0.1/\" }}\n    - {{ command: [/bin/true] }}\n"
+        );
+        let c = parse(&text).expect("valid");
+        assert_eq!(c.health.on_failure, OnFailure::Keep);
+        assert_eq!(c.health.checks.len(), 4);
+        assert_eq!(c.health.checks[0].timeout, 30);
+        let e = parse(&format!(
+            "{GOOD}health:\n  checks:\n    - {{ unit: a, tcp: \"b:1\" }}\n"
+        ))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(e.contains("health.checks[0]"), "{e}");
+        let e = parse(&format!(
+            "{GOOD}health:\n  checks:\n    - {{ tcp: nope }}\n"
+        ))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(e.contains("host:port"), "{e}");
     }
 
     #[test]

@@ -7,12 +7,14 @@
 //! write; a failed operation leaves the booted slot, the data partition and the boot
 //! configuration unchanged.
 
+pub mod assess;
 pub mod boot;
 pub mod config;
 pub mod context;
 pub mod disk;
 pub mod error;
 pub mod fsinfo;
+pub mod hooks;
 pub mod ops;
 pub mod slotfs;
 pub mod stage;

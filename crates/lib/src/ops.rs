@@ -11,6 +11,7 @@ use crate::context::{failpoint, load_all, mount_private, Context};
 use crate::disk::SlotId;
 use crate::error::{Error, Result};
 use crate::fsinfo;
+use crate::hooks::{self, HookPoint};
 use crate::slotfs::{find_kernel, SlotRoot};
 use crate::state::{self, CommitAction, OpRecord, RollbackAction, SlotRecord, SlotState, State};
 
@@ -71,6 +72,8 @@ pub struct StatusReport {
     pub slots: Vec<SlotStatus>,
     /// The last operation.
     pub last_operation: Option<OpRecord>,
+    /// The daemon's last boot assessment.
+    pub last_assessment: Option<state::Assessment>,
 }
 
 fn opt<T: fmt::Display>(v: &Option<T>) -> String {
@@ -115,6 +118,20 @@ impl fmt::Display for StatusReport {
                 },
                 s.os_pretty_name.clone().unwrap_or_default()
             )?;
+        }
+        if let Some(a) = &self.last_assessment {
+            let passed = a.checks.iter().filter(|c| c.passed).count();
+            writeln!(
+                f,
+                "last assessment of slot {} at {}: {} ({passed} of {} checks passed)",
+                a.slot,
+                a.time,
+                a.result,
+                a.checks.len()
+            )?;
+            for c in a.checks.iter().filter(|c| !c.passed) {
+                writeln!(f, "  failed: {}: {}", c.check, c.output)?;
+            }
         }
         if let Some(op) = &self.last_operation {
             write!(
@@ -168,6 +185,7 @@ pub fn status(ctx: &Context) -> Result<StatusReport> {
         }),
         slots,
         last_operation: st.last_operation,
+        last_assessment: st.last_assessment,
     })
 }
 
@@ -362,6 +380,22 @@ pub fn switch(ctx: &Context, opts: &SwitchOpts) -> Result<Outcome> {
     let boot = ctx.mount_boot(true)?;
     let (mut st, bs, facts) = load_all(ctx, &boot, booted)?;
     let target = state::check_switch(&facts).map_err(Error::Refused)?;
+    let target_os = st
+        .slots
+        .get(&target)
+        .map(|r| r.os.pretty_name.clone())
+        .unwrap_or_default();
+    hooks::run(
+        &ctx.cfg,
+        HookPoint::PreSwitch,
+        &[
+            ("ABUPDATE_OP", "switch".into()),
+            ("ABUPDATE_BOOTED_SLOT", booted.as_str().into()),
+            ("ABUPDATE_TARGET_SLOT", target.as_str().into()),
+            ("ABUPDATE_TARGET_OS", target_os),
+            ("ABUPDATE_TRIES", tries.to_string()),
+        ],
+    )?;
     let flow = boot.flow();
     flow.install_menu(&menu_entries(ctx, &st, &facts), booted, &menu_settings(ctx))?;
     failpoint("switch.after-menu");
@@ -379,6 +413,11 @@ pub fn switch(ctx: &Context, opts: &SwitchOpts) -> Result<Outcome> {
         .map(|r| r.os.pretty_name.clone())
         .unwrap_or_default();
     let msg = format!("slot {target} ({os}) will be tried on the next boot, {tries} tries; slot {booted} stays the default");
+    st.trial = Some(state::TrialRecord {
+        slot: target,
+        tries,
+        since: state::now(),
+    });
     boot.store()
         .record(&mut st, OpRecord::new("switch", true, Some(target), &msg))?;
     boot.close()?;
@@ -415,6 +454,7 @@ pub fn commit(ctx: &Context) -> Result<Outcome> {
         .ok_or_else(|| Error::Internal(format!("slot {slot} is on trial but has no record")))?;
     rec.state = SlotState::Good;
     let os = rec.os.pretty_name.clone();
+    st.trial = None;
     // The state first: a power cut before grubenv is written leaves the trial running, and
     // the next commit finds it again.
     boot.store().save(&st)?;
@@ -431,6 +471,16 @@ pub fn commit(ctx: &Context) -> Result<Outcome> {
     boot.store()
         .record(&mut st, OpRecord::new("commit", true, Some(slot), &msg))?;
     boot.close()?;
+    hooks::run(
+        &ctx.cfg,
+        HookPoint::PostCommit,
+        &[
+            ("ABUPDATE_OP", "commit".into()),
+            ("ABUPDATE_BOOTED_SLOT", slot.as_str().into()),
+            ("ABUPDATE_TARGET_SLOT", slot.as_str().into()),
+            ("ABUPDATE_TARGET_OS", os.clone()),
+        ],
+    )?;
     Ok(Outcome {
         op: "commit".into(),
         slot: Some(slot),
@@ -500,6 +550,15 @@ pub fn rollback(ctx: &Context, opts: &RollbackOpts) -> Result<Outcome> {
     boot.store()
         .record(&mut st, OpRecord::new("rollback", true, Some(slot), &msg))?;
     boot.close()?;
+    hooks::run(
+        &ctx.cfg,
+        HookPoint::OnRollback,
+        &[
+            ("ABUPDATE_OP", "rollback".into()),
+            ("ABUPDATE_BOOTED_SLOT", booted.as_str().into()),
+            ("ABUPDATE_TARGET_SLOT", slot.as_str().into()),
+        ],
+    )?;
     finish_reboot(Outcome {
         op: "rollback".into(),
         slot: Some(slot),

@@ -311,6 +311,15 @@ pub fn stage(ctx: &Context, opts: &StageOpts) -> Result<StageReport> {
         return Ok(report);
     }
 
+    let hook_env = vec![
+        ("ABUPDATE_OP", "stage".to_string()),
+        ("ABUPDATE_BOOTED_SLOT", booted.as_str().to_string()),
+        ("ABUPDATE_TARGET_SLOT", target.as_str().to_string()),
+        ("ABUPDATE_SOURCE", src.display_name()),
+        ("ABUPDATE_SHA256", expected.clone()),
+    ];
+    crate::hooks::run(&ctx.cfg, crate::hooks::HookPoint::PreStage, &hook_env)?;
+
     // 1. Invalidate the slot so an interrupted stage can never look like a filesystem.
     let file = open_target(&part)?;
     file.write_all_at(&vec![0u8; HEAD_LEN], 0)
@@ -370,7 +379,7 @@ pub fn stage(ctx: &Context, opts: &StageOpts) -> Result<StageReport> {
     failpoint("stage.after-fs-setup");
 
     // 4. Prepare the slot.
-    let rec = prepare(ctx, &part, &fs_uuid, &mut report)?;
+    let rec = prepare(ctx, &part, &fs_uuid, &mut report, &hook_env)?;
     failpoint("stage.after-prepare");
 
     // 5. Record it: the only write to the boot partition.
@@ -418,6 +427,7 @@ fn prepare(
     part: &PartitionInfo,
     fs_uuid: &str,
     report: &mut StageReport,
+    hook_env: &[(&str, String)],
 ) -> Result<SlotRecord> {
     let m = mount_private(&part.device, false)?;
     let root = SlotRoot::open(m.path())?;
@@ -428,7 +438,7 @@ fn prepare(
     };
     let plan = abupdate_treecopy::plan(Path::new("/"), &manifest)?;
     let copied = abupdate_treecopy::copy_into(Path::new("/"), &plan, m.path())?;
-    report.manifest_entries = copied.files + copied.dirs + copied.symlinks;
+    report.manifest_entries = copied.files + copied.dirs + copied.symlinks + copied.special;
     report.manifest_missing = plan.missing.clone();
     for missing in &plan.missing {
         tracing::warn!("manifest entry {missing} matches nothing on this host");
@@ -453,6 +463,10 @@ fn prepare(
         .read_to_string("/etc/os-release")?
         .map(|t| fsinfo::parse_os_release(&t))
         .unwrap_or_default();
+    let mut env = hook_env.to_vec();
+    env.push(("ABUPDATE_TARGET_OS", os.pretty_name.clone()));
+    env.push(("ABUPDATE_SLOT_ROOT", "/".into()));
+    crate::hooks::run_chrooted(&ctx.cfg, crate::hooks::HookPoint::PostStage, &root, &env)?;
     report.os = Some(os.pretty_name.clone());
     report.kernel = Some(kernel.kernel.clone());
     rustix::fs::syncfs(std::fs::File::open(m.path()).map_err(Error::io("open", m.path()))?)

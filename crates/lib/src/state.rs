@@ -92,6 +92,12 @@ pub struct State {
     pub slots: BTreeMap<SlotId, SlotRecord>,
     /// The last operation.
     pub last_operation: Option<OpRecord>,
+    /// The trial started by the last `switch`, until it is committed or found failed.
+    #[serde(default)]
+    pub trial: Option<TrialRecord>,
+    /// The daemon's last boot assessment.
+    #[serde(default)]
+    pub last_assessment: Option<Assessment>,
 }
 
 impl Default for State {
@@ -100,8 +106,47 @@ impl Default for State {
             schema_version: SCHEMA_VERSION,
             slots: BTreeMap::new(),
             last_operation: None,
+            trial: None,
+            last_assessment: None,
         }
     }
+}
+
+/// A trial as `switch` started it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrialRecord {
+    /// The slot on trial.
+    pub slot: SlotId,
+    /// Tries it was given.
+    pub tries: u32,
+    /// When `switch` ran.
+    pub since: String,
+}
+
+/// One health check's result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckResult {
+    /// What was checked, e.g. `unit ssh.service`.
+    pub check: String,
+    /// Whether it passed.
+    pub passed: bool,
+    /// What it printed or why it failed (truncated).
+    pub output: String,
+    /// How long it took, milliseconds.
+    pub millis: u64,
+}
+
+/// The daemon's assessment of a trial boot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assessment {
+    /// When it finished.
+    pub time: String,
+    /// The slot assessed.
+    pub slot: SlotId,
+    /// `committed`, `rolled back`, `kept (failed)`.
+    pub result: String,
+    /// Each check in order.
+    pub checks: Vec<CheckResult>,
 }
 
 /// The history file.

@@ -142,6 +142,20 @@ impl Cmd {
         })
     }
 
+    /// Runs the command and returns its status and output whatever the exit status;
+    /// only a failure to start it is an error.
+    pub fn output(&self) -> Result<std::process::Output, CmdError> {
+        Command::new(&self.program)
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| CmdError::Spawn {
+                cmd: self.to_string(),
+                source,
+            })
+    }
+
     /// Runs the command and parses its standard output as JSON.
     pub fn run_json<T: serde::de::DeserializeOwned>(&self) -> Result<T, CmdError> {
         let out = self.run()?;

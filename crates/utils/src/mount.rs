@@ -148,3 +148,52 @@ impl Drop for TempMount {
         }
     }
 }
+
+/// A recursive bind mount, detached on drop or by `close`.
+#[derive(Debug)]
+pub struct BindMount {
+    target: Option<PathBuf>,
+}
+
+impl BindMount {
+    /// Bind-mounts `source` (recursively) on `target`.
+    pub fn new(source: &Path, target: &Path) -> Result<BindMount, MountError> {
+        mount(
+            Some(source),
+            target,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(|e| MountError::Mount {
+            device: source.to_owned(),
+            target: target.to_owned(),
+            fstype: "bind".into(),
+            source: e,
+        })?;
+        Ok(BindMount {
+            target: Some(target.to_owned()),
+        })
+    }
+
+    /// Detaches the bind mount, reporting failure.
+    pub fn close(mut self) -> Result<(), MountError> {
+        self.detach()
+    }
+
+    fn detach(&mut self) -> Result<(), MountError> {
+        match self.target.take() {
+            Some(t) => umount2(&t, MntFlags::MNT_DETACH)
+                .map_err(|source| MountError::Unmount { target: t, source }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        if let Err(e) = self.detach() {
+            tracing::warn!("{e}");
+        }
+    }
+}
