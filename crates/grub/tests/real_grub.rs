@@ -150,6 +150,11 @@ impl Machine {
             .arg(self.path("disk.img"))
             .output()
             .expect("debugfs (e2fsprogs) must be installed");
+        assert!(
+            out.status.success(),
+            "debugfs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         GrubEnv::parse(&out.stdout).expect("grubenv on the image parses")
     }
 }
