@@ -8,7 +8,7 @@ use abupdate_lib::context::Context;
 use abupdate_lib::disk::SlotId;
 use abupdate_lib::error::{Error, EXIT_OK, EXIT_USAGE};
 use abupdate_lib::ops;
-use abupdate_lib::stage::{self, StageOpts};
+use abupdate_lib::stage::{self, Checksum, StageOpts, StageSource};
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
@@ -48,22 +48,67 @@ enum Cmd {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["source", "from_tar", "bootstrap", "clone"])))]
 struct StageArgs {
     /// Path or http(s) URL of a raw ext4 image, optionally .zst, .xz or .gz.
-    source: String,
-    /// Expected sha256 of SOURCE (hex).
-    #[arg(
-        long,
-        required_unless_present = "sha256_url",
-        conflicts_with = "sha256_url"
-    )]
+    source: Option<String>,
+    /// Path or http(s) URL of a tar archive of a root tree (.tar, .tar.zst, .tar.xz, .tar.gz),
+    /// extracted onto a fresh filesystem.
+    #[arg(long, value_name = "SOURCE")]
+    from_tar: Option<String>,
+    /// Installer command run with the mounted fresh filesystem as {target}, e.g.
+    /// 'mmdebstrap trixie {target}'.
+    #[arg(long, value_name = "COMMAND")]
+    bootstrap: Option<String>,
+    /// Copy the running system onto the spare slot (then --run a command in the copy).
+    #[arg(long)]
+    clone: bool,
+    /// With --clone: command run chrooted in the copy, e.g. 'apt-get update && apt-get -y full-upgrade'.
+    #[arg(long, value_name = "COMMAND", requires = "clone")]
+    run: Option<String>,
+    /// Expected sha256 of the image or archive (hex).
+    #[arg(long, conflicts_with = "sha256_url")]
     sha256: Option<String>,
-    /// URL or path of a SHA256SUMS-style file that lists SOURCE's file name.
+    /// URL or path of a SHA256SUMS-style file that lists the image's or archive's file name.
     #[arg(long)]
     sha256_url: Option<String>,
     /// Print what would be done and write nothing.
     #[arg(long)]
     dry_run: bool,
+}
+
+impl StageArgs {
+    fn into_source(self) -> Result<StageSource, Error> {
+        let checksum = match (self.sha256, self.sha256_url) {
+            (Some(h), None) => Some(Checksum::Hex(h)),
+            (None, Some(u)) => Some(Checksum::SumsUrl(u)),
+            _ => None,
+        };
+        let need = |checksum: Option<Checksum>| {
+            checksum.ok_or_else(|| {
+                Error::Refused("an image or archive needs --sha256 or --sha256-url".into())
+            })
+        };
+        Ok(
+            match (self.source, self.from_tar, self.bootstrap, self.clone) {
+                (Some(source), None, None, false) => StageSource::Image {
+                    source,
+                    checksum: need(checksum)?,
+                },
+                (None, Some(source), None, false) => StageSource::Tar {
+                    source,
+                    checksum: need(checksum)?,
+                },
+                (None, None, Some(command), false) => StageSource::Bootstrap { command },
+                (None, None, None, true) => StageSource::Clone { run: self.run },
+                _ => {
+                    return Err(Error::Refused(
+                        "give one of SOURCE, --from-tar, --bootstrap or --clone".into(),
+                    ))
+                }
+            },
+        )
+    }
 }
 
 #[derive(Debug, Args)]
@@ -116,11 +161,10 @@ fn history(ctx: &Context, json: bool) -> Result<(), Error> {
 }
 
 fn stage(ctx: &Context, json: bool, a: StageArgs) -> Result<(), Error> {
+    let dry_run = a.dry_run;
     let opts = StageOpts {
-        source: a.source,
-        sha256: a.sha256,
-        sha256_url: a.sha256_url,
-        dry_run: a.dry_run,
+        source: a.into_source()?,
+        dry_run,
         progress: !json || std::io::stderr().is_terminal(),
     };
     print(json, &stage::stage(ctx, &opts)?)
@@ -225,17 +269,51 @@ mod tests {
     }
 
     #[test]
-    fn stage_needs_exactly_one_checksum() {
-        assert!(parse(&["stage", "img.zst"]).is_err());
-        assert!(parse(&["stage", "img.zst", "--sha256", "ab", "--sha256-url", "u"]).is_err());
-        let o = parse(&[
-            "stage",
-            "http://x/img.zst",
-            "--sha256-url",
-            "http://x/SHA256SUMS",
-            "--dry-run",
-        ])
-        .expect("valid");
+    fn stage_sources() {
+        let src = |args: &[&str]| match parse(args).map(|o| o.cmd) {
+            Ok(Cmd::Stage(a)) => a.into_source().map_err(|e| e.to_string()),
+            Ok(_) => Err("not stage".into()),
+            Err(e) => Err(e.to_string()),
+        };
+        assert!(
+            src(&["stage", "img.zst"]).is_err(),
+            "image without checksum"
+        );
+        assert!(src(&["stage", "img.zst", "--sha256", "ab", "--sha256-url", "u"]).is_err());
+        assert!(src(&["stage"]).is_err(), "nothing to stage");
+        assert!(
+            src(&["stage", "img", "--clone", "--sha256", "ab"]).is_err(),
+            "two sources"
+        );
+        assert!(
+            src(&["stage", "--run", "x"]).is_err(),
+            "--run needs --clone"
+        );
+        assert!(matches!(
+            src(&[
+                "stage",
+                "http://x/img.zst",
+                "--sha256-url",
+                "http://x/SHA256SUMS"
+            ]),
+            Ok(StageSource::Image {
+                checksum: Checksum::SumsUrl(_),
+                ..
+            })
+        ));
+        assert!(matches!(
+            src(&["stage", "--from-tar", "r.tar.zst", "--sha256", "ab"]),
+            Ok(StageSource::Tar { .. })
+        ));
+        assert!(matches!(
+            src(&["stage", "--bootstrap", "mmdebstrap trixie {target}"]),
+            Ok(StageSource::Bootstrap { .. })
+        ));
+        assert!(matches!(
+            src(&["stage", "--clone", "--run", "apt-get -y full-upgrade"]),
+            Ok(StageSource::Clone { run: Some(_) })
+        ));
+        let o = parse(&["stage", "img", "--sha256", "ab", "--dry-run"]).expect("valid");
         assert!(matches!(o.cmd, Cmd::Stage(StageArgs { dry_run: true, .. })));
     }
 

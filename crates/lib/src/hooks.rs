@@ -5,9 +5,9 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use abupdate_utils::mount::BindMount;
 use abupdate_utils::Cmd;
 
+use crate::chroot::Chroot;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::slotfs::SlotRoot;
@@ -132,14 +132,7 @@ pub fn run_chrooted(
     if hooks.is_empty() {
         return Ok(());
     }
-    let mut binds = Vec::new();
-    for dir in ["/dev", "/proc", "/sys"] {
-        root.create_dir_all(dir)?;
-        binds.push(BindMount::new(
-            Path::new(dir),
-            &root.path().join(&dir[1..]),
-        )?);
-    }
+    let chroot = Chroot::enter(root)?;
     root.create_dir_all("/run")?;
     let mut result = Ok(());
     for hook in hooks {
@@ -150,10 +143,7 @@ pub fn run_chrooted(
         let inside = format!("/run/abupdate-hook-{name}");
         let body = std::fs::read(&hook).map_err(Error::io("read hook", &hook))?;
         root.write_file(&inside, &body, 0o755)?;
-        let mut cmd = Cmd::new("chroot")
-            .arg(root.path())
-            .arg(&inside)
-            .env("ABUPDATE_HOOK", point.name());
+        let mut cmd = chroot.command([&inside]).env("ABUPDATE_HOOK", point.name());
         for (k, v) in env {
             cmd = cmd.env(k, v);
         }
@@ -167,9 +157,7 @@ pub fn run_chrooted(
             break;
         }
     }
-    for b in binds.into_iter().rev() {
-        b.close()?;
-    }
+    chroot.close()?;
     result
 }
 

@@ -9,6 +9,7 @@
 
 pub mod assess;
 pub mod boot;
+pub mod chroot;
 pub mod config;
 pub mod context;
 pub mod disk;

@@ -271,7 +271,7 @@ fn menu_entries(ctx: &Context, st: &State, facts: &state::Facts) -> Vec<MenuEntr
         .map(|(id, r)| MenuEntry {
             slot: id,
             title: format!(
-                "{} — slot {id}",
+                "{} - slot {id}",
                 if r.os.pretty_name.is_empty() {
                     "Linux"
                 } else {
@@ -335,7 +335,7 @@ pub fn init(ctx: &Context, slot: SlotId, force: bool) -> Result<Outcome> {
     st.slots.insert(slot, rec.clone());
     let entries = vec![MenuEntry {
         slot,
-        title: format!("{} — slot {slot}", rec.os.pretty_name),
+        title: format!("{} - slot {slot}", rec.os.pretty_name),
         fs_uuid: rec.fs_uuid.clone(),
         partuuid: ctx.layout.slot(slot).partuuid.clone(),
         kernel: rec.kernel.clone(),
