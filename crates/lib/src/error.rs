@@ -93,6 +93,7 @@ impl Error {
             Error::Lock(abupdate_utils::lock::LockError::Busy { .. }) => EXIT_REFUSED,
             Error::Verification(_) => EXIT_VERIFY,
             Error::Stream { source, .. } if source.is_verification_error() => EXIT_VERIFY,
+            Error::Stream { source, .. } if source.kind() == abupdate_stream::ErrorKind::Input => EXIT_USAGE,
             Error::Manifest(
                 abupdate_treecopy::Error::UnsafeDestination { .. }
                 | abupdate_treecopy::Error::DestinationConflict { .. }
