@@ -128,6 +128,8 @@ pub struct Snapshot {
     pub grub_cfg: Vec<u8>,
     /// Bytes of `/grub/grubenv` on the boot partition.
     pub grubenv: Vec<u8>,
+    /// Every regular file on the boot partition (state, history, GRUB files) → sha256.
+    pub boot_files: BTreeMap<String, String>,
 }
 
 /// Options for [`TestDisk::with`].
@@ -429,6 +431,17 @@ impl TestDisk {
         let m = self.mount_boot()?;
         let grub_cfg = fs::read(m.path().join("grub/grub.cfg")).unwrap_or_default();
         let grubenv = fs::read(m.path().join("grub/grubenv")).unwrap_or_default();
+        let listing = run_ok(
+            Command::new("find")
+                .arg(".")
+                .args(["-type", "f", "-exec", "sha256sum", "{}", "+"])
+                .current_dir(m.path()),
+        )?;
+        let boot_files = listing
+            .lines()
+            .filter_map(|l| l.split_once("  "))
+            .map(|(h, p)| (p.to_owned(), h.to_owned()))
+            .collect();
         m.close()?;
         Ok(Snapshot {
             slot_a,
@@ -436,6 +449,7 @@ impl TestDisk {
             boot,
             grub_cfg,
             grubenv,
+            boot_files,
         })
     }
 
@@ -463,7 +477,15 @@ pub fn assert_unchanged(before: &Snapshot, after: &Snapshot, what: &str) {
         String::from_utf8_lossy(&after.grubenv)
     );
     assert!(before.grub_cfg == after.grub_cfg, "{what}: grub.cfg changed");
-    assert_eq!(before.boot, after.boot, "{what}: the boot partition changed");
+    assert_eq!(
+        before.boot_files, after.boot_files,
+        "{what}: files on the boot partition changed (state/history)"
+    );
+    assert_eq!(
+        before.boot, after.boot,
+        "{what}: the boot partition device changed although its files did not \
+         (mounted read-write: superblock mount count/times)"
+    );
 }
 
 /// Writes slot A's "Debian 12" tree into the mounted filesystem `root`.

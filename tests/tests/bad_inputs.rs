@@ -26,12 +26,19 @@ fn image_for(disk: &TestDisk) -> Result<Image> {
     )
 }
 
-/// Runs `args` and asserts the failure leaves A, data and boot untouched.
-fn run_unchanged(disk: &TestDisk, args: Vec<std::ffi::OsString>, what: &str) -> Result<Output> {
+/// Runs `args`, lets `check` judge the output (exit code, message), then asserts the failure
+/// left A, data and boot untouched.
+fn run_unchanged(
+    disk: &TestDisk,
+    args: Vec<std::ffi::OsString>,
+    what: &str,
+    check: impl FnOnce(&Output),
+) -> Result<Output> {
     let before = disk.snapshot()?;
     let out = disk.run(args)?;
-    let after = disk.snapshot()?;
     assert_ne!(out.code, 0, "{what}: expected failure:\n{out}");
+    check(&out);
+    let after = disk.snapshot()?;
     assert_unchanged(&before, &after, what);
     let st = disk.status("a")?;
     assert_ne!(slot_status(&st, "b")["state"], "staged", "{what}: B marked staged: {st:#}");
@@ -45,10 +52,11 @@ fn wrong_sha256() -> Result<()> {
     let disk = TestDisk::new()?;
     let image = compress(&image_for(&disk)?, Compression::Zstd)?;
     let wrong = "0123456789abcdef".repeat(4);
-    let out = run_unchanged(&disk, stage_args(&image.path, &wrong), "wrong sha256")?;
-    out.assert_code(4)
-        .assert_mentions_any(&["sha256", "checksum", "digest"])
-        .assert_mentions_any(&["debian13.img.zst"]);
+    run_unchanged(&disk, stage_args(&image.path, &wrong), "wrong sha256", |out| {
+        out.assert_code(4)
+            .assert_mentions_any(&["sha256", "checksum", "digest"])
+            .assert_mentions_any(&["debian13.img.zst"]);
+    })?;
     Ok(())
 }
 
@@ -57,8 +65,9 @@ fn malformed_sha256_argument() -> Result<()> {
     let _s = serial();
     let disk = TestDisk::new()?;
     let image = image_for(&disk)?;
-    let out = run_unchanged(&disk, stage_args(&image.path, "not-hex"), "malformed --sha256")?;
-    out.assert_code(2).assert_mentions_any(&["sha256", "hex"]);
+    run_unchanged(&disk, stage_args(&image.path, "not-hex"), "malformed --sha256", |out| {
+        out.assert_code(2).assert_mentions_any(&["sha256", "hex"]);
+    })?;
     Ok(())
 }
 
@@ -69,10 +78,11 @@ fn truncated_image() -> Result<()> {
     let image = image_for(&disk)?;
     // The checksum matches the truncated file: the image itself must be judged incomplete.
     let cut = image.truncated("truncated.img", 40 << 20)?;
-    let out = run_unchanged(&disk, stage_args(&cut.path, &cut.sha256), "truncated image")?;
-    out.assert_code(4)
-        .assert_mentions_any(&["truncat", "short", "incomplete", "smaller", "end of"])
-        .assert_mentions_any(&["truncated.img"]);
+    run_unchanged(&disk, stage_args(&cut.path, &cut.sha256), "truncated image", |out| {
+        out.assert_code(4)
+            .assert_mentions_any(&["truncat", "short", "incomplete", "smaller", "end of"])
+            .assert_mentions_any(&["truncated.img"]);
+    })?;
     Ok(())
 }
 
@@ -82,9 +92,10 @@ fn truncated_zstd_stream() -> Result<()> {
     let disk = TestDisk::new()?;
     let zst = compress(&image_for(&disk)?, Compression::Zstd)?;
     let cut = zst.truncated("truncated.img.zst", zst.len()? / 2)?;
-    let out = run_unchanged(&disk, stage_args(&cut.path, &cut.sha256), "truncated zstd stream")?;
-    out.assert_code(4)
-        .assert_mentions_any(&["truncat", "short", "incomplete", "unexpected end", "end of", "eof"]);
+    run_unchanged(&disk, stage_args(&cut.path, &cut.sha256), "truncated zstd stream", |out| {
+        out.assert_code(4)
+            .assert_mentions_any(&["truncat", "short", "incomplete", "unexpected end", "end of", "eof"]);
+    })?;
     Ok(())
 }
 
@@ -102,14 +113,16 @@ fn oversized_image() -> Result<()> {
             ..Default::default()
         },
     )?;
-    let out = run_unchanged(&disk, stage_args(&big.path, &big.sha256), "oversized raw image")?;
-    assert!(out.code == 4 || out.code == 3, "expected exit 4 or 3:\n{out}");
-    out.assert_mentions_any(&["larger", "too big", "too large", "exceed", "does not fit", "bigger"]);
+    run_unchanged(&disk, stage_args(&big.path, &big.sha256), "oversized raw image", |out| {
+        assert!(out.code == 4 || out.code == 3, "expected exit 4 or 3:\n{out}");
+        out.assert_mentions_any(&["larger", "too big", "too large", "exceed", "does not fit", "bigger"]);
+    })?;
     // Compressed: the size is only known at the end of the stream.
     let zst = compress(&big, Compression::Zstd)?;
-    let out = run_unchanged(&disk, stage_args(&zst.path, &zst.sha256), "oversized zstd image")?;
-    assert!(out.code == 4 || out.code == 3, "expected exit 4 or 3:\n{out}");
-    out.assert_mentions_any(&["larger", "too big", "too large", "exceed", "does not fit", "bigger"]);
+    run_unchanged(&disk, stage_args(&zst.path, &zst.sha256), "oversized zstd image", |out| {
+        assert!(out.code == 4 || out.code == 3, "expected exit 4 or 3:\n{out}");
+        out.assert_mentions_any(&["larger", "too big", "too large", "exceed", "does not fit", "bigger"]);
+    })?;
     Ok(())
 }
 
@@ -119,10 +132,11 @@ fn corrupt_zstd_stream() -> Result<()> {
     let disk = TestDisk::new()?;
     let zst = compress(&image_for(&disk)?, Compression::Zstd)?;
     let bad = zst.corrupted("corrupt.img.zst", zst.len()? / 2, 4096)?;
-    let out = run_unchanged(&disk, stage_args(&bad.path, &bad.sha256), "corrupt zstd stream")?;
-    out.assert_code(4)
-        .assert_mentions_any(&["zstd", "decompress", "corrupt"])
-        .assert_mentions_any(&["corrupt.img.zst"]);
+    run_unchanged(&disk, stage_args(&bad.path, &bad.sha256), "corrupt zstd stream", |out| {
+        out.assert_code(4)
+            .assert_mentions_any(&["zstd", "decompress", "corrupt"])
+            .assert_mentions_any(&["corrupt.img.zst"]);
+    })?;
     Ok(())
 }
 
@@ -134,8 +148,9 @@ fn not_an_ext4_image() -> Result<()> {
     let data: Vec<u8> = (0..(8u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     fs::write(&path, data)?;
     let img = Image::from_file(path)?;
-    let out = run_unchanged(&disk, stage_args(&img.path, &img.sha256), "not an ext4 image")?;
-    out.assert_code(4).assert_mentions_any(&["ext4", "superblock", "filesystem"]);
+    run_unchanged(&disk, stage_args(&img.path, &img.sha256), "not an ext4 image", |out| {
+        out.assert_code(4).assert_mentions_any(&["ext4", "superblock", "filesystem"]);
+    })?;
     Ok(())
 }
 
@@ -192,12 +207,14 @@ fn escape_case(what: &str, plant: &dyn Fn(&Path, &Path, &Path) -> Result<()>) ->
         },
     )?;
     let host_before = fs::read(disk.host.path("etc/app.conf"))?;
-    let out = run_unchanged(&disk, stage_args(&image.path, &image.sha256), what)?;
+    let result = run_unchanged(&disk, stage_args(&image.path, &image.sha256), what, |out| {
+        escape.assert_untouched();
+        assert!(out.code != 1, "{what}: expected a documented refusal, not an internal error:\n{out}");
+        out.assert_mentions_any(&["symlink", "outside", "escape", "link"]);
+    });
     escape.assert_untouched();
     assert_eq!(host_before, fs::read(disk.host.path("etc/app.conf"))?, "{what}: host app.conf changed");
-    assert!(out.code != 1, "{what}: expected a documented refusal, not an internal error:\n{out}");
-    out.assert_mentions_any(&["symlink", "outside", "escape", "link"]);
-    Ok(())
+    result.map(|_| ())
 }
 
 fn in_tree(tree: &Path, host_root: &Path, rel: &str) -> PathBuf {
@@ -281,14 +298,15 @@ fn target_slot_mounted() -> Result<()> {
     let m = TempMount::new(&disk.slot_b(), "ext4", true)?;
     let b_before = abupdate_tests::sha256_file(&disk.slot_b())?;
     let image = image_for(&disk)?;
-    let out = run_unchanged(&disk, stage_args(&image.path, &image.sha256), "target slot mounted")?;
-    out.assert_code(3).assert_mentions_any(&["mounted"]);
-    out.assert_mentions_any(&[
-        &disk.slot_b().display().to_string(),
-        &m.path().display().to_string(),
-        "root-b",
-        "slot b",
-    ]);
+    run_unchanged(&disk, stage_args(&image.path, &image.sha256), "target slot mounted", |out| {
+        out.assert_code(3).assert_mentions_any(&["mounted"]);
+        out.assert_mentions_any(&[
+            &disk.slot_b().display().to_string(),
+            &m.path().display().to_string(),
+            "root-b",
+            "slot b",
+        ]);
+    })?;
     assert_eq!(b_before, abupdate_tests::sha256_file(&disk.slot_b())?, "stage wrote the mounted slot B");
     m.close()?;
     Ok(())

@@ -89,15 +89,25 @@ fn switch_without_staged_slot_is_refused() -> Result<()> {
 fn rollback_to_never_booted_slot_is_refused_then_commit_and_rollback() -> Result<()> {
     let _s = serial();
     let disk = staged_disk()?;
-    disk.run(["switch", "--no-reboot"])?.assert_ok();
 
-    // From A, B has never booted: nothing good to roll back to.
+    // From A, B is staged but has never booted: nothing good to roll back to.
     let env_before = disk.grubenv_bytes()?;
     let out = disk.run(["rollback", "--no-reboot"])?;
     out.assert_code(3)
-        .assert_mentions_any(&["good", "never", "not been", "no slot"]);
+        .assert_mentions_any(&["good", "never", "not been", "no slot", "nothing"]);
     assert!(env_before == disk.grubenv_bytes()?, "a refused rollback changed grubenv");
 
+    // With a pending trial of B, rollback from A cancels the trial (`rollback --help`).
+    disk.run(["switch", "--no-reboot"])?.assert_ok();
+    disk.run(["rollback", "--no-reboot"])?.assert_ok();
+    let env = disk.grubenv()?;
+    assert_eq!(env.get("ab_default").map(String::as_str), Some("a"), "{env:?}");
+    assert!(env.get("ab_trial").is_none_or(|v| v.is_empty()), "trial not cancelled: {env:?}");
+    let st = disk.status("a")?;
+    assert!(st["trial"].is_null(), "{st:#}");
+
+    disk.run(["switch", "--no-reboot"])?.assert_ok();
+    let env_before = disk.grubenv_bytes()?;
     // commit from A (not the trial slot) is refused.
     let out = disk.run(["commit"])?;
     out.assert_code(3);

@@ -1,0 +1,535 @@
+//! Benchmark: `abupdate stage` against a plain `dd` of the same image onto the same slot.
+//!
+//! Builds a loop disk laid out like the integration-test fixture but with 1.2 GiB slots,
+//! a 1 GiB ext4 image filled with ~900 MiB of half random, half low-entropy data (so that
+//! zstd matters) and its `.zst`, then measures in one run:
+//!
+//! - `dd if=image of=<slot B> bs=4M oflag=direct conv=fsync` (the baseline),
+//! - `abupdate stage image` (raw file),
+//! - `abupdate stage image.zst` (file),
+//! - `abupdate stage http://127.0.0.1:PORT/image.zst` (local HTTP),
+//!
+//! each under `/usr/bin/time -v` for the peak RSS, and prints the ratios against dd and the
+//! size of the release binary. Needs root, util-linux, e2fsprogs, zstd and `time`.
+//!
+//! Only std and anyhow: external tools are run with `std::process::Command`.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+
+const MIB: u64 = 1 << 20;
+const SLOT_MIB: u64 = 1232;
+const IMAGE_MIB: u64 = 1024;
+const FILL_FILES: u64 = 14;
+const FILL_FILE_MIB: u64 = 64;
+
+/// Runs the stage benchmark and prints the results.
+pub fn run() -> Result<()> {
+    ensure!(
+        is_root()?,
+        "the stage benchmark needs root (loop devices, mkfs, mount)"
+    );
+    for tool in ["sfdisk", "losetup", "partx", "mkfs.ext4", "mkfs.ext2", "mount", "umount", "zstd", "dd", "sha256sum"] {
+        ensure!(which(tool), "missing host tool `{tool}`");
+    }
+    ensure!(
+        Path::new("/usr/bin/time").is_file(),
+        "missing /usr/bin/time (apt-get install time)"
+    );
+    // The workspace root: xtask's parent, or $ABUPDATE_WORKSPACE (to run this file elsewhere).
+    let root = match std::env::var_os("ABUPDATE_WORKSPACE") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .context("xtask has no parent directory")?
+            .to_owned(),
+    };
+
+    eprintln!("bench: cargo build --release -p abupdate");
+    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args(["build", "--release", "-p", "abupdate"])
+        .current_dir(&root)
+        .status()
+        .context("run cargo build --release -p abupdate")?;
+    ensure!(status.success(), "cargo build --release -p abupdate failed");
+    let bin = root.join("target/release/abupdate");
+    let bin_size = fs::metadata(&bin)
+        .with_context(|| format!("stat {}", bin.display()))?
+        .len();
+
+    let work = WorkDir::new()?;
+    let dir = work.0.as_path();
+
+    eprintln!("bench: building the loop disk (2 x {SLOT_MIB} MiB slots)");
+    let disk = BenchDisk::create(dir)?;
+    let config = disk.write_config(dir)?;
+    run_abupdate(&bin, &config, &["init", "--slot", "a"]).context("abupdate init --slot a")?;
+
+    eprintln!("bench: building the {IMAGE_MIB} MiB image");
+    let image = dir.join("image.img");
+    build_image(dir, &image)?;
+    let image_sha = sha256(&image)?;
+    let zst = dir.join("image.img.zst");
+    sh(Command::new("zstd")
+        .args(["-q", "-f", "-T0", "-3", "-o"])
+        .arg(&zst)
+        .arg(&image))
+    .context("compress the image with zstd")?;
+    let zst_sha = sha256(&zst)?;
+    let image_len = fs::metadata(&image)?.len();
+    let zst_len = fs::metadata(&zst)?.len();
+
+    let mut results = Vec::new();
+
+    eprintln!("bench: dd");
+    let slot_b = disk.partition(3);
+    let dd = timed(Command::new("dd")
+        .arg(format!("if={}", image.display()))
+        .arg(format!("of={}", slot_b.display()))
+        .args(["bs=4M", "oflag=direct", "conv=fsync", "status=none"]))
+    .context("dd the image onto slot B")?;
+    results.push(("dd raw (bs=4M, oflag=direct, conv=fsync)", dd));
+
+    eprintln!("bench: abupdate stage <raw file>");
+    let m = timed(abupdate_cmd(&bin, &config)
+        .arg("stage")
+        .arg(&image)
+        .args(["--sha256", &image_sha]))
+    .context("abupdate stage <raw file>")?;
+    results.push(("abupdate stage image.img", m));
+
+    eprintln!("bench: abupdate stage <zst file>");
+    let m = timed(abupdate_cmd(&bin, &config)
+        .arg("stage")
+        .arg(&zst)
+        .args(["--sha256", &zst_sha]))
+    .context("abupdate stage <zst file>")?;
+    results.push(("abupdate stage image.img.zst", m));
+
+    eprintln!("bench: abupdate stage http://127.0.0.1/<zst>");
+    let server = FileServer::start(zst.clone())?;
+    let url = format!("http://{}/image.img.zst", server.addr);
+    let m = timed(abupdate_cmd(&bin, &config)
+        .arg("stage")
+        .arg(&url)
+        .args(["--sha256", &zst_sha]))
+    .context("abupdate stage <http zst>")?;
+    drop(server);
+    results.push(("abupdate stage http://127.0.0.1/image.img.zst", m));
+
+    let base = dd.seconds;
+    println!();
+    println!(
+        "image: {:.0} MiB raw, {:.0} MiB zstd -3 ({:.0}%), slot B {} MiB on {}",
+        image_len as f64 / MIB as f64,
+        zst_len as f64 / MIB as f64,
+        100.0 * zst_len as f64 / image_len as f64,
+        SLOT_MIB,
+        disk.dev.display()
+    );
+    println!(
+        "{:<48} {:>9} {:>10} {:>8} {:>13}",
+        "method", "seconds", "MiB/s", "vs dd", "peak RSS MiB"
+    );
+    for (name, m) in &results {
+        println!(
+            "{:<48} {:>9.2} {:>10.1} {:>7.2}x {:>13.1}",
+            name,
+            m.seconds,
+            image_len as f64 / MIB as f64 / m.seconds,
+            m.seconds / base,
+            m.max_rss_kib as f64 / 1024.0
+        );
+    }
+    println!(
+        "release binary {}: {:.2} MiB ({} bytes)",
+        bin.display(),
+        bin_size as f64 / MIB as f64,
+        bin_size
+    );
+    println!("(sources are in the page cache; MiB/s is raw image bytes per second)");
+    drop(disk);
+    Ok(())
+}
+
+/// Wall time and peak RSS of one command.
+#[derive(Debug, Clone, Copy)]
+struct Measure {
+    seconds: f64,
+    max_rss_kib: u64,
+}
+
+/// Runs `cmd` under `/usr/bin/time -v`; fails on a non-zero exit.
+fn timed(cmd: &mut Command) -> Result<Measure> {
+    let mut wrapped = Command::new("/usr/bin/time");
+    wrapped.arg("-v").arg(cmd.get_program()).args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => wrapped.env(k, v),
+            None => wrapped.env_remove(k),
+        };
+    }
+    let start = Instant::now();
+    let out = wrapped
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .with_context(|| format!("run {cmd:?}"))?;
+    let seconds = start.elapsed().as_secs_f64();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        bail!("{cmd:?} failed ({}):\n{stderr}", out.status);
+    }
+    let max_rss_kib = stderr
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("Maximum resident set size (kbytes):")
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .context("no `Maximum resident set size` in /usr/bin/time -v output")?;
+    Ok(Measure {
+        seconds,
+        max_rss_kib,
+    })
+}
+
+fn abupdate_cmd(bin: &Path, config: &Path) -> Command {
+    let mut c = Command::new(bin);
+    c.env("ABUPDATE_ASSUME_BOOTED", "a")
+        .arg("--config")
+        .arg(config);
+    c
+}
+
+fn run_abupdate(bin: &Path, config: &Path, args: &[&str]) -> Result<String> {
+    sh(abupdate_cmd(bin, config).args(args))
+}
+
+/// Runs a command to completion; a non-zero exit is an error carrying its stderr.
+fn sh(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn sha256(path: &Path) -> Result<String> {
+    let out = sh(Command::new("sha256sum").arg(path))?;
+    out.split_whitespace()
+        .next()
+        .map(str::to_owned)
+        .with_context(|| format!("sha256sum {}: no output", path.display()))
+}
+
+fn which(tool: &str) -> bool {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let found = path
+        .split(':')
+        .chain(["/usr/sbin", "/sbin"])
+        .any(|d| Path::new(d).join(tool).is_file());
+    found
+}
+
+fn is_root() -> Result<bool> {
+    // No libc/rustix dependency in xtask: ask `id`.
+    Ok(sh(Command::new("id").arg("-u"))?.trim() == "0")
+}
+
+/// The benchmark's working directory (under /var/tmp: the images need ~3 GiB), removed on
+/// drop.
+struct WorkDir(PathBuf);
+
+impl WorkDir {
+    fn new() -> Result<WorkDir> {
+        let p = PathBuf::from(format!("/var/tmp/abupdate-bench-{}", std::process::id()));
+        fs::create_dir_all(&p).with_context(|| format!("create {}", p.display()))?;
+        Ok(WorkDir(p))
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A filesystem mounted with mount(8), unmounted on drop.
+struct Mounted(PathBuf);
+
+impl Mounted {
+    fn new(source: &Path, target: &Path, opts: &str) -> Result<Mounted> {
+        fs::create_dir_all(target)?;
+        sh(Command::new("mount").args(["-o", opts]).arg(source).arg(target))
+            .with_context(|| format!("mount {} on {}", source.display(), target.display()))?;
+        Ok(Mounted(target.to_owned()))
+    }
+
+    fn close(mut self) -> Result<()> {
+        let p = std::mem::take(&mut self.0);
+        sh(Command::new("umount").arg(&p)).with_context(|| format!("umount {}", p.display()))?;
+        Ok(())
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if !self.0.as_os_str().is_empty() {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+}
+
+/// The GPT loop disk, detached on drop.
+struct BenchDisk {
+    dev: PathBuf,
+    manifest_dir: PathBuf,
+}
+
+impl BenchDisk {
+    fn create(dir: &Path) -> Result<BenchDisk> {
+        let image = dir.join("disk.img");
+        let f = fs::File::create(&image)?;
+        f.set_len((1 + 64 + 2 * SLOT_MIB + 32 + 1) * MIB)?;
+        drop(f);
+        let lfs = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
+        let script = format!(
+            "label: gpt\nfirst-lba: 2048\n\
+             start=2048, size=64MiB, type={lfs}, name=abboot\n\
+             size={SLOT_MIB}MiB, type={lfs}, name=root-a\n\
+             size={SLOT_MIB}MiB, type={lfs}, name=root-b\n\
+             size=32MiB, type={lfs}, name=data\n"
+        );
+        let mut child = Command::new("sfdisk")
+            .args(["--quiet", "--no-reread", "--no-tell-kernel"])
+            .arg(&image)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .context("run sfdisk")?;
+        child
+            .stdin
+            .take()
+            .context("sfdisk stdin")?
+            .write_all(script.as_bytes())?;
+        ensure!(child.wait()?.success(), "sfdisk failed on {}", image.display());
+        let dev = PathBuf::from(
+            sh(Command::new("losetup").args(["-f", "--show"]).arg(&image))?
+                .trim()
+                .to_owned(),
+        );
+        let disk = BenchDisk {
+            dev,
+            manifest_dir: dir.join("host"),
+        };
+        sh(Command::new("partx").arg("-a").arg(&disk.dev))?;
+        sh(Command::new("mkfs.ext2")
+            .args(["-F", "-q", "-L", "abboot"])
+            .arg(disk.partition(1)))?;
+        let m = Mounted::new(&disk.partition(1), &dir.join("mnt-boot"), "rw")?;
+        fs::create_dir_all(m.0.join("grub"))?;
+        m.close()?;
+        sh(Command::new("mkfs.ext4")
+            .args(["-F", "-q", "-L", "root-a"])
+            .arg(disk.partition(2)))?;
+        let m = Mounted::new(&disk.partition(2), &dir.join("mnt-a"), "rw")?;
+        write_os_tree(&m.0, "12", "bookworm", "6.1.0-1-amd64")?;
+        m.close()?;
+        sh(Command::new("mkfs.ext4")
+            .args(["-F", "-q", "-L", "data"])
+            .arg(disk.partition(4)))?;
+        fs::create_dir_all(disk.manifest_dir.join("etc"))?;
+        fs::write(disk.manifest_dir.join("etc/app.conf"), "key = host\n")?;
+        Ok(disk)
+    }
+
+    fn partition(&self, n: u32) -> PathBuf {
+        PathBuf::from(format!("{}p{n}", self.dev.display()))
+    }
+
+    fn write_config(&self, dir: &Path) -> Result<PathBuf> {
+        let p = dir.join("abupdate.yaml");
+        fs::write(
+            &p,
+            format!(
+                "disk: {dev}\n\
+                 partitions:\n  \
+                   boot: {{ partlabel: abboot, mountpoint: /boot/abboot }}\n  \
+                   slot_a: {{ partlabel: root-a }}\n  \
+                   slot_b: {{ partlabel: root-b }}\n  \
+                   data: {{ partlabel: data, mountpoint: /data }}\n\
+                 manifest:\n  include: [\"/etc/hostname\", \"{app}\"]\n  exclude: []\n\
+                 services: []\n\
+                 kernel_cmdline: \"\"\n\
+                 grub: {{ timeout: 1, serial: {{ enabled: true, unit: 0, speed: 115200 }} }}\n\
+                 trial: {{ tries: 3, panic_seconds: 5 }}\n\
+                 lock_file: {lock}\n",
+                dev = self.dev.display(),
+                app = self.manifest_dir.join("etc/app.conf").display(),
+                lock = dir.join("abupdate.lock").display(),
+            ),
+        )?;
+        Ok(p)
+    }
+}
+
+impl Drop for BenchDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("partx").arg("-d").arg(&self.dev).output();
+        let _ = Command::new("losetup").arg("-d").arg(&self.dev).output();
+    }
+}
+
+fn write_os_tree(root: &Path, version: &str, codename: &str, kernel: &str) -> Result<()> {
+    for d in ["boot", "etc", "usr/lib/bench"] {
+        fs::create_dir_all(root.join(d))?;
+    }
+    fs::write(
+        root.join("etc/os-release"),
+        format!(
+            "PRETTY_NAME=\"Debian GNU/Linux {version} ({codename})\"\nNAME=\"Debian GNU/Linux\"\n\
+             VERSION_ID=\"{version}\"\nVERSION=\"{version} ({codename})\"\nID=debian\n"
+        ),
+    )?;
+    fs::write(root.join(format!("boot/vmlinuz-{kernel}")), "kernel\n")?;
+    fs::write(root.join(format!("boot/initrd.img-{kernel}")), "initrd\n")?;
+    fs::write(root.join("etc/hostname"), "bench\n")?;
+    fs::write(root.join("etc/app.conf"), "key = image\n")?;
+    Ok(())
+}
+
+/// The 1 GiB "Debian 13" image: half random files, half low-entropy (4 bits/byte) files.
+fn build_image(dir: &Path, image: &Path) -> Result<()> {
+    let f = fs::File::create(image)?;
+    f.set_len(IMAGE_MIB * MIB)?;
+    drop(f);
+    sh(Command::new("mkfs.ext4")
+        .args(["-F", "-q", "-L", "debian13", "-E", "nodiscard"])
+        .arg(image))?;
+    let m = Mounted::new(image, &dir.join("mnt-image"), "loop")?;
+    write_os_tree(&m.0, "13", "trixie", "6.12.0-1-amd64")?;
+    let mut urandom = fs::File::open("/dev/urandom").context("open /dev/urandom")?;
+    let mut buf = vec![0u8; 4 << 20];
+    for i in 0..FILL_FILES {
+        let p = m.0.join(format!("usr/lib/bench/fill-{i:02}.bin"));
+        let mut out = fs::File::create(&p).with_context(|| format!("create {}", p.display()))?;
+        for _ in 0..(FILL_FILE_MIB * MIB / buf.len() as u64) {
+            urandom.read_exact(&mut buf)?;
+            if i % 2 == 1 {
+                for b in buf.iter_mut() {
+                    *b = b'a' + (*b & 0x0f);
+                }
+            }
+            out.write_all(&buf)?;
+        }
+    }
+    m.close()?;
+    Ok(())
+}
+
+/// A minimal HTTP/1.1 file server on 127.0.0.1 (GET/HEAD, `Range: bytes=N-`), stopped on
+/// drop.
+struct FileServer {
+    addr: std::net::SocketAddr,
+    stop: Arc<AtomicBool>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl FileServer {
+    fn start(file: PathBuf) -> Result<FileServer> {
+        let listener = TcpListener::bind("127.0.0.1:0").context("bind 127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let accept = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if s.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(conn) = conn {
+                    let file = file.clone();
+                    std::thread::spawn(move || {
+                        let _ = serve(conn, &file);
+                    });
+                }
+            }
+        });
+        Ok(FileServer {
+            addr,
+            stop,
+            accept: Some(accept),
+        })
+    }
+}
+
+impl Drop for FileServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        if let Some(h) = self.accept.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn serve(mut conn: TcpStream, file: &Path) -> Result<()> {
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut request = String::new();
+    reader.read_line(&mut request)?;
+    let mut start = 0u64;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            if k.trim().eq_ignore_ascii_case("range") {
+                start = v
+                    .trim()
+                    .strip_prefix("bytes=")
+                    .and_then(|r| r.split('-').next())
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+            }
+        }
+    }
+    let mut f = fs::File::open(file)?;
+    let len = f.metadata()?.len();
+    let start = start.min(len);
+    let head = if start > 0 {
+        format!(
+            "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {start}-{}/{len}\r\nAccept-Ranges: bytes\r\nETag: \"bench\"\r\nConnection: close\r\n\r\n",
+            len - start,
+            len.saturating_sub(1)
+        )
+    } else {
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nAccept-Ranges: bytes\r\nETag: \"bench\"\r\nConnection: close\r\n\r\n"
+        )
+    };
+    conn.write_all(head.as_bytes())?;
+    if request.starts_with("HEAD ") {
+        return Ok(());
+    }
+    f.seek(SeekFrom::Start(start))?;
+    std::io::copy(&mut f, &mut conn)?;
+    Ok(())
+}
