@@ -1,0 +1,246 @@
+//! End-to-end tests of `suggest` over a fake dpkg system in a temporary directory, and a
+//! smoke test on the host (a Debian system).
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::Path;
+
+use abupdate_suggest::{render_manifest, suggest, Error, Reason, SuggestOptions, Suggestion};
+use md5::{Digest, Md5};
+
+fn md5_hex(data: &str) -> String {
+    Md5::digest(data.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn write(root: &Path, path: &str, content: &str) {
+    let host = root.join(path.trim_start_matches('/'));
+    fs::create_dir_all(host.parent().expect("has a parent")).expect("mkdir");
+    fs::write(host, content).expect("write");
+}
+
+/// A fake root: package `foo` owns conffiles /etc/foo.conf (modified), /etc/bar.conf
+/// (untouched) and /etc/gone.conf (deleted), and the plain file /etc/foo/data (modified).
+fn fake_root() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let status = format!(
+        "Package: foo\n\
+         Status: install ok installed\n\
+         Architecture: amd64\n\
+         Conffiles:\n \
+         /etc/foo.conf {}\n \
+         /etc/bar.conf {}\n \
+         /etc/gone.conf {}\n \
+         /etc/old.conf {} obsolete\n\
+         Description: test package\n \
+         with a long description\n\
+         \n\
+         Package: removed\n\
+         Status: deinstall ok config-files\n\
+         Conffiles:\n \
+         /etc/removed.conf {}\n",
+        md5_hex("foo=1\n"),
+        md5_hex("bar=1\n"),
+        md5_hex("gone\n"),
+        md5_hex("old\n"),
+        md5_hex("removed\n"),
+    );
+    write(root, "/var/lib/dpkg/status", &status);
+    write(
+        root,
+        "/var/lib/dpkg/info/foo:amd64.list",
+        "/.\n/etc\n/etc/foo.conf\n/etc/bar.conf\n/etc/gone.conf\n/etc/old.conf\n\
+         /etc/foo\n/etc/foo/data\n/etc/foo/same\n/etc/ssh\n/usr/bin/foo\n",
+    );
+    write(
+        root,
+        "/var/lib/dpkg/info/foo:amd64.md5sums",
+        &format!(
+            "{}  etc/foo/data\n{}  etc/foo/same\n{}  usr/bin/foo\n",
+            md5_hex("data\n"),
+            md5_hex("same\n"),
+            md5_hex("binary\n"),
+        ),
+    );
+    write(root, "/var/lib/dpkg/info/foo:amd64.postinst", "#!/bin/sh\n");
+    write(
+        root,
+        "/var/lib/dpkg/diversions",
+        "/etc/issue\n/etc/issue.orig\n:\n",
+    );
+
+    // The original content, then the operator's changes.
+    write(root, "/etc/foo.conf", "foo=1\n");
+    write(root, "/etc/bar.conf", "bar=1\n");
+    write(root, "/etc/old.conf", "old, edited\n");
+    write(root, "/etc/removed.conf", "removed, edited\n");
+    write(root, "/etc/foo/same", "same\n");
+    write(root, "/etc/foo/data", "data\n");
+    write(root, "/usr/bin/foo", "changed outside the scan roots\n");
+    write(root, "/etc/foo.conf", "foo=2\n");
+    write(root, "/etc/foo/data", "data, edited\n");
+    write(root, "/etc/app.conf", "app\n");
+    write(root, "/etc/app.d/a.conf", "a\n");
+    write(root, "/etc/app.d/sub/b.conf", "b\n");
+    symlink("a.conf", root.join("etc/app.d/c.conf")).expect("symlink");
+    write(root, "/etc/ssh/ssh_host_ed25519_key", "key\n");
+    symlink("/usr/share/zoneinfo/UTC", root.join("etc/localtime")).expect("symlink");
+    write(root, "/etc/issue", "local\n");
+    write(root, "/etc/issue.orig", "packaged\n");
+    // Never suggested: built-in and operator excludes.
+    write(root, "/etc/ld.so.cache", "cache");
+    write(root, "/etc/foo.conf.dpkg-old", "foo=0\n");
+    write(root, "/etc/passwd-", "backup\n");
+    write(
+        root,
+        "/etc/systemd/system/multi-user.target.wants/app.service",
+        "",
+    );
+    symlink("/usr/bin/vim", root.join("etc/editor-link")).expect("symlink");
+    write(root, "/etc/alternatives/.keep", "");
+    symlink("/usr/bin/vim", root.join("etc/alternatives/editor")).expect("symlink");
+    write(root, "/etc/secret/token", "s3cret\n");
+    // Of /etc/ssl/certs, only the operator's own certificate is carried.
+    write(root, "/etc/ssl/certs/company-ca.pem", "cert\n");
+    write(root, "/etc/ssl/certs/ca-certificates.crt", "bundle\n");
+    let ca = "/usr/share/ca-certificates/mozilla/ISRG_Root_X1.crt";
+    symlink(ca, root.join("etc/ssl/certs/ISRG_Root_X1.pem")).expect("symlink");
+    dir
+}
+
+fn options(root: &Path) -> SuggestOptions {
+    SuggestOptions {
+        root: root.to_owned(),
+        scan_roots: vec!["/etc".into()],
+        exclude: vec!["/etc/secret".into(), "/etc/editor-link".into()],
+    }
+}
+
+fn suggestion(path: &str, reason: Reason) -> Suggestion {
+    Suggestion {
+        path: path.into(),
+        reason,
+    }
+}
+
+#[test]
+fn suggests_modified_and_unowned_files() {
+    let dir = fake_root();
+    let found = suggest(&options(dir.path())).expect("suggest");
+    let expected = [
+        suggestion("/etc/app.conf", Reason::Unowned),
+        suggestion("/etc/app.d", Reason::UnownedDirectory { files: 3 }),
+        suggestion(
+            "/etc/foo.conf",
+            Reason::ModifiedConffile {
+                package: "foo".into(),
+            },
+        ),
+        suggestion(
+            "/etc/foo/data",
+            Reason::ModifiedPackageFile {
+                package: "foo".into(),
+            },
+        ),
+        suggestion("/etc/localtime", Reason::Unowned),
+        suggestion("/etc/ssh/ssh_host_ed25519_key", Reason::Unowned),
+        suggestion("/etc/ssl/certs/company-ca.pem", Reason::Unowned),
+        // /etc/systemd is unowned here, but its only content is excluded.
+    ];
+    assert_eq!(found, expected);
+    assert!(!found.iter().any(|s| s.path == "/etc/bar.conf"));
+
+    let yaml = render_manifest(&found);
+    assert!(
+        yaml.contains("    - /etc/foo.conf   # conffile of foo, changed since installed\n"),
+        "{yaml}"
+    );
+    assert!(
+        yaml.contains("    - /etc/app.conf   # not owned by any package\n"),
+        "{yaml}"
+    );
+}
+
+#[test]
+fn scan_roots_that_do_not_exist_are_skipped() {
+    let dir = fake_root();
+    let opts = SuggestOptions {
+        scan_roots: vec!["/usr/local/etc".into()],
+        ..options(dir.path())
+    };
+    assert_eq!(suggest(&opts).expect("suggest"), []);
+}
+
+#[test]
+fn rpm_systems_are_unsupported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::create_dir_all(dir.path().join("var/lib/rpm")).expect("mkdir");
+    let err = suggest(&options(dir.path())).expect_err("rpm");
+    assert!(matches!(err, Error::Unsupported(_)), "{err}");
+    assert!(err.to_string().contains("rpm -Va"), "{err}");
+}
+
+#[test]
+fn missing_database_is_an_error_naming_the_root() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let err = suggest(&options(dir.path())).expect_err("no database");
+    assert!(matches!(err, Error::NoPackageDatabase { .. }), "{err}");
+    assert!(
+        err.to_string().contains(&dir.path().display().to_string()),
+        "{err}"
+    );
+}
+
+#[test]
+fn malformed_database_names_file_and_line() {
+    let dir = fake_root();
+    write(
+        dir.path(),
+        "/var/lib/dpkg/info/bad.md5sums",
+        "not a checksum line\n",
+    );
+    let err = suggest(&options(dir.path())).expect_err("bad md5sums");
+    let text = err.to_string();
+    assert!(
+        text.contains("bad.md5sums") && text.contains("line 1"),
+        "{text}"
+    );
+}
+
+#[test]
+fn bad_options_are_refused() {
+    let dir = fake_root();
+    let bad_root = SuggestOptions {
+        scan_roots: vec!["etc".into()],
+        ..options(dir.path())
+    };
+    assert!(matches!(suggest(&bad_root), Err(Error::BadScanRoot { .. })));
+    let bad_exclude = SuggestOptions {
+        exclude: vec!["*.conf".into()],
+        ..options(dir.path())
+    };
+    assert!(matches!(
+        suggest(&bad_exclude),
+        Err(Error::BadExclude { .. })
+    ));
+}
+
+/// The host is a Debian system: suggestion over its real `/etc` must simply work.
+#[test]
+fn runs_on_the_host() {
+    if !Path::new("/var/lib/dpkg/status").exists() {
+        eprintln!("not a dpkg system, skipped");
+        return;
+    }
+    let found = suggest(&SuggestOptions::default()).expect("suggest on the host");
+    assert!(
+        found.windows(2).all(|w| w[0].path < w[1].path),
+        "sorted, no duplicates"
+    );
+    assert!(found.iter().all(|s| s.path.starts_with("/etc/")));
+    let yaml = render_manifest(&found);
+    assert!(yaml.contains("manifest:\n  include:"), "{yaml}");
+}
