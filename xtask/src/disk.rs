@@ -159,7 +159,7 @@ pub fn build(imgs: &Images, abupdate: &Path, out: &Path) -> Result<DiskInfo> {
     install_file(root.path(), "etc/app.conf", APP_CONF.as_bytes(), 0o644)?;
     let fstab = format!(
         "# slot A (xtask): root comes from root=PARTUUID= on the kernel command line\n\
-         UUID={BOOT_FS_UUID} /boot/abboot ext2 defaults,nofail 0 0\n\
+         UUID={BOOT_FS_UUID} /boot/abboot ext4 defaults,nofail 0 0\n\
          UUID={DATA_FS_UUID} /data ext4 defaults,nofail 0 0\n"
     );
     install_file(root.path(), "etc/fstab", fstab.as_bytes(), 0o644)?;

@@ -703,6 +703,23 @@ fn run_one(
     }
 }
 
+/// `cargo xtask boot DISK`: boots an existing disk once and shows what came up.
+pub fn boot_disk(disk: &Path, imgs: &Images) -> Result<()> {
+    let dir = disk.with_extension("logs");
+    let http = FileServer::start(Vec::new())?;
+    let mut vm = Vm::new(disk, &dir, &imgs.ssh.private, http.port())?;
+    let t = Instant::now();
+    vm.start()?;
+    println!("boot: QEMU started, serial log {}", vm.serial_path().display());
+    vm.wait_ssh(BOOT_TIMEOUT)?;
+    println!("boot: ssh answered after {:.1?}", t.elapsed());
+    let o = vm.ssh(". /etc/os-release; echo $PRETTY_NAME; abupdate --json status")?;
+    show_output(&o.stdout);
+    show_output(&o.stderr);
+    vm.kill();
+    Ok(())
+}
+
 /// `cargo xtask demo`: upgrade and rollback on a real boot, narrated, with a final table.
 pub fn demo() -> Result<()> {
     let total = Instant::now();

@@ -388,6 +388,7 @@ pub fn ensure() -> Result<Images> {
         r_new.transpose()?;
         Ok(())
     })?;
+    prune_stale(&[&old_dir, &new_dir]);
     let read_sum = |p: &Path| -> Result<String> {
         Ok(std::fs::read_to_string(p)
             .with_context(|| format!("read {}", p.display()))?
@@ -402,6 +403,24 @@ pub fn ensure() -> Result<Images> {
         broken_sha256: read_sum(&new_dir.join("broken.img.zst.sha256"))?,
         ssh,
     })
+}
+
+/// Removes cache entries of earlier recipes (16-hex-digit directories not in `keep`).
+fn prune_stale(keep: &[&Path]) {
+    let Ok(rd) = std::fs::read_dir(CACHE_ROOT) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let stem = name.split('.').next().unwrap_or("");
+        let is_key = stem.len() == 16 && stem.chars().all(|c| c.is_ascii_hexdigit());
+        if is_key && !keep.iter().any(|k| *k == e.path().as_path()) {
+            println!("images: removing stale cache entry {}", e.path().display());
+            if let Err(err) = std::fs::remove_dir_all(e.path()) {
+                eprintln!("warning: remove {}: {err}", e.path().display());
+            }
+        }
+    }
 }
 
 /// A fresh temporary build directory beside the final one, renamed into place when done.

@@ -8,6 +8,7 @@
 
 #![allow(dead_code)] // TEMPORARY while the harness is being written
 
+mod bench_stage;
 mod disk;
 mod e2e;
 mod http;
@@ -39,6 +40,11 @@ enum Command {
         /// Where to write the disk image.
         path: std::path::PathBuf,
     },
+    /// Boot a disk image built by `disk`, wait for ssh, show the booted slot, power off.
+    Boot {
+        /// The disk image.
+        path: std::path::PathBuf,
+    },
     /// Run the end-to-end scenarios under QEMU.
     E2e {
         /// Run only these scenarios (comma separated): upgrade, rollback, trial, broken,
@@ -51,8 +57,13 @@ enum Command {
     },
     /// Set everything up and narrate an upgrade and a rollback on a real boot.
     Demo,
-    /// Measure the downtime of `abupdate switch` against a plain reboot.
-    Bench,
+    /// Measure the downtime of `abupdate switch` against a plain reboot (under QEMU), then
+    /// `abupdate stage` against `dd` on a loop disk.
+    Bench {
+        /// Only the downtime ratio (skip the stage-vs-dd benchmark).
+        #[arg(long)]
+        downtime_only: bool,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -71,9 +82,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Setup => cmd_setup(),
         Command::Images => cmd_images(),
         Command::Disk { path } => cmd_disk(&path),
+        Command::Boot { path } => cmd_boot(&path),
         Command::E2e { only, keep } => cmd_e2e(only.as_deref(), keep),
         Command::Demo => cmd_demo(),
-        Command::Bench => cmd_bench(),
+        Command::Bench { downtime_only } => cmd_bench(downtime_only),
     }
 }
 
@@ -97,6 +109,11 @@ fn cmd_disk(path: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+fn cmd_boot(path: &std::path::Path) -> Result<()> {
+    let imgs = images::ensure()?;
+    e2e::boot_disk(path, &imgs)
+}
+
 fn cmd_e2e(only: Option<&str>, keep: bool) -> Result<()> {
     let selected = e2e::parse_selection(only)?;
     e2e::run(&selected, keep)
@@ -106,8 +123,12 @@ fn cmd_demo() -> Result<()> {
     e2e::demo()
 }
 
-fn cmd_bench() -> Result<()> {
-    e2e::bench()
+fn cmd_bench(downtime_only: bool) -> Result<()> {
+    e2e::bench()?;
+    if !downtime_only {
+        bench_stage::run()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ pub const HOST_PACKAGES: &[&str] = &[
     "zstd",
     "openssh-client",
     "debian-archive-keyring",
+    "time",
 ];
 
 fn installed(pkg: &str) -> bool {

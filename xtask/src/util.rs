@@ -73,7 +73,12 @@ pub fn run_logged(cmd: &mut Command, log: &Path, what: &str) -> Result<()> {
 }
 
 /// Builds the release `abupdate` binary and returns its path.
+/// `XTASK_ABUPDATE_BIN=path` uses that binary instead (for debugging the harness).
 pub fn build_abupdate_release() -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("XTASK_ABUPDATE_BIN") {
+        println!("build: using XTASK_ABUPDATE_BIN={}", Path::new(&bin).display());
+        return Ok(PathBuf::from(bin));
+    }
     let root = workspace_root();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     println!("build: cargo build --release -p abupdate");
