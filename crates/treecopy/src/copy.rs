@@ -22,12 +22,12 @@ use crate::manifest::relative_entry_path;
 use crate::{EntryKind, Error, Plan, PlannedEntry};
 
 /// How every path in the slot is resolved: beneath the starting dirfd, no symlinks at all.
-const RESOLVE: ResolveFlags = ResolveFlags::BENEATH
+pub(crate) const RESOLVE: ResolveFlags = ResolveFlags::BENEATH
     .union(ResolveFlags::NO_SYMLINKS)
     .union(ResolveFlags::NO_MAGICLINKS);
 
 /// Flags for a directory handle used only as the base of `*at` calls.
-const DIR_PATH_FLAGS: OFlags = OFlags::PATH
+pub(crate) const DIR_PATH_FLAGS: OFlags = OFlags::PATH
     .union(OFlags::DIRECTORY)
     .union(OFlags::NOFOLLOW)
     .union(OFlags::CLOEXEC);
@@ -112,7 +112,7 @@ impl Slot {
     }
 }
 
-fn dest_err(path: &Path, step: impl Into<String>, e: Errno) -> Error {
+pub(crate) fn dest_err(path: &Path, step: impl Into<String>, e: Errno) -> Error {
     Error::Destination {
         path: path.to_owned(),
         step: step.into(),
@@ -121,7 +121,7 @@ fn dest_err(path: &Path, step: impl Into<String>, e: Errno) -> Error {
 }
 
 /// The in-slot absolute form of a relative path, as the new image sees it.
-fn in_slot(rel: &Path) -> PathBuf {
+pub(crate) fn in_slot(rel: &Path) -> PathBuf {
     Path::new("/").join(rel)
 }
 
@@ -545,7 +545,11 @@ fn owner(meta: &HostMeta) -> (Option<Uid>, Option<Gid>) {
 
 /// Owner, then xattrs (chown clears `security.capability`), then mode (chown clears
 /// set-id bits), then timestamps.
-fn apply_fd_meta(fd: BorrowedFd<'_>, meta: &HostMeta, display: &Path) -> Result<(), Error> {
+pub(crate) fn apply_fd_meta(
+    fd: BorrowedFd<'_>,
+    meta: &HostMeta,
+    display: &Path,
+) -> Result<(), Error> {
     let (uid, gid) = owner(meta);
     rustix::fs::fchown(fd, uid, gid)
         .map_err(|e| dest_err(display, format!("set owner {}:{}", meta.uid, meta.gid), e))?;
@@ -556,7 +560,7 @@ fn apply_fd_meta(fd: BorrowedFd<'_>, meta: &HostMeta, display: &Path) -> Result<
 }
 
 /// The same as [`apply_fd_meta`] for a symlink or node `name` in `dir`, never following it.
-fn apply_at_meta(
+pub(crate) fn apply_at_meta(
     dir: BorrowedFd<'_>,
     name: &OsStr,
     meta: &HostMeta,

@@ -123,7 +123,7 @@ pub(crate) fn open_file(path: &Path, meta: &HostMeta) -> Result<File, Error> {
 }
 
 /// Lists and reads all xattrs of `path`. A filesystem without xattr support has none.
-fn read_xattrs(path: &Path, follow: bool) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+pub(crate) fn read_xattrs(path: &Path, follow: bool) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let names = loop {
         let size = match if follow {
             rustix::fs::listxattr_query(path)

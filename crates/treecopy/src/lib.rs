@@ -9,14 +9,18 @@
 //! the new image is never written through. The only exception is a final component that
 //! is a symlink both in the image and on the host: the image's link is replaced.
 
+mod clone;
 mod copy;
 mod host;
 mod manifest;
 mod plan;
+mod tar;
 
 use std::io;
 use std::path::PathBuf;
 
+pub use self::tar::{extract_tar, ExtractReport};
+pub use clone::{clone_tree, CloneOptions, CloneReport};
 pub use copy::{copy_into, CopyReport};
 pub use manifest::{glob_match, Manifest};
 pub use plan::{plan, EntryKind, Plan, PlannedEntry};
@@ -82,5 +86,41 @@ pub enum Error {
         /// The cause.
         #[source]
         source: io::Error,
+    },
+    /// A tar entry would be written outside the slot or through a symlink: refused at
+    /// that entry, never written nor followed.
+    #[error("unsafe archive entry {}: {reason}", entry.display())]
+    UnsafeArchiveEntry {
+        /// The entry's path as written in the archive.
+        entry: PathBuf,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// A tar entry uses a feature abupdate does not extract.
+    #[error("unsupported archive entry {}: {reason}", entry.display())]
+    UnsupportedArchiveEntry {
+        /// The entry's path as written in the archive.
+        entry: PathBuf,
+        /// What is not supported.
+        reason: String,
+    },
+    /// The archive could not be read (corrupt or truncated).
+    #[error("reading the tar archive {}: {step}", entry.display())]
+    Archive {
+        /// The entry being read, or the last entry read before a header failed.
+        entry: PathBuf,
+        /// What was being done.
+        step: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A clone exclude path is not a normalized absolute path.
+    #[error("clone exclude {}: {reason}", path.display())]
+    BadExclude {
+        /// The path as given.
+        path: PathBuf,
+        /// Why it is refused.
+        reason: String,
     },
 }
