@@ -42,6 +42,9 @@ enum Cmd {
     History,
     /// First-time setup of the boot partition with SLOT as the good default.
     Init(InitArgs),
+    /// Manifest helpers.
+    #[command(subcommand)]
+    Manifest(ManifestCmd),
     /// Boot assessment (run by abupdate.service on every boot): commit a healthy trial slot,
     /// or return to the old one.
     Daemon,
@@ -109,6 +112,23 @@ impl StageArgs {
             },
         )
     }
+}
+
+#[derive(Debug, Subcommand)]
+enum ManifestCmd {
+    /// List files that differ from what the package manager installed and files no package
+    /// owns, as a manifest section to paste into the config.
+    Suggest(SuggestArgs),
+}
+
+#[derive(Debug, Args)]
+struct SuggestArgs {
+    /// Root of the system to inspect.
+    #[arg(long, default_value = "/")]
+    root: PathBuf,
+    /// Directory to scan (repeatable; default: the config's manifest.suggest_roots, or /etc).
+    #[arg(long = "scan", value_name = "DIR")]
+    scan: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -202,9 +222,29 @@ fn daemon(ctx: &Context, json: bool) -> Result<(), Error> {
     print(json, &abupdate_lib::assess::daemon(ctx)?)
 }
 
+fn manifest_suggest(config: &std::path::Path, json: bool, a: SuggestArgs) -> Result<(), Error> {
+    // Works without a config (on a host not set up yet); uses its excludes when there is one.
+    let cfg = match abupdate_lib::config::Config::load(config) {
+        Ok(c) => Some(c),
+        Err(abupdate_lib::config::ConfigError::Read { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    print(
+        json,
+        &abupdate_lib::manifest::suggest(cfg.as_ref(), a.root, a.scan)?,
+    )
+}
+
 fn dispatch(opt: Opt) -> Result<(), Error> {
-    let ctx = Context::open(&opt.config)?;
     let json = opt.json;
+    if let Cmd::Manifest(ManifestCmd::Suggest(a)) = opt.cmd {
+        return manifest_suggest(&opt.config, json, a);
+    }
+    let ctx = Context::open(&opt.config)?;
     match opt.cmd {
         Cmd::Status => status(&ctx, json),
         Cmd::Stage(a) => stage(&ctx, json, a),
@@ -214,6 +254,9 @@ fn dispatch(opt: Opt) -> Result<(), Error> {
         Cmd::History => history(&ctx, json),
         Cmd::Init(a) => init(&ctx, json, a),
         Cmd::Daemon => daemon(&ctx, json),
+        Cmd::Manifest(_) => Err(Error::Internal(
+            "manifest commands run without a context".into(),
+        )),
     }
 }
 

@@ -79,7 +79,7 @@ pub struct Partitions {
 }
 
 /// Configuration files carried from the running system into a staged slot.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ManifestConfig {
     /// Absolute paths, directories or globs.
@@ -88,6 +88,23 @@ pub struct ManifestConfig {
     /// Paths or globs left out.
     #[serde(default)]
     pub exclude: Vec<String>,
+    /// Directories `abupdate manifest suggest` scans (default `/etc`).
+    #[serde(default = "default_suggest_roots")]
+    pub suggest_roots: Vec<String>,
+}
+
+fn default_suggest_roots() -> Vec<String> {
+    vec!["/etc".into()]
+}
+
+impl Default for ManifestConfig {
+    fn default() -> Self {
+        ManifestConfig {
+            include: Vec::new(),
+            exclude: Vec::new(),
+            suggest_roots: default_suggest_roots(),
+        }
+    }
 }
 
 /// Serial console settings for GRUB and the kernel.
@@ -411,6 +428,7 @@ impl Config {
         for (k, list) in [
             ("manifest.include", &self.manifest.include),
             ("manifest.exclude", &self.manifest.exclude),
+            ("manifest.suggest_roots", &self.manifest.suggest_roots),
         ] {
             for e in list.iter() {
                 if !e.starts_with('/') || e.split('/').any(|c| c == "..") {

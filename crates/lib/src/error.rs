@@ -68,6 +68,9 @@ pub enum Error {
     /// Copying the manifest failed.
     #[error("copy manifest into the new slot: {0}")]
     Manifest(#[from] abupdate_treecopy::Error),
+    /// `manifest suggest` failed.
+    #[error("manifest suggest: {0}")]
+    Suggest(#[from] abupdate_suggest::Error),
     /// The state file is unreadable or from a future version.
     #[error("state file {}: {reason}", path.display())]
     State {
@@ -93,12 +96,22 @@ impl Error {
             Error::Lock(abupdate_utils::lock::LockError::Busy { .. }) => EXIT_REFUSED,
             Error::Verification(_) => EXIT_VERIFY,
             Error::Stream { source, .. } if source.is_verification_error() => EXIT_VERIFY,
-            Error::Stream { source, .. } if source.kind() == abupdate_stream::ErrorKind::Input => EXIT_USAGE,
+            Error::Stream { source, .. } if source.kind() == abupdate_stream::ErrorKind::Input => {
+                EXIT_USAGE
+            }
             Error::Manifest(
                 abupdate_treecopy::Error::UnsafeDestination { .. }
                 | abupdate_treecopy::Error::DestinationConflict { .. }
                 | abupdate_treecopy::Error::BadManifestEntry { .. },
             ) => EXIT_REFUSED,
+            Error::Suggest(
+                abupdate_suggest::Error::Unsupported(_)
+                | abupdate_suggest::Error::NoPackageDatabase { .. },
+            ) => EXIT_REFUSED,
+            Error::Suggest(
+                abupdate_suggest::Error::BadScanRoot { .. }
+                | abupdate_suggest::Error::BadExclude { .. },
+            ) => EXIT_USAGE,
             Error::Internal(_) => EXIT_INTERNAL,
             _ => EXIT_IO,
         }

@@ -16,6 +16,7 @@ pub mod disk;
 pub mod error;
 pub mod fsinfo;
 pub mod hooks;
+pub mod manifest;
 pub mod ops;
 pub mod slotfs;
 pub mod stage;
