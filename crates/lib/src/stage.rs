@@ -106,21 +106,24 @@ pub struct StageReport {
 
 impl std::fmt::Display for StageReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let prefix = if self.dry_run { "would " } else { "- " };
         for s in &self.steps {
-            writeln!(f, "{}{s}", if self.dry_run { "would " } else { "" })?;
+            writeln!(f, "{prefix}{s}")?;
         }
         if self.dry_run {
-            write!(f, "dry run: nothing was written")
-        } else {
-            write!(
-                f,
-                "slot {} staged: {} from {} (sha256 {})",
-                self.slot,
-                self.os.clone().unwrap_or_default(),
-                self.source,
-                self.sha256
-            )
+            return write!(f, "dry run: nothing was written");
         }
+        write!(
+            f,
+            "slot {} staged: {} from {}",
+            self.slot,
+            self.os.clone().unwrap_or_default(),
+            self.source
+        )?;
+        if !self.sha256.is_empty() {
+            write!(f, " (sha256 {})", self.sha256)?;
+        }
+        Ok(())
     }
 }
 
@@ -619,7 +622,7 @@ fn extract_archive(f: &Fetch, root: &Path, progress: bool, report: &mut StageRep
         drop(writer);
         res
     });
-    let extracted = treecopy_pending::extract_tar(&mut reader, root);
+    let extracted = abupdate_treecopy::extract_tar(&mut reader, root);
     // Read what the archive's end marker left (padding) so the whole source is hashed.
     let drained = std::io::copy(&mut reader, &mut std::io::sink());
     drop(reader);
@@ -705,8 +708,8 @@ fn clone_running(ctx: &Context, root: &Path, report: &mut StageReport) -> Result
     if let Some(d) = ctx.cfg.data_mountpoint() {
         exclude.push(d);
     }
-    let opts = treecopy_pending::CloneOptions { exclude };
-    let r = treecopy_pending::clone_tree(Path::new("/"), root, &opts)?;
+    let opts = abupdate_treecopy::CloneOptions { exclude };
+    let r = abupdate_treecopy::clone_tree(Path::new("/"), root, &opts)?;
     for m in &r.skipped_mounts {
         tracing::info!("clone: mount point {} left empty", m.display());
     }
@@ -953,30 +956,5 @@ mod tests {
         w.finish().expect("finish");
         f.read_exact_at(&mut on_disk, 0).expect("read");
         assert_eq!(on_disk, data);
-    }
-}
-
-/// TEMPORARY stand-ins until abupdate-treecopy's tar extraction and clone land.
-mod treecopy_pending {
-    use std::path::{Path, PathBuf};
-
-    use crate::error::{Error, Result};
-
-    pub struct Report {
-        pub bytes: u64,
-        pub skipped_mounts: Vec<PathBuf>,
-    }
-
-    pub struct CloneOptions {
-        pub exclude: Vec<PathBuf>,
-    }
-
-    pub fn extract_tar(_r: &mut impl std::io::Read, _root: &Path) -> Result<Report> {
-        Err(Error::Internal("tar extraction is not built yet".into()))
-    }
-
-    pub fn clone_tree(_s: &Path, _d: &Path, _o: &CloneOptions) -> Result<Report> {
-        let _ = &_o.exclude;
-        Err(Error::Internal("clone is not built yet".into()))
     }
 }
