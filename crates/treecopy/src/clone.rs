@@ -62,9 +62,10 @@ pub struct CloneReport {
 /// included), hard links as hard links, holes of sparse files, symlinks, device nodes,
 /// FIFOs and sockets. Does not cross mount points (a different mount id or device):
 /// they are created empty with their metadata and listed in
-/// [`CloneReport::skipped_mounts`]; excluded paths are left out the same way. Entries
-/// that vanish during the walk are skipped with a warning. Directory metadata is
-/// applied after their contents. Ends with `syncfs` on the destination.
+/// [`CloneReport::skipped_mounts`]; excluded paths (and the destination, if met inside
+/// the source) are left out the same way. Entries that vanish during the walk are
+/// skipped with a warning. Directory metadata is applied after their contents. Ends
+/// with `syncfs` on the destination.
 pub fn clone_tree(
     src_root: &Path,
     dst_root: &Path,
@@ -84,6 +85,8 @@ pub fn clone_tree(
         Mode::empty(),
     )
     .map_err(|e| dest_err(dst_root, "open destination root", e))?;
+    let dst_st =
+        fd_statx(dst.as_fd()).map_err(|e| dest_err(dst_root, "statx destination root", e))?;
     let mut cloner = Cloner {
         src_root,
         dst_root,
@@ -91,6 +94,7 @@ pub fn clone_tree(
         exclude,
         root_dev: dev_of(&root_st),
         root_mnt: has_mnt_id(&root_st).then_some(root_st.stx_mnt_id),
+        dst_id: (dev_of(&dst_st), dst_st.stx_ino),
         links: HashMap::new(),
         report: CloneReport::default(),
     };
@@ -231,6 +235,8 @@ struct Cloner<'a> {
     root_dev: u64,
     /// The source root's mount id, where the kernel reports one.
     root_mnt: Option<u64>,
+    /// (dev, ino) of the destination root, never descended if met inside the source.
+    dst_id: (u64, u64),
     /// (dev, ino) of multiply linked source entries → their path in the copy.
     links: HashMap<(u64, u64), PathBuf>,
     report: CloneReport,
@@ -320,7 +326,7 @@ impl Cloner<'_> {
         st: &Statx,
     ) -> Result<(), Error> {
         let kind = kind_of(st);
-        let excluded = self.exclude.contains(rel);
+        let excluded = self.exclude.contains(rel) || (dev_of(st), st.stx_ino) == self.dst_id;
         let mount = self.other_mount(st);
         if mount {
             self.report.skipped_mounts.push(in_slot(rel));

@@ -291,3 +291,20 @@ fn bad_excludes_are_refused() {
         }
     }
 }
+
+#[test]
+fn a_destination_inside_the_source_is_not_copied_into_itself() {
+    require_root();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let src = dir.path();
+    fs::write(src.join("file"), "data\n").expect("write");
+    let dst = src.join("copy");
+    fs::create_dir(&dst).expect("mkdir");
+    let report = clone_tree(src, &dst, &CloneOptions::default()).expect("clone");
+    assert_eq!((report.files, report.dirs), (1, 1));
+    assert_eq!(
+        fs::read_to_string(dst.join("file")).expect("read"),
+        "data\n"
+    );
+    assert_eq!(fs::read_dir(dst.join("copy")).expect("readdir").count(), 0);
+}
