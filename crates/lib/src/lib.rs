@@ -11,6 +11,7 @@ pub mod assess;
 pub mod boot;
 pub mod chroot;
 pub mod config;
+pub mod conflicts;
 pub mod context;
 pub mod disk;
 pub mod error;

@@ -98,6 +98,8 @@ pub struct StageReport {
     pub manifest_entries: u64,
     /// Manifest includes that matched nothing on this host.
     pub manifest_missing: Vec<String>,
+    /// Manifest files the new release changed: its version is kept as `<path>.abupdate-new`.
+    pub manifest_conflicts: Vec<String>,
     /// Services enabled.
     pub services: Vec<String>,
     /// Plan lines (dry run) or steps done.
@@ -122,6 +124,12 @@ impl std::fmt::Display for StageReport {
         )?;
         if !self.sha256.is_empty() {
             write!(f, " (sha256 {})", self.sha256)?;
+        }
+        for c in &self.manifest_conflicts {
+            write!(f, "\nnote: the new release changed {c}; your version was carried over and the new release's is kept as {c}{}: merge them", crate::conflicts::SUFFIX)?;
+        }
+        for m in &self.manifest_missing {
+            write!(f, "\nnote: manifest entry {m} matches nothing on this host")?;
         }
         Ok(())
     }
@@ -428,6 +436,7 @@ pub fn stage(ctx: &Context, opts: &StageOpts) -> Result<StageReport> {
         kernel: None,
         manifest_entries: 0,
         manifest_missing: Vec::new(),
+        manifest_conflicts: Vec::new(),
         services: ctx.cfg.services.clone(),
         steps: plan_steps(ctx, &opts.source, fetch.as_ref(), &part, target),
     };
@@ -778,6 +787,7 @@ fn prepare(
         exclude: ctx.cfg.manifest.exclude.clone(),
     };
     let plan = abupdate_treecopy::plan(Path::new("/"), &manifest)?;
+    report.manifest_conflicts = crate::conflicts::keep_new_versions(Path::new("/"), &plan, &root)?;
     let copied = abupdate_treecopy::copy_into(Path::new("/"), &plan, mnt)?;
     report.manifest_entries = copied.files + copied.dirs + copied.symlinks + copied.special;
     report.manifest_missing = plan.missing.clone();

@@ -17,7 +17,7 @@
 //! Architecture invariant: parsing (`dpkg`, `exclude`, `render`) is pure code over `&str`;
 //! all file system access lives in `scan`, which only reads.
 
-mod dpkg;
+pub mod dpkg;
 mod exclude;
 mod render;
 mod scan;
