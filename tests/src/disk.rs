@@ -130,6 +130,8 @@ pub struct Snapshot {
     pub grubenv: Vec<u8>,
     /// Every regular file on the boot partition (state, history, GRUB files) → sha256.
     pub boot_files: BTreeMap<String, String>,
+    /// The first and last MiB of the whole disk (primary and backup GPT).
+    pub gpt: Vec<u8>,
 }
 
 /// Options for [`TestDisk::with`].
@@ -450,7 +452,22 @@ impl TestDisk {
             grub_cfg,
             grubenv,
             boot_files,
+            gpt: self.gpt_bytes()?,
         })
+    }
+
+    /// The first and last MiB of the whole disk: both GPT headers and partition tables.
+    pub fn gpt_bytes(&self) -> Result<Vec<u8>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let dev = self.device();
+        let mut f = fs::File::open(dev).with_context(|| format!("open {}", dev.display()))?;
+        let len = f.seek(SeekFrom::End(0))?;
+        let mut out = vec![0u8; 2 << 20];
+        f.seek(SeekFrom::Start(0))?;
+        f.read_exact(&mut out[..1 << 20])?;
+        f.seek(SeekFrom::Start(len - (1 << 20)))?;
+        f.read_exact(&mut out[1 << 20..])?;
+        Ok(out)
     }
 
     /// `blkid -o value -s TAG DEV`.
@@ -470,6 +487,7 @@ impl TestDisk {
 pub fn assert_unchanged(before: &Snapshot, after: &Snapshot, what: &str) {
     assert_eq!(before.slot_a, after.slot_a, "{what}: slot A changed");
     assert_eq!(before.data, after.data, "{what}: the data partition changed");
+    assert!(before.gpt == after.gpt, "{what}: the GPT (first/last MiB of the disk) changed");
     assert!(
         before.grubenv == after.grubenv,
         "{what}: grubenv changed:\nbefore: {}\nafter:  {}",

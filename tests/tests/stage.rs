@@ -25,6 +25,7 @@ fn stage_and_check(compression: Option<Compression>) -> Result<()> {
     assert_eq!(before.data, after.data, "stage changed the data partition");
     assert!(before.grubenv == after.grubenv, "stage changed grubenv");
     assert!(before.grub_cfg == after.grub_cfg, "stage changed grub.cfg");
+    assert!(before.gpt == after.gpt, "stage changed the GPT");
     assert_slot_b_staged(&disk)?;
     Ok(())
 }
