@@ -157,10 +157,17 @@ pub fn build(imgs: &Images, abupdate: &Path, out: &Path) -> Result<DiskInfo> {
     install_file(root.path(), "usr/local/sbin/abupdate", &read(abupdate)?, 0o755)?;
     install_file(root.path(), "etc/abupdate/abupdate.yaml", guest_config().as_bytes(), 0o644)?;
     install_file(root.path(), "etc/app.conf", APP_CONF.as_bytes(), 0o644)?;
+    // TEMPORARY (dev only): XTASK_BOOT_NOAUTO=1 leaves the boot partition unmounted in A.
+    let boot_opts = if std::env::var_os("XTASK_BOOT_NOAUTO").is_some() {
+        "defaults,nofail,noauto"
+    } else {
+        "defaults,nofail"
+    };
+    // The same form `abupdate stage` writes for the new slot.
     let fstab = format!(
         "# slot A (xtask): root comes from root=PARTUUID= on the kernel command line\n\
-         UUID={BOOT_FS_UUID} /boot/abboot ext4 defaults,nofail 0 0\n\
-         UUID={DATA_FS_UUID} /data ext4 defaults,nofail 0 0\n"
+         UUID={BOOT_FS_UUID} /boot/abboot auto {boot_opts} 0 2\n\
+         UUID={DATA_FS_UUID} /data auto defaults,nofail 0 2\n"
     );
     install_file(root.path(), "etc/fstab", fstab.as_bytes(), 0o644)?;
     for d in ["boot/abboot", "data"] {

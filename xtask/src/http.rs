@@ -58,8 +58,16 @@ impl FileServer {
                 let f3 = f2.clone();
                 std::thread::spawn(move || {
                     if let Err(e) = serve(conn, &f3) {
-                        // A guest killed mid-download closes the connection: not an error here.
-                        eprintln!("  http: {e:#}");
+                        // A guest killed mid-download closes the connection: expected here.
+                        let dropped = e.root_cause().downcast_ref::<std::io::Error>().is_some_and(|io| {
+                            matches!(
+                                io.kind(),
+                                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+                            )
+                        });
+                        if !dropped {
+                            eprintln!("  {e:#}");
+                        }
                     }
                 });
             }

@@ -41,6 +41,8 @@ const PACKAGES: &[&str] = &[
     "e2fsprogs",
     "kmod",
     "procps",
+    // grub-script-check, grub-editenv: abupdate validates the GRUB script it renders.
+    "grub-common",
 ];
 
 const PATH_EXCLUDES: &[&str] = &[

@@ -68,6 +68,9 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Err(e) = vm::install_signal_cleanup() {
+        eprintln!("xtask: warning: {e:#}");
+    }
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

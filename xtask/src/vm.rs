@@ -7,9 +7,42 @@ use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+
+/// QEMU processes alive now, killed by the signal thread when xtask is interrupted.
+static LIVE_QEMU: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+fn live_qemu() -> std::sync::MutexGuard<'static, Vec<u32>> {
+    LIVE_QEMU.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Blocks SIGINT/SIGTERM/SIGHUP in every thread and handles them in one thread that kills
+/// the running QEMU processes before exiting (Drop guards do not run on a signal). Call first
+/// in `main`, before any thread exists; child processes start with an empty signal mask.
+pub fn install_signal_cleanup() -> Result<()> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(s);
+    }
+    set.thread_block().context("block termination signals")?;
+    std::thread::spawn(move || {
+        if let Ok(sig) = set.wait() {
+            let pids: Vec<u32> = live_qemu().clone();
+            eprintln!("xtask: {sig:?}: killing QEMU {pids:?} and exiting");
+            for pid in pids {
+                if let Ok(pid) = i32::try_from(pid) {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+                }
+            }
+            std::process::exit(130);
+        }
+    });
+    Ok(())
+}
 
 /// How long one boot may take to reach ssh under TCG on a busy 2-core machine.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -110,6 +143,7 @@ impl Vm {
             .stderr(Stdio::from(qlog_e))
             .spawn()
             .context("vm: start qemu-system-x86_64")?;
+        live_qemu().push(child.id());
         self.child = Some(child);
         Ok(())
     }
@@ -120,7 +154,7 @@ impl Vm {
             Some(c) => match c.try_wait() {
                 Ok(None) => true,
                 Ok(Some(_)) | Err(_) => {
-                    self.child = None;
+                    self.forget();
                     false
                 }
             },
@@ -130,9 +164,17 @@ impl Vm {
 
     /// Pulls the plug: SIGKILL to QEMU, waits for it.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
+        if let Some(c) = self.child.as_mut() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        self.forget();
+    }
+
+    /// Drops the (exited) child and its registration.
+    fn forget(&mut self) {
+        if let Some(c) = self.child.take() {
+            live_qemu().retain(|p| *p != c.id());
         }
     }
 
@@ -144,7 +186,7 @@ impl Vm {
                 bail!("vm: wait for QEMU to exit, but it is not running");
             };
             if let Some(st) = c.try_wait().context("vm: wait for QEMU")? {
-                self.child = None;
+                self.forget();
                 return Ok(st);
             }
             if Instant::now() >= deadline {
