@@ -210,7 +210,7 @@ fn handle(mut conn: TcpStream, s: &Shared) -> Result<()> {
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     let etag = format!("\"{len:x}-{mtime:x}\"");
-    let if_range_ok = headers.get("if-range").map_or(true, |v| *v == etag);
+    let if_range_ok = !matches!(headers.get("if-range"), Some(v) if *v != etag);
     let (status, start, end) = match range.as_deref().filter(|_| if_range_ok) {
         Some(r) => match parse_range(r, len) {
             Some((a, b)) => (206, a, b),

@@ -74,6 +74,9 @@ impl Image {
     }
 }
 
+/// A last-minute change to an image's tree (its root directory as argument).
+pub type Customize<'a> = &'a dyn Fn(&Path) -> Result<()>;
+
 /// What to put in an image.
 pub struct ImageSpec<'a> {
     /// File name inside the directory.
@@ -88,7 +91,7 @@ pub struct ImageSpec<'a> {
     /// Bytes of pseudo-random data written to `/usr/lib/abupdate-test/blob.bin`.
     pub random_bytes: usize,
     /// Last-minute changes to the tree before `mkfs.ext4 -d`.
-    pub customize: Option<&'a dyn Fn(&Path) -> Result<()>>,
+    pub customize: Option<Customize<'a>>,
 }
 
 impl Default for ImageSpec<'_> {
