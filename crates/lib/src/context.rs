@@ -62,6 +62,15 @@ impl BootPartition {
     pub fn close(self) -> Result<()> {
         Ok(self.mount.close()?)
     }
+
+    /// Unmounts this read-only mount and mounts the partition read-write, for the writes of
+    /// an operation whose checks passed. Checks run on a read-only mount so that a refused
+    /// or failed operation leaves the boot partition byte-identical (a read-write mount of
+    /// ext2 alone updates its superblock).
+    pub fn reopen_rw(self, ctx: &Context) -> Result<BootPartition> {
+        self.close()?;
+        ctx.mount_boot(true)
+    }
 }
 
 /// Enters a private mount namespace once per process.

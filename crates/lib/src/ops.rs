@@ -322,15 +322,16 @@ pub fn inspect_slot(ctx: &Context, slot: SlotId) -> Result<SlotRecord> {
 /// default (its kernel and os-release read from the slot itself).
 pub fn init(ctx: &Context, slot: SlotId, force: bool) -> Result<Outcome> {
     let _lock = ctx.lock()?;
-    let boot = ctx.mount_boot(true)?;
-    let store = boot.store();
-    if store.exists() && !force {
+    let boot = ctx.mount_boot(false)?;
+    if boot.store().exists() && !force {
         return Err(Error::Refused(format!(
             "the boot partition {} is already set up (use --force to start over)",
             ctx.layout.boot.device.display()
         )));
     }
     let rec = inspect_slot(ctx, slot)?;
+    let boot = boot.reopen_rw(ctx)?;
+    let store = boot.store();
     let mut st = State::default();
     st.slots.insert(slot, rec.clone());
     let entries = vec![MenuEntry {
@@ -377,7 +378,7 @@ pub fn switch(ctx: &Context, opts: &SwitchOpts) -> Result<Outcome> {
     }
     let booted = ctx.booted()?;
     let _lock = ctx.lock()?;
-    let boot = ctx.mount_boot(true)?;
+    let boot = ctx.mount_boot(false)?;
     let (mut st, bs, facts) = load_all(ctx, &boot, booted)?;
     let target = state::check_switch(&facts).map_err(Error::Refused)?;
     let target_os = st
@@ -396,6 +397,7 @@ pub fn switch(ctx: &Context, opts: &SwitchOpts) -> Result<Outcome> {
             ("ABUPDATE_TRIES", tries.to_string()),
         ],
     )?;
+    let boot = boot.reopen_rw(ctx)?;
     let flow = boot.flow();
     flow.install_menu(&menu_entries(ctx, &st, &facts), booted, &menu_settings(ctx))?;
     failpoint("switch.after-menu");
@@ -433,7 +435,7 @@ pub fn switch(ctx: &Context, opts: &SwitchOpts) -> Result<Outcome> {
 pub fn commit(ctx: &Context) -> Result<Outcome> {
     let booted = ctx.booted()?;
     let _lock = ctx.lock()?;
-    let boot = ctx.mount_boot(true)?;
+    let boot = ctx.mount_boot(false)?;
     let (mut st, bs, facts) = load_all(ctx, &boot, booted)?;
     let slot = match state::check_commit(&facts).map_err(Error::Refused)? {
         CommitAction::AlreadyDefault(s) => {
@@ -447,6 +449,7 @@ pub fn commit(ctx: &Context) -> Result<Outcome> {
         }
         CommitAction::Commit(s) => s,
     };
+    let boot = boot.reopen_rw(ctx)?;
     let other = slot.other();
     let rec = st
         .slots
@@ -500,10 +503,12 @@ pub struct RollbackOpts {
 pub fn rollback(ctx: &Context, opts: &RollbackOpts) -> Result<Outcome> {
     let booted = ctx.booted()?;
     let _lock = ctx.lock()?;
-    let boot = ctx.mount_boot(true)?;
+    let boot = ctx.mount_boot(false)?;
     let (mut st, bs, facts) = load_all(ctx, &boot, booted)?;
+    let action = state::check_rollback(&facts).map_err(Error::Refused)?;
+    let boot = boot.reopen_rw(ctx)?;
     let flow = boot.flow();
-    let (slot, msg, reboot) = match state::check_rollback(&facts).map_err(Error::Refused)? {
+    let (slot, msg, reboot) = match action {
         RollbackAction::AlreadyDefault(s) => {
             let reboot = s != booted && !opts.no_reboot;
             (s, format!("slot {s} is already the default"), reboot)

@@ -405,8 +405,8 @@ pub fn stage(ctx: &Context, opts: &StageOpts) -> Result<StageReport> {
         _ => None,
     };
     let _lock = ctx.lock()?;
-    let boot = ctx.mount_boot(!opts.dry_run)?;
-    let (mut st, _bs, facts) = load_all(ctx, &boot, booted)?;
+    let boot = ctx.mount_boot(false)?;
+    let (_st, _bs, facts) = load_all(ctx, &boot, booted)?;
     let target = state::check_stage(&facts).map_err(Error::Refused)?;
     let part = ctx.layout.slot(target).clone();
     if part.rdev == ctx.layout.slot(booted).rdev {
@@ -440,6 +440,7 @@ pub fn stage(ctx: &Context, opts: &StageOpts) -> Result<StageReport> {
         services: ctx.cfg.services.clone(),
         steps: plan_steps(ctx, &opts.source, fetch.as_ref(), &part, target),
     };
+    boot.close()?;
     if opts.dry_run {
         open_target(&part).map(drop)?;
         if let Some(f) = &fetch {
@@ -449,7 +450,6 @@ pub fn stage(ctx: &Context, opts: &StageOpts) -> Result<StageReport> {
                 .map_err(stream_err(&f.src))?;
             report.source_bytes = opened.len().unwrap_or(0);
         }
-        boot.close()?;
         return Ok(report);
     }
 
@@ -518,6 +518,8 @@ pub fn stage(ctx: &Context, opts: &StageOpts) -> Result<StageReport> {
         "slot {target} staged with {} from {source_name}",
         rec.os.pretty_name
     );
+    let boot = ctx.mount_boot(true)?;
+    let mut st = boot.store().load()?;
     st.slots.insert(
         target,
         SlotRecord {
@@ -588,11 +590,30 @@ fn write_image(
             f.expected
         )));
     }
-    if writer.head.len() < 2048 || fsinfo::parse_ext4_superblock(&writer.head[1024..2048]).is_none()
-    {
+    let Some(fs) = writer
+        .head
+        .get(1024..2048)
+        .and_then(fsinfo::parse_ext4_superblock)
+    else {
         return Err(Error::Verification(format!(
             "{} is not an ext2/3/4 filesystem image; slot {target} was left without a filesystem",
             f.src.display_name()
+        )));
+    };
+    if stats.image_bytes < fs.size_bytes {
+        return Err(Error::Verification(format!(
+            "{} is truncated: it holds {} bytes but its filesystem is {} bytes; slot {target} was left without a filesystem",
+            f.src.display_name(),
+            stats.image_bytes,
+            fs.size_bytes
+        )));
+    }
+    if fs.size_bytes > part.size_bytes {
+        return Err(Error::Verification(format!(
+            "the filesystem in {} ({} bytes) is larger than slot {target} ({} bytes)",
+            f.src.display_name(),
+            fs.size_bytes,
+            part.size_bytes
         )));
     }
     writer.finish()?;
