@@ -163,13 +163,17 @@ fn parse_slot(s: &str) -> Result<SlotId, String> {
 }
 
 fn print<T: Serialize + std::fmt::Display>(json: bool, value: &T) -> Result<(), Error> {
-    if json {
-        let s = serde_json::to_string_pretty(value).map_err(|e| Error::Internal(e.to_string()))?;
-        println!("{s}");
+    use std::io::Write;
+    let text = if json {
+        serde_json::to_string_pretty(value).map_err(|e| Error::Internal(e.to_string()))?
     } else {
-        println!("{value}");
+        value.to_string()
+    };
+    match writeln!(std::io::stdout().lock(), "{text}") {
+        // A reader that went away (`abupdate status | head`) is not an error of ours.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.map_err(Error::io("write to", "stdout")),
     }
-    Ok(())
 }
 
 fn status(ctx: &Context, json: bool) -> Result<(), Error> {

@@ -85,9 +85,27 @@ pub fn private_namespace() -> Result<()> {
         })
 }
 
-/// Mounts an ext2/3/4 (or FAT) partition privately.
+/// Mounts an ext2/3/4 (or FAT) partition privately. A partition the system already has
+/// mounted (the running system's `/boot/abboot`) is mounted again with the same filesystem
+/// type, sharing its superblock; a read-only request then gets a read-only bind of it (the
+/// kernel refuses a read-only mount of a superblock that is mounted read-write).
 pub fn mount_private(device: &Path, read_only: bool) -> Result<TempMount> {
     private_namespace()?;
+    let meta = std::fs::metadata(device).map_err(Error::io("stat", device))?;
+    let rdev = std::os::unix::fs::MetadataExt::rdev(&meta);
+    let (maj, min) = (
+        nix::sys::stat::major(rdev) as u32,
+        nix::sys::stat::minor(rdev) as u32,
+    );
+    let mounts =
+        abupdate_utils::mountinfo::read().map_err(Error::io("read", "/proc/self/mountinfo"))?;
+    if let Some(existing) = mounts.iter().find(|m| m.major == maj && m.minor == min) {
+        let m = TempMount::new(device, &existing.fstype, false)?;
+        if read_only {
+            m.make_read_only()?;
+        }
+        return Ok(m);
+    }
     let fstype = match fsinfo::read_ext4_info(device) {
         Ok(Some(_)) => "ext4",
         Ok(None) => "vfat",

@@ -111,6 +111,23 @@ impl TempMount {
         &self.target
     }
 
+    /// Makes this mount read-only (a per-mount flag: the superblock is left as it is).
+    pub fn make_read_only(&self) -> Result<(), MountError> {
+        mount(
+            None::<&str>,
+            &self.target,
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .map_err(|source| MountError::Mount {
+            device: self.device.clone(),
+            target: self.target.clone(),
+            fstype: "remount,bind,ro".into(),
+            source,
+        })
+    }
+
     /// The mounted device.
     pub fn device(&self) -> &Path {
         &self.device
