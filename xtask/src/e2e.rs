@@ -20,6 +20,8 @@ use crate::{setup, util};
 
 /// How long a full stage may take in the guest under TCG.
 const STAGE_TIMEOUT: Duration = Duration::from_secs(40 * 60);
+/// How long GRUB may take to print its marker after QEMU starts.
+const GRUB_TIMEOUT: Duration = Duration::from_secs(120);
 /// Trial tries configured in the guest's abupdate.yaml.
 const TRIES: u32 = 3;
 const TRIXIE_URL: &str = "/trixie.img.zst";
@@ -264,10 +266,18 @@ impl Machine {
         self.vm.ssh_ok(&format!("sha256sum {MANIFEST_FILES}"))
     }
 
+    /// Starts QEMU and waits for GRUB's boot marker (so a boot loader failure shows early).
+    fn power_on(&mut self) -> Result<()> {
+        self.vm.start()?;
+        self.vm
+            .wait_serial("abupdate: booting slot", GRUB_TIMEOUT)
+            .context("GRUB did not print its boot marker")
+    }
+
     /// Starts QEMU, waits for ssh, asserts the booted slot and the GRUB marker.
     fn boot_expect(&mut self, slot: &str) -> Result<Duration> {
         let t = Instant::now();
-        self.vm.start()?;
+        self.power_on()?;
         self.vm.wait_ssh(BOOT_TIMEOUT)?;
         let took = t.elapsed();
         self.assert_booted(slot)?;
@@ -345,15 +355,10 @@ fn upgrade(env: &Env, m: &mut Machine) -> Result<()> {
     step(&format!("status: {}", st.summary()));
     ensure!(st.state("b") == "staged", "slot b should be staged: {}", st.summary());
 
-    let t = Instant::now();
-    m.rebooting("abupdate switch")?;
-    m.vm.start()?;
-    m.vm.wait_ssh(BOOT_TIMEOUT)?;
-    let downtime = t.elapsed();
+    let downtime = timed_switch(m)?;
     m.switch_downtime = Some(downtime);
-    m.assert_booted("b")?;
     let v = m.os_version()?;
-    step(&format!("switch → ssh in B: {downtime:.1?}; slot B runs {v}"));
+    step(&format!("slot B runs {v}"));
     ensure!(v.starts_with("13 "), "slot B should run Debian 13, os-release says {v}");
     let st = m.status()?;
     step(&format!("status: {}", st.summary()));
@@ -408,7 +413,7 @@ fn trial(env: &Env, m: &mut Machine) -> Result<()> {
     m.rebooting("abupdate switch")?;
     let mut trials = 0;
     loop {
-        m.vm.start()?;
+        m.power_on()?;
         m.vm.wait_ssh(BOOT_TIMEOUT)?;
         let st = m.status()?;
         if st.booted() == "a" {
@@ -450,7 +455,7 @@ fn broken(env: &Env, m: &mut Machine) -> Result<()> {
     let mut panics = 0;
     loop {
         let t = Instant::now();
-        m.vm.start()?;
+        m.power_on()?;
         if m.vm.wait_ssh_or_exit(BOOT_TIMEOUT)? {
             break;
         }
@@ -559,11 +564,23 @@ fn powercut(env: &Env, m: &mut Machine) -> Result<()> {
 fn reboot_time(m: &mut Machine) -> Result<Duration> {
     let t = Instant::now();
     m.rebooting("systemctl reboot")?;
-    m.vm.start()?;
+    m.power_on()?;
     m.vm.wait_ssh(BOOT_TIMEOUT)?;
     let took = t.elapsed();
     m.assert_booted("a")?;
     step(&format!("plain reboot in A → ssh: {took:.1?}"));
+    Ok(took)
+}
+
+/// `abupdate switch` in A, timed until ssh answers in B.
+fn timed_switch(m: &mut Machine) -> Result<Duration> {
+    let t = Instant::now();
+    m.rebooting("abupdate switch")?;
+    m.power_on()?;
+    m.vm.wait_ssh(BOOT_TIMEOUT)?;
+    let took = t.elapsed();
+    m.assert_booted("b")?;
+    step(&format!("abupdate switch → ssh in B: {took:.1?}"));
     Ok(took)
 }
 
@@ -594,7 +611,8 @@ pub fn run(selected: &[Scenario], keep: bool) -> Result<()> {
     for &sc in selected {
         println!("\n=== scenario {} ===", sc.name());
         let t = Instant::now();
-        let r = run_one(&mut env, &mut machine, sc, &mut reboot);
+        let with_upgrade = selected.contains(&Scenario::Upgrade);
+        let r = run_one(&mut env, &mut machine, sc, &mut reboot, with_upgrade);
         let took = t.elapsed();
         match &r {
             Ok(()) => println!("=== {} passed in {took:.1?}", sc.name()),
@@ -664,11 +682,17 @@ fn run_one(
     machine: &mut Option<Machine>,
     sc: Scenario,
     reboot: &mut Option<Duration>,
+    with_upgrade: bool,
 ) -> Result<()> {
     match sc {
         Scenario::Downtime => {
             let m = machine_in_a(env, machine)?;
             *reboot = Some(reboot_time(m)?);
+            if !with_upgrade {
+                // Without the upgrade scenario in this run, measure the switch here.
+                m.stage(TRIXIE_URL, &env.imgs.trixie_sha256)?;
+                m.switch_downtime = Some(timed_switch(m)?);
+            }
             Ok(())
         }
         Scenario::Upgrade => {
@@ -735,7 +759,7 @@ pub fn demo() -> Result<()> {
     rollback(&mut m)?;
     let st_a = m.status()?;
     println!("\n=== result ===");
-    println!("  {:<5} {:<34} {:<8} {}", "slot", "OS", "state", "");
+    println!("  {:<5} {:<34} {:<8} flags", "slot", "OS", "state");
     for id in ["a", "b"] {
         let s = st_a.slot(id);
         let mut flags = Vec::new();
@@ -769,12 +793,7 @@ pub fn bench() -> Result<()> {
     let mut m = env.new_machine()?;
     let rb = reboot_time(&mut m)?;
     m.stage(TRIXIE_URL, &env.imgs.trixie_sha256)?;
-    let t = Instant::now();
-    m.rebooting("abupdate switch")?;
-    m.vm.start()?;
-    m.vm.wait_ssh(BOOT_TIMEOUT)?;
-    let sw = t.elapsed();
-    m.assert_booted("b")?;
+    let sw = timed_switch(&mut m)?;
     print_ratio(rb, sw);
     drop(m);
     cleanup_run_dir(&env.run_dir, false);

@@ -6,8 +6,6 @@
 //! and staging are always done by `abupdate` itself; xtask only prepares disks, runs QEMU,
 //! serves files over HTTP on loopback and asserts on what the guest reports.
 
-#![allow(dead_code)] // TEMPORARY while the harness is being written
-
 mod bench_stage;
 mod disk;
 mod e2e;
