@@ -157,16 +157,10 @@ pub fn build(imgs: &Images, abupdate: &Path, out: &Path) -> Result<DiskInfo> {
     install_file(root.path(), "usr/local/sbin/abupdate", &read(abupdate)?, 0o755)?;
     install_file(root.path(), "etc/abupdate/abupdate.yaml", guest_config().as_bytes(), 0o644)?;
     install_file(root.path(), "etc/app.conf", APP_CONF.as_bytes(), 0o644)?;
-    // TEMPORARY (dev only): XTASK_BOOT_NOAUTO=1 leaves the boot partition unmounted in A.
-    let boot_opts = if std::env::var_os("XTASK_BOOT_NOAUTO").is_some() {
-        "defaults,nofail,noauto"
-    } else {
-        "defaults,nofail"
-    };
     // The same form `abupdate stage` writes for the new slot.
     let fstab = format!(
         "# slot A (xtask): root comes from root=PARTUUID= on the kernel command line\n\
-         UUID={BOOT_FS_UUID} /boot/abboot auto {boot_opts} 0 2\n\
+         UUID={BOOT_FS_UUID} /boot/abboot auto defaults,nofail 0 2\n\
          UUID={DATA_FS_UUID} /data auto defaults,nofail 0 2\n"
     );
     install_file(root.path(), "etc/fstab", fstab.as_bytes(), 0o644)?;
@@ -186,20 +180,9 @@ pub fn build(imgs: &Images, abupdate: &Path, out: &Path) -> Result<DiskInfo> {
     // Boot partition: GRUB's modules (grub.cfg and grubenv are abupdate's).
     let boot = TempMount::new(&p(2), "ext2", false).context("mount the boot partition")?;
     copy_grub_modules(boot.path())?;
-    if std::env::var_os("XTASK_TEMP_GRUBCFG").is_some() {
-        // TEMPORARY (until `abupdate init` works): a minimal hand-written grub.cfg.
-        let cfg = format!(
-            "# TEMPORARY xtask grub.cfg, replaced by abupdate init\nserial --unit=0 --speed=115200\nterminal_input serial console\nterminal_output serial\nset timeout=1\n\
-             menuentry 'slot a' {{\n  echo 'abupdate: booting slot a (xtask temporary)'\n  search --no-floppy --set=root --fs-uuid {ROOT_A_FS_UUID}\n  linux /boot/vmlinuz-{kernel} root=PARTUUID={} rw console=ttyS0,115200 panic=5\n  initrd /boot/initrd.img-{kernel}\n}}\n",
-            PARTS[2].uuid
-        );
-        install_file(boot.path(), "grub/grub.cfg", cfg.as_bytes(), 0o644)?;
-    }
     boot.close().context("unmount the boot partition")?;
 
-    if std::env::var_os("XTASK_TEMP_GRUBCFG").is_none() {
-        abupdate_init(abupdate, lo.path(), out)?;
-    }
+    abupdate_init(abupdate, lo.path(), out)?;
     lo.close().with_context(|| format!("detach {}", out.display()))?;
 
     install_grub_boot_code(out)?;

@@ -564,11 +564,15 @@ fn powercut(env: &Env, m: &mut Machine) -> Result<()> {
 fn reboot_time(m: &mut Machine) -> Result<Duration> {
     let t = Instant::now();
     m.rebooting("systemctl reboot")?;
+    let down = t.elapsed();
     m.power_on()?;
     m.vm.wait_ssh(BOOT_TIMEOUT)?;
     let took = t.elapsed();
     m.assert_booted("a")?;
-    step(&format!("plain reboot in A → ssh: {took:.1?}"));
+    step(&format!(
+        "plain reboot in A → ssh: {took:.1?} (shutdown {down:.1?}, boot {:.1?})",
+        took - down
+    ));
     Ok(took)
 }
 
@@ -576,11 +580,15 @@ fn reboot_time(m: &mut Machine) -> Result<Duration> {
 fn timed_switch(m: &mut Machine) -> Result<Duration> {
     let t = Instant::now();
     m.rebooting("abupdate switch")?;
+    let down = t.elapsed();
     m.power_on()?;
     m.vm.wait_ssh(BOOT_TIMEOUT)?;
     let took = t.elapsed();
     m.assert_booted("b")?;
-    step(&format!("abupdate switch → ssh in B: {took:.1?}"));
+    step(&format!(
+        "abupdate switch → ssh in B: {took:.1?} (switch + shutdown {down:.1?}, boot {:.1?})",
+        took - down
+    ));
     Ok(took)
 }
 
