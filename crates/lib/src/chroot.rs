@@ -52,16 +52,7 @@ impl<'a> Chroot<'a> {
         if out.status.success() {
             return Ok(());
         }
-        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.push_str(&String::from_utf8_lossy(&out.stderr));
-        let tail: String = text
-            .chars()
-            .rev()
-            .take(4000)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
+        let tail = output_tail(&out);
         Err(Error::Refused(format!(
             "{what} failed in the new slot ({}): {}",
             out.status,
@@ -76,4 +67,14 @@ impl<'a> Chroot<'a> {
         }
         Ok(())
     }
+}
+
+/// The last 4000 characters of what a command printed (stdout, then stderr), trimmed, for
+/// error messages.
+pub fn output_tail(out: &std::process::Output) -> String {
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    let text = text.trim();
+    let skip = text.chars().count().saturating_sub(4000);
+    text.chars().skip(skip).collect()
 }

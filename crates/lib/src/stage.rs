@@ -691,16 +691,7 @@ fn run_installer(command: &str, root: &Path) -> Result<()> {
     if out.status.success() {
         return Ok(());
     }
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    let tail: String = text
-        .chars()
-        .rev()
-        .take(4000)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
+    let tail = crate::chroot::output_tail(&out);
     Err(Error::Refused(format!(
         "installer `{command}` failed ({}): {}",
         out.status,
