@@ -136,7 +136,8 @@ pub fn build(imgs: &Images, abupdate: &Path, out: &Path) -> Result<DiskInfo> {
     let size = (last + MIB_SECTORS) * 512;
     {
         let f = std::fs::File::create(out).with_context(|| format!("create {}", out.display()))?;
-        f.set_len(size).with_context(|| format!("size {}", out.display()))?;
+        f.set_len(size)
+            .with_context(|| format!("size {}", out.display()))?;
     }
     Cmd::new("sfdisk")
         .args(["--quiet", "--no-reread", "--no-tell-kernel"])
@@ -154,8 +155,18 @@ pub fn build(imgs: &Images, abupdate: &Path, out: &Path) -> Result<DiskInfo> {
     // Slot A: Debian 12 + abupdate + its config + the application config.
     let root = TempMount::new(&p(3), "ext4", false).context("mount slot A")?;
     util::extract_tar(&imgs.bookworm_tar, root.path())?;
-    install_file(root.path(), "usr/local/sbin/abupdate", &read(abupdate)?, 0o755)?;
-    install_file(root.path(), "etc/abupdate/abupdate.yaml", guest_config().as_bytes(), 0o644)?;
+    install_file(
+        root.path(),
+        "usr/local/sbin/abupdate",
+        &read(abupdate)?,
+        0o755,
+    )?;
+    install_file(
+        root.path(),
+        "etc/abupdate/abupdate.yaml",
+        guest_config().as_bytes(),
+        0o644,
+    )?;
     install_file(root.path(), "etc/app.conf", APP_CONF.as_bytes(), 0o644)?;
     // The same form `abupdate stage` writes for the new slot.
     let fstab = format!(
@@ -183,7 +194,8 @@ pub fn build(imgs: &Images, abupdate: &Path, out: &Path) -> Result<DiskInfo> {
     boot.close().context("unmount the boot partition")?;
 
     abupdate_init(abupdate, lo.path(), out)?;
-    lo.close().with_context(|| format!("detach {}", out.display()))?;
+    lo.close()
+        .with_context(|| format!("detach {}", out.display()))?;
 
     install_grub_boot_code(out)?;
     println!(
@@ -224,7 +236,9 @@ fn install_file(root: &Path, rel: &str, content: &[u8], mode: u32) -> Result<()>
 fn find_kernel(root: &Path) -> Result<String> {
     let boot = root.join("boot");
     for e in std::fs::read_dir(&boot).with_context(|| format!("list {}", boot.display()))? {
-        let name = e.with_context(|| format!("list {}", boot.display()))?.file_name();
+        let name = e
+            .with_context(|| format!("list {}", boot.display()))?
+            .file_name();
         if let Some(v) = name.to_string_lossy().strip_prefix("vmlinuz-") {
             return Ok(v.to_string());
         }
@@ -255,7 +269,10 @@ fn abupdate_init(abupdate: &Path, disk_dev: &Path, image: &Path) -> Result<()> {
     let cfg = dir.path().join("abupdate.yaml");
     let text = format!("disk: {}\n{}", disk_dev.display(), guest_config());
     std::fs::write(&cfg, text).with_context(|| format!("write {}", cfg.display()))?;
-    println!("disk: abupdate --config <disk: {}> init --slot a", disk_dev.display());
+    println!(
+        "disk: abupdate --config <disk: {}> init --slot a",
+        disk_dev.display()
+    );
     let out = Cmd::new(abupdate)
         .arg("--config")
         .arg(&cfg)
@@ -290,7 +307,10 @@ fn install_grub_boot_code(image: &Path) -> Result<()> {
     let mut core = read(&core_path)?;
     let bios = &PARTS[0];
     if core.len() as u64 > bios.size * 512 || core.len() < 512 {
-        bail!("core.img is {} bytes, does not fit the BIOS boot partition", core.len());
+        bail!(
+            "core.img is {} bytes, does not fit the BIOS boot partition",
+            core.len()
+        );
     }
     core[500..508].copy_from_slice(&(bios.start + 1).to_le_bytes());
     let boot_img = read(&Path::new(GRUB_DIR).join("boot.img"))?;
@@ -326,7 +346,12 @@ mod tests {
     #[test]
     fn partitions_do_not_overlap_and_slots_are_equal() {
         for w in PARTS.windows(2) {
-            assert!(w[0].start + w[0].size <= w[1].start, "{} overlaps {}", w[0].name, w[1].name);
+            assert!(
+                w[0].start + w[0].size <= w[1].start,
+                "{} overlaps {}",
+                w[0].name,
+                w[1].name
+            );
         }
         assert_eq!(PARTS[2].size, PARTS[3].size);
         assert!(sfdisk_script().contains("name=\"root-b\""));

@@ -329,7 +329,10 @@ impl Machine {
             }
             if t.elapsed() > STAGE_TIMEOUT {
                 let _ = child.kill();
-                bail!("stage did not finish within {STAGE_TIMEOUT:?} (log {})", log.display());
+                bail!(
+                    "stage did not finish within {STAGE_TIMEOUT:?} (log {})",
+                    log.display()
+                );
             }
             std::thread::sleep(Duration::from_millis(500));
         };
@@ -338,7 +341,11 @@ impl Machine {
         let shown = lines.len().saturating_sub(6);
         show_output(&lines[shown..].join("\n"));
         println!("       ({:.1?}, {status})", t.elapsed());
-        ensure!(status.success(), "`abupdate {cmd}` failed ({status}); log {}", log.display());
+        ensure!(
+            status.success(),
+            "`abupdate {cmd}` failed ({status}); log {}",
+            log.display()
+        );
         Ok(t.elapsed())
     }
 }
@@ -346,20 +353,30 @@ impl Machine {
 /// Scenario a: stage the Debian 13 image, switch, boot B, check, commit.
 fn upgrade(env: &Env, m: &mut Machine) -> Result<()> {
     let v = m.os_version()?;
-    ensure!(v.starts_with("12 "), "slot A should run Debian 12, os-release says {v}");
+    ensure!(
+        v.starts_with("12 "),
+        "slot A should run Debian 12, os-release says {v}"
+    );
     let sums_a = m.manifest_sums()?;
     m.assert_data_intact()?;
     let took = m.stage(TRIXIE_URL, &env.imgs.trixie_sha256)?;
     step(&format!("staged in {took:.1?}"));
     let st = m.status()?;
     step(&format!("status: {}", st.summary()));
-    ensure!(st.state("b") == "staged", "slot b should be staged: {}", st.summary());
+    ensure!(
+        st.state("b") == "staged",
+        "slot b should be staged: {}",
+        st.summary()
+    );
 
     let downtime = timed_switch(m)?;
     m.switch_downtime = Some(downtime);
     let v = m.os_version()?;
     step(&format!("slot B runs {v}"));
-    ensure!(v.starts_with("13 "), "slot B should run Debian 13, os-release says {v}");
+    ensure!(
+        v.starts_with("13 "),
+        "slot B should run Debian 13, os-release says {v}"
+    );
     let st = m.status()?;
     step(&format!("status: {}", st.summary()));
     ensure!(
@@ -393,7 +410,10 @@ fn rollback(m: &mut Machine) -> Result<()> {
     m.rebooting("abupdate rollback")?;
     m.boot_expect("a")?;
     let v = m.os_version()?;
-    ensure!(v.starts_with("12 "), "after rollback slot A should run Debian 12: {v}");
+    ensure!(
+        v.starts_with("12 "),
+        "after rollback slot A should run Debian 12: {v}"
+    );
     let st = m.status()?;
     step(&format!("status: {}", st.summary()));
     ensure!(
@@ -438,8 +458,14 @@ fn trial(env: &Env, m: &mut Machine) -> Result<()> {
     }
     m.assert_booted("a")?;
     let st = m.status()?;
-    step(&format!("after {trials} uncommitted trial boots: back in A; status: {}", st.summary()));
-    ensure!(trials == TRIES, "expected {TRIES} trial boots of b, saw {trials}");
+    step(&format!(
+        "after {trials} uncommitted trial boots: back in A; status: {}",
+        st.summary()
+    ));
+    ensure!(
+        trials == TRIES,
+        "expected {TRIES} trial boots of b, saw {trials}"
+    );
     ensure!(
         st.default() == "a" && st.state("b") == "failed",
         "slot b should be failed and A the default: {}",
@@ -482,8 +508,14 @@ fn broken(env: &Env, m: &mut Machine) -> Result<()> {
     }
     m.assert_booted("a")?;
     let st = m.status()?;
-    step(&format!("after {panics} panics: back in A with no human action; {}", st.summary()));
-    ensure!(panics == TRIES, "expected {TRIES} panicking boots, saw {panics}");
+    step(&format!(
+        "after {panics} panics: back in A with no human action; {}",
+        st.summary()
+    ));
+    ensure!(
+        panics == TRIES,
+        "expected {TRIES} panicking boots, saw {panics}"
+    );
     ensure!(
         st.default() == "a" && st.state("b") == "failed",
         "slot b should be failed and A the default: {}",
@@ -556,7 +588,11 @@ fn powercut(env: &Env, m: &mut Machine) -> Result<()> {
     m.stage(TRIXIE_URL, &env.imgs.trixie_sha256)?;
     let st = m.status()?;
     step(&format!("staging again: {}", st.summary()));
-    ensure!(st.state("b") == "staged", "slot b should be staged: {}", st.summary());
+    ensure!(
+        st.state("b") == "staged",
+        "slot b should be staged: {}",
+        st.summary()
+    );
     Ok(())
 }
 
@@ -631,7 +667,8 @@ pub fn run(selected: &[Scenario], keep: bool) -> Result<()> {
             }
         }
         if sc == Scenario::Downtime || sc == Scenario::Upgrade {
-            if let (Some(rb), Some(sw)) = (reboot, machine.as_ref().and_then(|m| m.switch_downtime)) {
+            if let (Some(rb), Some(sw)) = (reboot, machine.as_ref().and_then(|m| m.switch_downtime))
+            {
                 print_ratio(rb, sw);
                 ratio_line = Some((rb, sw));
             }
@@ -649,7 +686,10 @@ pub fn run(selected: &[Scenario], keep: bool) -> Result<()> {
             "  {:<22} {:>8.1?}  {}",
             o.name,
             o.took,
-            o.error.as_deref().map(|e| format!("FAILED: {e}")).unwrap_or("ok".into())
+            o.error
+                .as_deref()
+                .map(|e| format!("FAILED: {e}"))
+                .unwrap_or("ok".into())
         );
     }
     if let Some((rb, sw)) = ratio_line {
@@ -658,7 +698,10 @@ pub fn run(selected: &[Scenario], keep: bool) -> Result<()> {
     let failed = outcomes.iter().filter(|o| o.error.is_some()).count();
     if failed > 0 {
         println!("  serial logs and disks kept in {}", env.run_dir.display());
-        bail!("{failed} scenario(s) failed; logs in {}", env.run_dir.display());
+        bail!(
+            "{failed} scenario(s) failed; logs in {}",
+            env.run_dir.display()
+        );
     }
     cleanup_run_dir(&env.run_dir, keep);
     Ok(())
@@ -742,7 +785,10 @@ pub fn boot_disk(disk: &Path, imgs: &Images) -> Result<()> {
     let mut vm = Vm::new(disk, &dir, &imgs.ssh.private, http.port())?;
     let t = Instant::now();
     vm.start()?;
-    println!("boot: QEMU started, serial log {}", vm.serial_path().display());
+    println!(
+        "boot: QEMU started, serial log {}",
+        vm.serial_path().display()
+    );
     vm.wait_ssh(BOOT_TIMEOUT)?;
     println!("boot: ssh answered after {:.1?}", t.elapsed());
     let o = vm.ssh(". /etc/os-release; echo $PRETTY_NAME; abupdate --json status")?;

@@ -59,12 +59,16 @@ impl FileServer {
                 std::thread::spawn(move || {
                     if let Err(e) = serve(conn, &f3) {
                         // A guest killed mid-download closes the connection: expected here.
-                        let dropped = e.root_cause().downcast_ref::<std::io::Error>().is_some_and(|io| {
-                            matches!(
-                                io.kind(),
-                                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
-                            )
-                        });
+                        let dropped =
+                            e.root_cause()
+                                .downcast_ref::<std::io::Error>()
+                                .is_some_and(|io| {
+                                    matches!(
+                                        io.kind(),
+                                        std::io::ErrorKind::BrokenPipe
+                                            | std::io::ErrorKind::ConnectionReset
+                                    )
+                                });
                         if !dropped {
                             eprintln!("  {e:#}");
                         }
@@ -131,7 +135,9 @@ fn serve(conn: TcpStream, files: &HashMap<String, Entry>) -> Result<()> {
     let mut reader = BufReader::new(conn.try_clone().context("http: clone socket")?);
     let mut out = conn;
     let mut line = String::new();
-    reader.read_line(&mut line).context("http: read request line")?;
+    reader
+        .read_line(&mut line)
+        .context("http: read request line")?;
     let mut parts = line.split_whitespace();
     let method = parts.next().unwrap_or("").to_string();
     let target = parts.next().unwrap_or("").to_string();
@@ -149,8 +155,11 @@ fn serve(conn: TcpStream, files: &HashMap<String, Entry>) -> Result<()> {
     }
     let path = target.split('?').next().unwrap_or("");
     let simple = |out: &mut TcpStream, code: &str| -> Result<()> {
-        write!(out, "HTTP/1.1 {code}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-            .context("http: write response")
+        write!(
+            out,
+            "HTTP/1.1 {code}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .context("http: write response")
     };
     if method != "GET" && method != "HEAD" {
         return simple(&mut out, "405 Method Not Allowed");
@@ -158,8 +167,8 @@ fn serve(conn: TcpStream, files: &HashMap<String, Entry>) -> Result<()> {
     let Some(entry) = files.get(path) else {
         return simple(&mut out, "404 Not Found");
     };
-    let mut file = File::open(&entry.path)
-        .with_context(|| format!("http: open {}", entry.path.display()))?;
+    let mut file =
+        File::open(&entry.path).with_context(|| format!("http: open {}", entry.path.display()))?;
     let len = file
         .metadata()
         .with_context(|| format!("http: stat {}", entry.path.display()))?
@@ -185,7 +194,8 @@ fn serve(conn: TcpStream, files: &HashMap<String, Entry>) -> Result<()> {
         head += &format!("Content-Range: bytes {start}-{end}/{len}\r\n");
     }
     head += "\r\n";
-    out.write_all(head.as_bytes()).context("http: write headers")?;
+    out.write_all(head.as_bytes())
+        .context("http: write headers")?;
     if method == "HEAD" {
         return Ok(());
     }

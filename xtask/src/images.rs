@@ -197,8 +197,18 @@ pub struct Images {
 impl fmt::Display for Images {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "bookworm rootfs: {}", self.bookworm_tar.display())?;
-        writeln!(f, "trixie image:    {} sha256 {}", self.trixie_zst.display(), self.trixie_sha256)?;
-        writeln!(f, "broken image:    {} sha256 {}", self.broken_zst.display(), self.broken_sha256)?;
+        writeln!(
+            f,
+            "trixie image:    {} sha256 {}",
+            self.trixie_zst.display(),
+            self.trixie_sha256
+        )?;
+        writeln!(
+            f,
+            "broken image:    {} sha256 {}",
+            self.broken_zst.display(),
+            self.broken_sha256
+        )?;
         write!(f, "ssh key:         {}", self.ssh.private.display())
     }
 }
@@ -213,15 +223,24 @@ pub fn ssh_key() -> Result<SshKey> {
         let _ = std::fs::remove_file(&private);
         let _ = std::fs::remove_file(&public);
         Cmd::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", "abupdate-xtask", "-f"])
+            .args([
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "abupdate-xtask",
+                "-f",
+            ])
             .arg(&private)
             .run()
             .context("generate the test ssh key")?;
     }
     std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("chmod {}", private.display()))?;
-    let public = std::fs::read_to_string(&public)
-        .with_context(|| format!("read {}", public.display()))?;
+    let public =
+        std::fs::read_to_string(&public).with_context(|| format!("read {}", public.display()))?;
     Ok(SshKey { private, public })
 }
 
@@ -265,7 +284,11 @@ struct Recipe {
 impl Recipe {
     fn key(&self, extra: &str) -> String {
         let mut text = format!("{RECIPE_VERSION}\nsuite={}\n", self.suite);
-        text += &format!("packages={}\nexcludes={}\n", PACKAGES.join(","), path_excludes().join(","));
+        text += &format!(
+            "packages={}\nexcludes={}\n",
+            PACKAGES.join(","),
+            path_excludes().join(",")
+        );
         text += &format!("sources=\n{}\n", self.sources);
         for (tag, files) in [("early", &self.early), ("late", &self.late)] {
             for f in files {
@@ -330,7 +353,11 @@ fn write_overlay(dir: &Path, files: &[OverlayFile]) -> Result<()> {
     let mut dirs = vec![dir.to_path_buf()];
     while let Some(d) = dirs.pop() {
         let rel = d.strip_prefix(dir).unwrap_or(Path::new(""));
-        let mode = if rel.starts_with("root") { 0o700 } else { 0o755 };
+        let mode = if rel.starts_with("root") {
+            0o700
+        } else {
+            0o755
+        };
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode))
             .with_context(|| format!("chmod {}", d.display()))?;
         for e in std::fs::read_dir(&d).with_context(|| format!("list {}", d.display()))? {
@@ -374,7 +401,8 @@ pub fn ensure() -> Result<Images> {
     let ssh = ssh_key()?;
     let (old, new) = recipes(&ssh)?;
     let old_dir = Path::new(CACHE_ROOT).join(old.key(""));
-    let new_dir = Path::new(CACHE_ROOT).join(new.key(&format!("image_mib={NEW_IMAGE_MIB}\nbroken=v1\n")));
+    let new_dir =
+        Path::new(CACHE_ROOT).join(new.key(&format!("image_mib={NEW_IMAGE_MIB}\nbroken=v1\n")));
     let need_old = !old_dir.join("bookworm.tar").is_file();
     let need_new = !new_dir.join("trixie.img.zst.sha256").is_file();
     if need_old || need_new {
@@ -384,7 +412,10 @@ pub fn ensure() -> Result<Images> {
     std::thread::scope(|s| -> Result<()> {
         let h_old = need_old.then(|| s.spawn(|| build_old(&old, &old_dir)));
         let h_new = need_new.then(|| s.spawn(|| build_new(&new, &new_dir)));
-        let r_old = h_old.map(|h| h.join().unwrap_or_else(|_| bail!("bookworm build panicked")));
+        let r_old = h_old.map(|h| {
+            h.join()
+                .unwrap_or_else(|_| bail!("bookworm build panicked"))
+        });
         let r_new = h_new.map(|h| h.join().unwrap_or_else(|_| bail!("trixie build panicked")));
         r_old.transpose()?;
         r_new.transpose()?;
@@ -500,7 +531,8 @@ fn make_ext4_image(tar: &Path, raw: &Path) -> Result<()> {
     let mnt = TempMount::new(lo.path(), "ext4", false)
         .with_context(|| format!("mount {}", raw.display()))?;
     util::extract_tar(tar, mnt.path())?;
-    mnt.close().with_context(|| format!("unmount {}", raw.display()))?;
+    mnt.close()
+        .with_context(|| format!("unmount {}", raw.display()))?;
     lo.close()
 }
 
@@ -518,11 +550,15 @@ fn break_init(raw: &Path) -> Result<()> {
     };
     let init = dir.join("init");
     let _ = std::fs::remove_file(&init);
-    std::fs::write(&init, "#!/bin/sh\necho 'xtask: broken init exits'\nexit 1\n")
-        .with_context(|| format!("write {}", init.display()))?;
+    std::fs::write(
+        &init,
+        "#!/bin/sh\necho 'xtask: broken init exits'\nexit 1\n",
+    )
+    .with_context(|| format!("write {}", init.display()))?;
     std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755))
         .with_context(|| format!("chmod {}", init.display()))?;
-    mnt.close().with_context(|| format!("unmount {}", raw.display()))?;
+    mnt.close()
+        .with_context(|| format!("unmount {}", raw.display()))?;
     lo.close()
 }
 
@@ -536,6 +572,9 @@ mod tests {
         let out = sources_for(host, "trixie").expect("rewrites");
         assert!(out.contains("Suites: trixie trixie-updates\n"), "{out}");
         assert!(out.contains("Suites: trixie-security\n"), "{out}");
-        assert!(out.contains("URIs: http://example.invalid/debian\n"), "{out}");
+        assert!(
+            out.contains("URIs: http://example.invalid/debian\n"),
+            "{out}"
+        );
     }
 }

@@ -20,7 +20,10 @@ use clap::{Parser, Subcommand};
 
 /// Command line of `cargo xtask`.
 #[derive(Debug, Parser)]
-#[command(name = "xtask", about = "Build, boot and test abupdate on real disks under QEMU")]
+#[command(
+    name = "xtask",
+    about = "Build, boot and test abupdate on real disks under QEMU"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -106,7 +109,11 @@ fn cmd_disk(path: &std::path::Path) -> Result<()> {
     let imgs = images::ensure()?;
     let abupdate = util::build_abupdate_release()?;
     let info = disk::build(&imgs, &abupdate, path)?;
-    println!("disk ready: {} (data file sha256 {})", path.display(), info.data_sha256);
+    println!(
+        "disk ready: {} (data file sha256 {})",
+        path.display(),
+        info.data_sha256
+    );
     Ok(())
 }
 

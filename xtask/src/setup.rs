@@ -1,7 +1,7 @@
 //! Host setup: the Debian packages the harness needs, installed with apt-get when missing.
 
-use anyhow::{Context, Result};
 use abupdate_utils::Cmd;
+use anyhow::{Context, Result};
 
 /// Host packages used by the harness (see VM-NOTES.md).
 pub const HOST_PACKAGES: &[&str] = &[
@@ -33,11 +33,18 @@ fn installed(pkg: &str) -> bool {
 
 /// Installs the missing host packages; runs `apt-get update` only when something is missing.
 pub fn ensure_host_packages() -> Result<()> {
-    let missing: Vec<&str> = HOST_PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    let missing: Vec<&str> = HOST_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !installed(p))
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
-    println!("setup: installing missing host packages: {}", missing.join(" "));
+    println!(
+        "setup: installing missing host packages: {}",
+        missing.join(" ")
+    );
     Cmd::new("apt-get")
         .arg("update")
         .run()

@@ -52,7 +52,9 @@ pub fn run_logged(cmd: &mut Command, log: &Path, what: &str) -> Result<()> {
         .open(log)
         .with_context(|| format!("open log {}", log.display()))?;
     writeln!(f, "==> {cmd:?}").with_context(|| format!("write log {}", log.display()))?;
-    let err = f.try_clone().with_context(|| format!("dup log {}", log.display()))?;
+    let err = f
+        .try_clone()
+        .with_context(|| format!("dup log {}", log.display()))?;
     let start = Instant::now();
     let status = cmd
         .stdin(Stdio::null())
@@ -66,7 +68,10 @@ pub fn run_logged(cmd: &mut Command, log: &Path, what: &str) -> Result<()> {
         for l in tail.iter().rev() {
             eprintln!("  | {l}");
         }
-        bail!("{what}: {cmd:?} failed ({status}); full log: {}", log.display());
+        bail!(
+            "{what}: {cmd:?} failed ({status}); full log: {}",
+            log.display()
+        );
     }
     println!("  {what}: done in {:.0?}", start.elapsed());
     Ok(())
@@ -76,7 +81,10 @@ pub fn run_logged(cmd: &mut Command, log: &Path, what: &str) -> Result<()> {
 /// `XTASK_ABUPDATE_BIN=path` uses that binary instead (for debugging the harness).
 pub fn build_abupdate_release() -> Result<PathBuf> {
     if let Some(bin) = std::env::var_os("XTASK_ABUPDATE_BIN") {
-        println!("build: using XTASK_ABUPDATE_BIN={}", Path::new(&bin).display());
+        println!(
+            "build: using XTASK_ABUPDATE_BIN={}",
+            Path::new(&bin).display()
+        );
         return Ok(PathBuf::from(bin));
     }
     let root = workspace_root();

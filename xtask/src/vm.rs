@@ -35,7 +35,8 @@ pub fn install_signal_cleanup() -> Result<()> {
             eprintln!("xtask: {sig:?}: killing QEMU {pids:?} and exiting");
             for pid in pids {
                 if let Ok(pid) = i32::try_from(pid) {
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+                    let _ =
+                        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
                 }
             }
             std::process::exit(130);
@@ -116,8 +117,8 @@ impl Vm {
         self.boot += 1;
         let serial = self.serial_path();
         let qlog = self.log_dir.join(format!("qemu-{:02}.log", self.boot));
-        let qlog_f = std::fs::File::create(&qlog)
-            .with_context(|| format!("create {}", qlog.display()))?;
+        let qlog_f =
+            std::fs::File::create(&qlog).with_context(|| format!("create {}", qlog.display()))?;
         let qlog_e = qlog_f
             .try_clone()
             .with_context(|| format!("dup {}", qlog.display()))?;
@@ -274,8 +275,20 @@ impl Vm {
         c.arg("-i")
             .arg(&self.key)
             .args(["-p", &self.ssh_port.to_string()])
-            .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
-            .args(["-o", "LogLevel=ERROR", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"])
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+            ])
+            .args([
+                "-o",
+                "LogLevel=ERROR",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "IdentitiesOnly=yes",
+            ])
             .arg("-o")
             .arg(format!("ConnectTimeout={connect_timeout}"))
             .args(["-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=6"])
@@ -323,7 +336,9 @@ impl Vm {
     /// Starts a guest command in the background, its output appended to `log`.
     pub fn ssh_spawn(&self, cmd: &str, log: &Path) -> Result<Child> {
         let f = std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
-        let e = f.try_clone().with_context(|| format!("dup {}", log.display()))?;
+        let e = f
+            .try_clone()
+            .with_context(|| format!("dup {}", log.display()))?;
         self.ssh_command(20)
             .arg(cmd)
             .stdin(Stdio::null())
