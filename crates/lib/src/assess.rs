@@ -318,8 +318,9 @@ pub fn daemon(ctx: &Context) -> Result<Outcome> {
     let started = Instant::now();
     let booted = ctx.booted()?;
     let boot = ctx.mount_boot(false)?;
-    let (st, bs, facts) = load_all(ctx, &boot, booted)?;
+    let (st, _raw, facts) = load_all(ctx, &boot, booted)?;
     boot.close()?;
+    let bs = facts.boot;
 
     if bs.trial == Some(booted) {
         return assess_trial(ctx, booted, started);

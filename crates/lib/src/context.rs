@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::disk::{Layout, SlotId};
 use crate::error::{Error, Result};
 use crate::fsinfo;
-use crate::state::{effective_state, Facts, SlotState, State, Store};
+use crate::state::{effective_boot, effective_state, Facts, SlotState, State, Store};
 
 /// Environment variable naming a failpoint at which abupdate aborts, as if power were cut.
 pub const FAILPOINT_ENV: &str = "ABUPDATE_FAILPOINT";
@@ -153,16 +153,17 @@ impl Context {
 
     /// Gathers the facts the transition rules need.
     pub fn facts(&self, state: &State, boot: &BootState, booted: SlotId) -> Result<Facts> {
+        let boot = effective_boot(state, boot);
         let mut states = [SlotState::Empty; 2];
         for s in SlotId::ALL {
             let uuid = self.slot_fs_uuid(s)?;
             states[s as usize] =
-                effective_state(s, state.slots.get(&s), uuid.as_deref(), boot, booted);
+                effective_state(s, state.slots.get(&s), uuid.as_deref(), &boot, booted);
         }
         Ok(Facts {
             booted,
             states,
-            boot: *boot,
+            boot,
         })
     }
 }

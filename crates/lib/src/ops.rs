@@ -179,9 +179,9 @@ pub fn status(ctx: &Context) -> Result<StatusReport> {
         booted,
         default: bs.default,
         fallback: bs.fallback,
-        trial: bs.trial.map(|slot| TrialStatus {
+        trial: facts.boot.trial.map(|slot| TrialStatus {
             slot,
-            tries_left: bs.tries_left,
+            tries_left: facts.boot.tries_left,
         }),
         slots,
         last_operation: st.last_operation,
@@ -401,6 +401,16 @@ pub fn switch(ctx: &Context, opts: &SwitchOpts) -> Result<Outcome> {
     let flow = boot.flow();
     flow.install_menu(&menu_entries(ctx, &st, &facts), booted, &menu_settings(ctx))?;
     failpoint("switch.after-menu");
+    // The trial is recorded before GRUB is told: a grubenv trial counts only while the state
+    // records it, so a power cut between the two writes leaves no trial rather than a trial
+    // abupdate would not recognise.
+    st.trial = Some(state::TrialRecord {
+        slot: target,
+        tries,
+        since: state::now(),
+    });
+    boot.store().save(&st)?;
+    failpoint("switch.after-state");
     // The target was re-staged: it is no longer a good fallback for the default slot.
     flow.write_state(&BootState {
         default: bs.default,
@@ -415,11 +425,6 @@ pub fn switch(ctx: &Context, opts: &SwitchOpts) -> Result<Outcome> {
         .map(|r| r.os.pretty_name.clone())
         .unwrap_or_default();
     let msg = format!("slot {target} ({os}) will be tried on the next boot, {tries} tries; slot {booted} stays the default");
-    st.trial = Some(state::TrialRecord {
-        slot: target,
-        tries,
-        since: state::now(),
-    });
     boot.store()
         .record(&mut st, OpRecord::new("switch", true, Some(target), &msg))?;
     boot.close()?;

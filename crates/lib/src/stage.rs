@@ -520,6 +520,10 @@ pub fn stage(ctx: &Context, opts: &StageOpts) -> Result<StageReport> {
     );
     let boot = ctx.mount_boot(true)?;
     let mut st = boot.store().load()?;
+    // A trial GRUB still remembers for this slot was of its old content.
+    if st.trial.as_ref().is_some_and(|t| t.slot == target) {
+        st.trial = None;
+    }
     st.slots.insert(
         target,
         SlotRecord {

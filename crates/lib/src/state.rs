@@ -276,6 +276,19 @@ pub fn parse_state(bytes: &[u8]) -> std::result::Result<State, String> {
     serde_json::from_slice(bytes).map_err(|e| e.to_string())
 }
 
+/// The boot state as abupdate acts on it: GRUB's trial counts only while the state records
+/// that same trial (a slot re-staged after a failed trial is not that trial any more).
+pub fn effective_boot(state: &State, boot: &BootState) -> BootState {
+    let trial = boot
+        .trial
+        .filter(|t| state.trial.as_ref().is_some_and(|r| r.slot == *t));
+    BootState {
+        trial,
+        tries_left: if trial.is_some() { boot.tries_left } else { 0 },
+        ..*boot
+    }
+}
+
 /// The state `status` shows for a slot, from the record, the slot's actual filesystem UUID
 /// and the boot loader's state.
 pub fn effective_state(
@@ -564,6 +577,34 @@ mod tests {
             effective_state(B, Some(&rec), Some("u"), &b(Some(B), 0), B),
             Trial
         );
+    }
+
+    #[test]
+    fn a_trial_counts_only_while_recorded() {
+        let grub = BootState {
+            default: Some(A),
+            fallback: None,
+            trial: Some(B),
+            tries_left: 0,
+        };
+        let mut st = State::default();
+        assert_eq!(
+            effective_boot(&st, &grub).trial,
+            None,
+            "re-staged after a failed trial"
+        );
+        st.trial = Some(TrialRecord {
+            slot: B,
+            tries: 3,
+            since: now(),
+        });
+        assert_eq!(effective_boot(&st, &grub), grub);
+        st.trial = Some(TrialRecord {
+            slot: A,
+            tries: 3,
+            since: now(),
+        });
+        assert_eq!(effective_boot(&st, &grub).trial, None);
     }
 
     #[test]
