@@ -19,7 +19,7 @@ use crate::vm::{self, Vm, BOOT_TIMEOUT};
 use crate::{setup, util};
 
 /// How long a full stage may take in the guest under TCG.
-const STAGE_TIMEOUT: Duration = Duration::from_secs(40 * 60);
+const STAGE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// How long GRUB may take to print its marker after QEMU starts.
 const GRUB_TIMEOUT: Duration = Duration::from_secs(120);
 /// Trial tries configured in the guest's abupdate.yaml.
