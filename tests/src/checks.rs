@@ -46,10 +46,19 @@ pub fn assert_slot_b_staged(disk: &TestDisk) -> Result<()> {
     let root = m.path();
     let os = fs::read_to_string(root.join("etc/os-release")).context("read B's os-release")?;
     assert!(os.contains("VERSION_ID=\"13\""), "B's os-release:\n{os}");
-    assert!(root.join("boot/vmlinuz-6.12.0-1-amd64").is_file(), "B's kernel is missing");
-    assert!(root.join("boot/initrd.img-6.12.0-1-amd64").is_file(), "B's initrd is missing");
+    assert!(
+        root.join("boot/vmlinuz-6.12.0-1-amd64").is_file(),
+        "B's kernel is missing"
+    );
+    assert!(
+        root.join("boot/initrd.img-6.12.0-1-amd64").is_file(),
+        "B's initrd is missing"
+    );
     // A file outside the manifest keeps the image's version.
-    assert_eq!(fs::read_to_string(root.join("etc/app.conf"))?, IMAGE_APP_CONF);
+    assert_eq!(
+        fs::read_to_string(root.join("etc/app.conf"))?,
+        IMAGE_APP_CONF
+    );
 
     // Manifest: /etc/hostname from the host.
     let host_hostname = fs::read(Path::new("/etc/hostname"))?;
@@ -60,9 +69,17 @@ pub fn assert_slot_b_staged(disk: &TestDisk) -> Result<()> {
     );
     // Manifest: app.conf with content, owner, mode, xattr and ACL.
     let app = disk.host.in_slot(root, "etc/app.conf");
-    assert_eq!(fs::read_to_string(&app).with_context(|| format!("read {}", app.display()))?, HOST_APP_CONF);
+    assert_eq!(
+        fs::read_to_string(&app).with_context(|| format!("read {}", app.display()))?,
+        HOST_APP_CONF
+    );
     let meta = fs::symlink_metadata(&app)?;
-    assert_eq!((meta.uid(), meta.gid()), (APP_UID, APP_GID), "owner of {}", app.display());
+    assert_eq!(
+        (meta.uid(), meta.gid()),
+        (APP_UID, APP_GID),
+        "owner of {}",
+        app.display()
+    );
     assert_eq!(meta.mode() & 0o7777, 0o640, "mode of {}", app.display());
     let xattr = run_ok(
         Command::new("getfattr")
@@ -71,16 +88,32 @@ pub fn assert_slot_b_staged(disk: &TestDisk) -> Result<()> {
     )?;
     assert_eq!(xattr, "host-xattr", "xattr user.test of {}", app.display());
     let acl = run_ok(Command::new("getfacl").args(["-n", "-p"]).arg(&app))?;
-    assert!(acl.contains("user:4321:r--"), "ACL of {}:\n{acl}", app.display());
+    assert!(
+        acl.contains("user:4321:r--"),
+        "ACL of {}:\n{acl}",
+        app.display()
+    );
     // Manifest: the symlink stays a symlink with the same target.
     let link = disk.host.in_slot(root, "etc/app.link");
     let lmeta = fs::symlink_metadata(&link).with_context(|| format!("lstat {}", link.display()))?;
-    assert!(lmeta.file_type().is_symlink(), "{} is no longer a symlink", link.display());
+    assert!(
+        lmeta.file_type().is_symlink(),
+        "{} is no longer a symlink",
+        link.display()
+    );
     assert_eq!(fs::read_link(&link)?, Path::new("app.conf"));
     // Manifest: the glob brought both keys, the private one still 0600.
     let key = disk.host.in_slot(root, "etc/ssh/ssh_host_ed25519_key");
-    assert_eq!(fs::read(&key)?, fs::read(disk.host.path("etc/ssh/ssh_host_ed25519_key"))?);
-    assert_eq!(fs::metadata(&key)?.mode() & 0o7777, 0o600, "mode of {}", key.display());
+    assert_eq!(
+        fs::read(&key)?,
+        fs::read(disk.host.path("etc/ssh/ssh_host_ed25519_key"))?
+    );
+    assert_eq!(
+        fs::metadata(&key)?.mode() & 0o7777,
+        0o600,
+        "mode of {}",
+        key.display()
+    );
     let pubkey = disk.host.in_slot(root, "etc/ssh/ssh_host_ed25519_key.pub");
     assert!(pubkey.is_file(), "glob did not copy {}", pubkey.display());
 
@@ -94,8 +127,14 @@ pub fn assert_slot_b_staged(disk: &TestDisk) -> Result<()> {
             f.len() >= 2 && f[0] == format!("UUID={uuid}") && f[1] == mnt
         })
     };
-    assert!(has(&boot_uuid, "/boot/abboot"), "B's fstab lacks boot UUID={boot_uuid} /boot/abboot:\n{fstab}");
-    assert!(has(&data_uuid, "/data"), "B's fstab lacks data UUID={data_uuid} /data:\n{fstab}");
+    assert!(
+        has(&boot_uuid, "/boot/abboot"),
+        "B's fstab lacks boot UUID={boot_uuid} /boot/abboot:\n{fstab}"
+    );
+    assert!(
+        has(&data_uuid, "/data"),
+        "B's fstab lacks data UUID={data_uuid} /data:\n{fstab}"
+    );
     m.close()?;
 
     // status --json: B staged with the new OS.

@@ -41,7 +41,11 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// A unique per-test name fragment: `<pid>-<n>`.
 pub fn unique() -> String {
-    format!("{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst))
+    format!(
+        "{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::SeqCst)
+    )
 }
 
 /// The files the manifest copies "from the running system", created on the host under a
@@ -77,7 +81,10 @@ impl HostTree {
         fs::write(&key, "-----BEGIN OPENSSH PRIVATE KEY-----\nhost-test-key\n-----END OPENSSH PRIVATE KEY-----\n")?;
         fs::set_permissions(&key, fs::Permissions::from_mode(0o600))?;
         let pubkey = etc.join("ssh/ssh_host_ed25519_key.pub");
-        fs::write(&pubkey, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAtest root@host\n")?;
+        fs::write(
+            &pubkey,
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAtest root@host\n",
+        )?;
         fs::set_permissions(&pubkey, fs::Permissions::from_mode(0o644))?;
         Ok(tree)
     }
@@ -228,7 +235,10 @@ impl TestDisk {
         for n in 1..=4 {
             let p = self.loopdev.partition(n);
             if !p.exists() {
-                bail!("partx -a did not create {} (no devtmpfs node?)", p.display());
+                bail!(
+                    "partx -a did not create {} (no devtmpfs node?)",
+                    p.display()
+                );
             }
         }
         Ok(())
@@ -486,15 +496,24 @@ impl TestDisk {
 #[track_caller]
 pub fn assert_unchanged(before: &Snapshot, after: &Snapshot, what: &str) {
     assert_eq!(before.slot_a, after.slot_a, "{what}: slot A changed");
-    assert_eq!(before.data, after.data, "{what}: the data partition changed");
-    assert!(before.gpt == after.gpt, "{what}: the GPT (first/last MiB of the disk) changed");
+    assert_eq!(
+        before.data, after.data,
+        "{what}: the data partition changed"
+    );
+    assert!(
+        before.gpt == after.gpt,
+        "{what}: the GPT (first/last MiB of the disk) changed"
+    );
     assert!(
         before.grubenv == after.grubenv,
         "{what}: grubenv changed:\nbefore: {}\nafter:  {}",
         String::from_utf8_lossy(&before.grubenv),
         String::from_utf8_lossy(&after.grubenv)
     );
-    assert!(before.grub_cfg == after.grub_cfg, "{what}: grub.cfg changed");
+    assert!(
+        before.grub_cfg == after.grub_cfg,
+        "{what}: grub.cfg changed"
+    );
     assert_eq!(
         before.boot_files, after.boot_files,
         "{what}: files on the boot partition changed (state/history)"
@@ -516,8 +535,14 @@ fn build_slot_a(root: &Path) -> Result<()> {
         "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nNAME=\"Debian GNU/Linux\"\n\
          VERSION_ID=\"12\"\nVERSION=\"12 (bookworm)\"\nVERSION_CODENAME=bookworm\nID=debian\n",
     )?;
-    fs::write(root.join("boot/vmlinuz-6.1.0-1-amd64"), "dummy kernel 6.1\n")?;
-    fs::write(root.join("boot/initrd.img-6.1.0-1-amd64"), "dummy initrd 6.1\n")?;
+    fs::write(
+        root.join("boot/vmlinuz-6.1.0-1-amd64"),
+        "dummy kernel 6.1\n",
+    )?;
+    fs::write(
+        root.join("boot/initrd.img-6.1.0-1-amd64"),
+        "dummy initrd 6.1\n",
+    )?;
     fs::write(root.join("etc/hostname"), "slot-a\n")?;
     let app = root.join("etc/app.conf");
     fs::write(&app, "# slot A app.conf\nkey = a\n")?;

@@ -55,7 +55,10 @@ pub fn serial() -> Serial {
         }
     }
     if !missing.is_empty() {
-        panic!("privileged test: missing host tools: {}", missing.join(", "));
+        panic!(
+            "privileged test: missing host tools: {}",
+            missing.join(", ")
+        );
     }
     let bin = abupdate_bin();
     if !bin.is_file() {

@@ -193,12 +193,16 @@ fn handle(mut conn: TcpStream, s: &Shared) -> Result<()> {
     };
     let Some(file_path) = s.files.get(&path) else {
         log(404);
-        conn.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+        conn.write_all(
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )?;
         return Ok(());
     };
     if method != "GET" && method != "HEAD" {
         log(405);
-        conn.write_all(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+        conn.write_all(
+            b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )?;
         return Ok(());
     }
     let mut file = File::open(file_path)?;
@@ -232,7 +236,10 @@ fn handle(mut conn: TcpStream, s: &Shared) -> Result<()> {
         end - start
     );
     if status == 206 {
-        head.push_str(&format!("Content-Range: bytes {start}-{}/{len}\r\n", end - 1));
+        head.push_str(&format!(
+            "Content-Range: bytes {start}-{}/{len}\r\n",
+            end - 1
+        ));
     }
     head.push_str("\r\n");
     conn.write_all(head.as_bytes())?;

@@ -46,7 +46,10 @@ impl Image {
     pub fn truncated(&self, name: &str, keep: u64) -> Result<Image> {
         let out = self.sibling(name);
         fs::copy(&self.path, &out)?;
-        fs::OpenOptions::new().write(true).open(&out)?.set_len(keep)?;
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&out)?
+            .set_len(keep)?;
         Image::from_file(out)
     }
 
@@ -113,7 +116,14 @@ pub fn make_image(dir: &Path, spec: &ImageSpec<'_>) -> Result<Image> {
         .prefix("image-tree-")
         .tempdir_in(dir)?;
     let root = tree.path();
-    for d in ["boot", "etc/ssh", "usr/bin", "usr/lib/abupdate-test", "var/lib", "tmp"] {
+    for d in [
+        "boot",
+        "etc/ssh",
+        "usr/bin",
+        "usr/lib/abupdate-test",
+        "var/lib",
+        "tmp",
+    ] {
         fs::create_dir_all(root.join(d))?;
     }
     fs::set_permissions(root, fs::Permissions::from_mode(0o755))?;
@@ -125,8 +135,14 @@ pub fn make_image(dir: &Path, spec: &ImageSpec<'_>) -> Result<Image> {
              VERSION_ID=\"{v}\"\nVERSION=\"{v} (trixie)\"\nVERSION_CODENAME=trixie\nID=debian\n"
         ),
     )?;
-    fs::write(root.join("boot/vmlinuz-6.12.0-1-amd64"), "dummy kernel 6.12\n")?;
-    fs::write(root.join("boot/initrd.img-6.12.0-1-amd64"), "dummy initrd 6.12\n")?;
+    fs::write(
+        root.join("boot/vmlinuz-6.12.0-1-amd64"),
+        "dummy kernel 6.12\n",
+    )?;
+    fs::write(
+        root.join("boot/initrd.img-6.12.0-1-amd64"),
+        "dummy initrd 6.12\n",
+    )?;
     fs::write(root.join("etc/hostname"), "debian13-image\n")?;
     fs::write(root.join("etc/app.conf"), IMAGE_APP_CONF)?;
     fs::write(root.join("etc/fstab"), "# fstab shipped in the image\n")?;
@@ -195,12 +211,18 @@ pub fn compress(image: &Image, c: Compression) -> Result<Image> {
     let mut cmd = match c {
         Compression::Zstd => {
             let mut cmd = Command::new("zstd");
-            cmd.args(["-q", "-f", "-T0", "-3", "-o"]).arg(&out).arg(&image.path);
+            cmd.args(["-q", "-f", "-T0", "-3", "-o"])
+                .arg(&out)
+                .arg(&image.path);
             cmd
         }
         Compression::Xz | Compression::Gzip => {
             let mut cmd = Command::new("sh");
-            let tool = if c == Compression::Xz { "xz -T0 -1 -c" } else { "gzip -1 -c" };
+            let tool = if c == Compression::Xz {
+                "xz -T0 -1 -c"
+            } else {
+                "gzip -1 -c"
+            };
             cmd.arg("-c")
                 .arg(format!("{tool} \"$1\" > \"$2\""))
                 .arg("sh")

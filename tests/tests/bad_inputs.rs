@@ -41,7 +41,11 @@ fn run_unchanged(
     let after = disk.snapshot()?;
     assert_unchanged(&before, &after, what);
     let st = disk.status("a")?;
-    assert_ne!(slot_status(&st, "b")["state"], "staged", "{what}: B marked staged: {st:#}");
+    assert_ne!(
+        slot_status(&st, "b")["state"],
+        "staged",
+        "{what}: B marked staged: {st:#}"
+    );
     assert_eq!(st["default"], "a", "{what}: {st:#}");
     Ok(out)
 }
@@ -52,11 +56,16 @@ fn wrong_sha256() -> Result<()> {
     let disk = TestDisk::new()?;
     let image = compress(&image_for(&disk)?, Compression::Zstd)?;
     let wrong = "0123456789abcdef".repeat(4);
-    run_unchanged(&disk, stage_args(&image.path, &wrong), "wrong sha256", |out| {
-        out.assert_code(4)
-            .assert_mentions_any(&["sha256", "checksum", "digest"])
-            .assert_mentions_any(&["debian13.img.zst"]);
-    })?;
+    run_unchanged(
+        &disk,
+        stage_args(&image.path, &wrong),
+        "wrong sha256",
+        |out| {
+            out.assert_code(4)
+                .assert_mentions_any(&["sha256", "checksum", "digest"])
+                .assert_mentions_any(&["debian13.img.zst"]);
+        },
+    )?;
     Ok(())
 }
 
@@ -65,9 +74,14 @@ fn malformed_sha256_argument() -> Result<()> {
     let _s = serial();
     let disk = TestDisk::new()?;
     let image = image_for(&disk)?;
-    run_unchanged(&disk, stage_args(&image.path, "not-hex"), "malformed --sha256", |out| {
-        out.assert_code(2).assert_mentions_any(&["sha256", "hex"]);
-    })?;
+    run_unchanged(
+        &disk,
+        stage_args(&image.path, "not-hex"),
+        "malformed --sha256",
+        |out| {
+            out.assert_code(2).assert_mentions_any(&["sha256", "hex"]);
+        },
+    )?;
     Ok(())
 }
 
@@ -78,11 +92,16 @@ fn truncated_image() -> Result<()> {
     let image = image_for(&disk)?;
     // The checksum matches the truncated file: the image itself must be judged incomplete.
     let cut = image.truncated("truncated.img", 40 << 20)?;
-    run_unchanged(&disk, stage_args(&cut.path, &cut.sha256), "truncated image", |out| {
-        out.assert_code(4)
-            .assert_mentions_any(&["truncat", "short", "incomplete", "smaller", "end of"])
-            .assert_mentions_any(&["truncated.img"]);
-    })?;
+    run_unchanged(
+        &disk,
+        stage_args(&cut.path, &cut.sha256),
+        "truncated image",
+        |out| {
+            out.assert_code(4)
+                .assert_mentions_any(&["truncat", "short", "incomplete", "smaller", "end of"])
+                .assert_mentions_any(&["truncated.img"]);
+        },
+    )?;
     Ok(())
 }
 
@@ -92,10 +111,21 @@ fn truncated_zstd_stream() -> Result<()> {
     let disk = TestDisk::new()?;
     let zst = compress(&image_for(&disk)?, Compression::Zstd)?;
     let cut = zst.truncated("truncated.img.zst", zst.len()? / 2)?;
-    run_unchanged(&disk, stage_args(&cut.path, &cut.sha256), "truncated zstd stream", |out| {
-        out.assert_code(4)
-            .assert_mentions_any(&["truncat", "short", "incomplete", "unexpected end", "end of", "eof"]);
-    })?;
+    run_unchanged(
+        &disk,
+        stage_args(&cut.path, &cut.sha256),
+        "truncated zstd stream",
+        |out| {
+            out.assert_code(4).assert_mentions_any(&[
+                "truncat",
+                "short",
+                "incomplete",
+                "unexpected end",
+                "end of",
+                "eof",
+            ]);
+        },
+    )?;
     Ok(())
 }
 
@@ -113,16 +143,46 @@ fn oversized_image() -> Result<()> {
             ..Default::default()
         },
     )?;
-    run_unchanged(&disk, stage_args(&big.path, &big.sha256), "oversized raw image", |out| {
-        assert!(out.code == 4 || out.code == 3, "expected exit 4 or 3:\n{out}");
-        out.assert_mentions_any(&["larger", "too big", "too large", "exceed", "does not fit", "bigger"]);
-    })?;
+    run_unchanged(
+        &disk,
+        stage_args(&big.path, &big.sha256),
+        "oversized raw image",
+        |out| {
+            assert!(
+                out.code == 4 || out.code == 3,
+                "expected exit 4 or 3:\n{out}"
+            );
+            out.assert_mentions_any(&[
+                "larger",
+                "too big",
+                "too large",
+                "exceed",
+                "does not fit",
+                "bigger",
+            ]);
+        },
+    )?;
     // Compressed: the size is only known at the end of the stream.
     let zst = compress(&big, Compression::Zstd)?;
-    run_unchanged(&disk, stage_args(&zst.path, &zst.sha256), "oversized zstd image", |out| {
-        assert!(out.code == 4 || out.code == 3, "expected exit 4 or 3:\n{out}");
-        out.assert_mentions_any(&["larger", "too big", "too large", "exceed", "does not fit", "bigger"]);
-    })?;
+    run_unchanged(
+        &disk,
+        stage_args(&zst.path, &zst.sha256),
+        "oversized zstd image",
+        |out| {
+            assert!(
+                out.code == 4 || out.code == 3,
+                "expected exit 4 or 3:\n{out}"
+            );
+            out.assert_mentions_any(&[
+                "larger",
+                "too big",
+                "too large",
+                "exceed",
+                "does not fit",
+                "bigger",
+            ]);
+        },
+    )?;
     Ok(())
 }
 
@@ -132,11 +192,16 @@ fn corrupt_zstd_stream() -> Result<()> {
     let disk = TestDisk::new()?;
     let zst = compress(&image_for(&disk)?, Compression::Zstd)?;
     let bad = zst.corrupted("corrupt.img.zst", zst.len()? / 2, 4096)?;
-    run_unchanged(&disk, stage_args(&bad.path, &bad.sha256), "corrupt zstd stream", |out| {
-        out.assert_code(4)
-            .assert_mentions_any(&["zstd", "decompress", "corrupt"])
-            .assert_mentions_any(&["corrupt.img.zst"]);
-    })?;
+    run_unchanged(
+        &disk,
+        stage_args(&bad.path, &bad.sha256),
+        "corrupt zstd stream",
+        |out| {
+            out.assert_code(4)
+                .assert_mentions_any(&["zstd", "decompress", "corrupt"])
+                .assert_mentions_any(&["corrupt.img.zst"]);
+        },
+    )?;
     Ok(())
 }
 
@@ -145,12 +210,20 @@ fn not_an_ext4_image() -> Result<()> {
     let _s = serial();
     let disk = TestDisk::new()?;
     let path = disk.dir().join("random.img");
-    let data: Vec<u8> = (0..(8u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let data: Vec<u8> = (0..(8u32 << 20))
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     fs::write(&path, data)?;
     let img = Image::from_file(path)?;
-    run_unchanged(&disk, stage_args(&img.path, &img.sha256), "not an ext4 image", |out| {
-        out.assert_code(4).assert_mentions_any(&["ext4", "superblock", "filesystem"]);
-    })?;
+    run_unchanged(
+        &disk,
+        stage_args(&img.path, &img.sha256),
+        "not an ext4 image",
+        |out| {
+            out.assert_code(4)
+                .assert_mentions_any(&["ext4", "superblock", "filesystem"]);
+        },
+    )?;
     Ok(())
 }
 
@@ -209,27 +282,41 @@ fn escape_case(what: &str, plant: &dyn Fn(&Path, &Path, &Path) -> Result<()>) ->
     let host_before = fs::read(disk.host.path("etc/app.conf"))?;
     let result = run_unchanged(&disk, stage_args(&image.path, &image.sha256), what, |out| {
         escape.assert_untouched();
-        assert!(out.code != 1, "{what}: expected a documented refusal, not an internal error:\n{out}");
+        assert!(
+            out.code != 1,
+            "{what}: expected a documented refusal, not an internal error:\n{out}"
+        );
         out.assert_mentions_any(&["symlink", "outside", "escape", "link"]);
     });
     escape.assert_untouched();
-    assert_eq!(host_before, fs::read(disk.host.path("etc/app.conf"))?, "{what}: host app.conf changed");
+    assert_eq!(
+        host_before,
+        fs::read(disk.host.path("etc/app.conf"))?,
+        "{what}: host app.conf changed"
+    );
     result.map(|_| ())
 }
 
 fn in_tree(tree: &Path, host_root: &Path, rel: &str) -> PathBuf {
-    tree.join(host_root.strip_prefix("/").unwrap_or(host_root)).join(rel)
+    tree.join(host_root.strip_prefix("/").unwrap_or(host_root))
+        .join(rel)
 }
 
 #[test]
 fn manifest_target_relative_symlink_escaping_slot() -> Result<()> {
-    escape_case("relative ../ symlink in the image", &|tree, host_root, esc| {
-        let target = in_tree(tree, host_root, "etc/app.conf");
-        fs::remove_file(&target)?;
-        let up = "../".repeat(16);
-        let dest = format!("{up}{}/app.conf", esc.strip_prefix("/").unwrap_or(esc).display());
-        symlink(dest, &target).context("plant the symlink")
-    })
+    escape_case(
+        "relative ../ symlink in the image",
+        &|tree, host_root, esc| {
+            let target = in_tree(tree, host_root, "etc/app.conf");
+            fs::remove_file(&target)?;
+            let up = "../".repeat(16);
+            let dest = format!(
+                "{up}{}/app.conf",
+                esc.strip_prefix("/").unwrap_or(esc).display()
+            );
+            symlink(dest, &target).context("plant the symlink")
+        },
+    )
 }
 
 #[test]
@@ -245,11 +332,14 @@ fn manifest_target_absolute_symlink() -> Result<()> {
 
 #[test]
 fn manifest_parent_directory_symlink() -> Result<()> {
-    escape_case("symlinked parent directory in the image", &|tree, host_root, esc| {
-        let ssh = in_tree(tree, host_root, "etc/ssh");
-        fs::remove_dir_all(&ssh)?;
-        symlink(esc.join("ssh"), &ssh).context("plant the symlink")
-    })
+    escape_case(
+        "symlinked parent directory in the image",
+        &|tree, host_root, esc| {
+            let ssh = in_tree(tree, host_root, "etc/ssh");
+            fs::remove_dir_all(&ssh)?;
+            symlink(esc.join("ssh"), &ssh).context("plant the symlink")
+        },
+    )
 }
 
 #[test]
@@ -286,7 +376,8 @@ fn unknown_config_key() -> Result<()> {
     out.assert_code(2).assert_mentions_all(&["bogus_key"]);
     let missing = disk.dir().join("does-not-exist.yaml");
     let out = disk.run_with_config(&missing, ["status"])?;
-    out.assert_code(2).assert_mentions_all(&["does-not-exist.yaml"]);
+    out.assert_code(2)
+        .assert_mentions_all(&["does-not-exist.yaml"]);
     Ok(())
 }
 
@@ -294,20 +385,33 @@ fn unknown_config_key() -> Result<()> {
 fn target_slot_mounted() -> Result<()> {
     let _s = serial();
     let disk = TestDisk::new()?;
-    run_ok(std::process::Command::new("mkfs.ext4").args(["-F", "-q", "-L", "root-b"]).arg(disk.slot_b()))?;
+    run_ok(
+        std::process::Command::new("mkfs.ext4")
+            .args(["-F", "-q", "-L", "root-b"])
+            .arg(disk.slot_b()),
+    )?;
     let m = TempMount::new(&disk.slot_b(), "ext4", true)?;
     let b_before = abupdate_tests::sha256_file(&disk.slot_b())?;
     let image = image_for(&disk)?;
-    run_unchanged(&disk, stage_args(&image.path, &image.sha256), "target slot mounted", |out| {
-        out.assert_code(3).assert_mentions_any(&["mounted"]);
-        out.assert_mentions_any(&[
-            &disk.slot_b().display().to_string(),
-            &m.path().display().to_string(),
-            "root-b",
-            "slot b",
-        ]);
-    })?;
-    assert_eq!(b_before, abupdate_tests::sha256_file(&disk.slot_b())?, "stage wrote the mounted slot B");
+    run_unchanged(
+        &disk,
+        stage_args(&image.path, &image.sha256),
+        "target slot mounted",
+        |out| {
+            out.assert_code(3).assert_mentions_any(&["mounted"]);
+            out.assert_mentions_any(&[
+                &disk.slot_b().display().to_string(),
+                &m.path().display().to_string(),
+                "root-b",
+                "slot b",
+            ]);
+        },
+    )?;
+    assert_eq!(
+        b_before,
+        abupdate_tests::sha256_file(&disk.slot_b())?,
+        "stage wrote the mounted slot B"
+    );
     m.close()?;
     Ok(())
 }
@@ -330,13 +434,18 @@ fn stage_during_uncommitted_trial_refuses_to_overwrite_fallback() -> Result<()> 
     let _s = serial();
     let disk = TestDisk::new()?;
     let image = image_for(&disk)?;
-    disk.run(stage_args(&image.path, &image.sha256))?.assert_ok();
+    disk.run(stage_args(&image.path, &image.sha256))?
+        .assert_ok();
     disk.run(["switch", "--no-reboot"])?.assert_ok();
     // Booted into the trial B, not committed: A is the only slot known to boot.
     let before = disk.snapshot()?;
     let out = disk.run_as("b", stage_args(&image.path, &image.sha256))?;
     out.assert_code(3);
-    assert_unchanged(&before, &disk.snapshot()?, "stage over the fallback during a trial");
+    assert_unchanged(
+        &before,
+        &disk.snapshot()?,
+        "stage over the fallback during a trial",
+    );
     Ok(())
 }
 
@@ -363,10 +472,12 @@ fn two_stages_at_once() -> Result<()> {
             drop_after: None,
         },
     )?;
-    let first = ChildGuard::spawn(
-        disk.command("a")
-            .args(["stage", &srv.url("/slow.img.zst"), "--sha256", &zst.sha256]),
-    )?;
+    let first = ChildGuard::spawn(disk.command("a").args([
+        "stage",
+        &srv.url("/slow.img.zst"),
+        "--sha256",
+        &zst.sha256,
+    ]))?;
     srv.wait_stalled(Duration::from_secs(120))?;
     // The first stage is mid-transfer; it must hold the lock with its pid recorded.
     let pid = first.id().to_string();
@@ -390,7 +501,9 @@ fn two_stages_at_once() -> Result<()> {
         .assert_code(3)
         .assert_mentions_all(&[&format!("another abupdate (pid {pid}) is running")]);
     let switch = disk.run(["switch", "--no-reboot"])?;
-    switch.assert_code(3).assert_mentions_all(&["another abupdate"]);
+    switch
+        .assert_code(3)
+        .assert_mentions_all(&["another abupdate"]);
     srv.release();
     first.wait()?.assert_ok();
     assert_slot_b_staged(&disk)?;

@@ -4,7 +4,9 @@ use std::process::Command;
 
 use abupdate_tests::disk::DiskOptions;
 use abupdate_tests::proc::run_ok;
-use abupdate_tests::{compress, make_image, serial, Compression, HttpServer, ImageSpec, ServeOptions, TestDisk};
+use abupdate_tests::{
+    compress, make_image, serial, Compression, HttpServer, ImageSpec, ServeOptions, TestDisk,
+};
 use anyhow::Result;
 
 #[test]
@@ -14,11 +16,7 @@ fn disk_layout_and_images() -> Result<()> {
         init: false,
         ..Default::default()
     })?;
-    let parts = run_ok(
-        Command::new("sfdisk")
-            .arg("--dump")
-            .arg(disk.device()),
-    )?;
+    let parts = run_ok(Command::new("sfdisk").arg("--dump").arg(disk.device()))?;
     for name in ["abboot", "root-a", "root-b", "data"] {
         assert!(parts.contains(&format!("name=\"{name}\"")), "{parts}");
     }
@@ -48,11 +46,19 @@ fn http_server_drop_and_range() -> Result<()> {
     let out = dir.path().join("out");
     // First transfer is cut short; curl reports it (exit 18, partial file).
     let first = abupdate_tests::Output::of(
-        Command::new("curl").args(["-sS", "-o"]).arg(&out).arg(srv.url("/blob")),
+        Command::new("curl")
+            .args(["-sS", "-o"])
+            .arg(&out)
+            .arg(srv.url("/blob")),
     )?;
     assert_ne!(first.code, 0, "{first}");
     assert_eq!(std::fs::metadata(&out)?.len(), 70_000);
-    run_ok(Command::new("curl").args(["-sS", "-C", "-", "-o"]).arg(&out).arg(srv.url("/blob")))?;
+    run_ok(
+        Command::new("curl")
+            .args(["-sS", "-C", "-", "-o"])
+            .arg(&out)
+            .arg(srv.url("/blob")),
+    )?;
     assert_eq!(std::fs::read(&out)?, data);
     let log = srv.requests();
     assert_eq!(log.len(), 2, "{log:?}");

@@ -1,7 +1,9 @@
 //! Staging over HTTP from 127.0.0.1: resume after a dropped connection, --sha256-url.
 
 use abupdate_tests::checks::assert_slot_b_staged;
-use abupdate_tests::{compress, make_image, serial, Compression, HttpServer, ImageSpec, ServeOptions, TestDisk};
+use abupdate_tests::{
+    compress, make_image, serial, Compression, HttpServer, ImageSpec, ServeOptions, TestDisk,
+};
 use anyhow::Result;
 
 #[test]
@@ -36,10 +38,14 @@ fn stage_http_resumes_after_dropped_connection() -> Result<()> {
     let log = srv.requests();
     out.assert_ok();
     let gets: Vec<_> = log.iter().filter(|r| r.method == "GET").collect();
-    assert!(gets.len() >= 2, "expected a second GET after the drop: {log:?}");
     assert!(
-        gets[1..].iter().any(|r| r.status == 206
-            && r.range.as_deref().is_some_and(|rg| rg != "bytes=0-")),
+        gets.len() >= 2,
+        "expected a second GET after the drop: {log:?}"
+    );
+    assert!(
+        gets[1..]
+            .iter()
+            .any(|r| r.status == 206 && r.range.as_deref().is_some_and(|rg| rg != "bytes=0-")),
         "expected a resuming Range request after the drop at byte {cut}: {log:?}"
     );
     let after = disk.snapshot()?;
@@ -87,7 +93,10 @@ fn stage_http_404_fails_cleanly() -> Result<()> {
     let before = disk.snapshot()?;
     let url = srv.url("/missing.img.zst");
     let out = disk.run(["stage", &url, "--sha256", &"0".repeat(64)])?;
-    assert!(out.code != 0 && out.code != 1, "expected a documented failure code:\n{out}");
+    assert!(
+        out.code != 0 && out.code != 1,
+        "expected a documented failure code:\n{out}"
+    );
     out.assert_mentions_any(&["404", "not found"]);
     out.assert_mentions_any(&["missing.img.zst"]);
     abupdate_tests::assert_unchanged(&before, &disk.snapshot()?, "stage of a 404 URL");

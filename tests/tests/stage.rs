@@ -19,7 +19,8 @@ fn stage_and_check(compression: Option<Compression>) -> Result<()> {
         None => raw,
     };
     let before = disk.snapshot()?;
-    disk.run(stage_args(&image.path, &image.sha256))?.assert_ok();
+    disk.run(stage_args(&image.path, &image.sha256))?
+        .assert_ok();
     let after = disk.snapshot()?;
     assert_eq!(before.slot_a, after.slot_a, "stage changed slot A");
     assert_eq!(before.data, after.data, "stage changed the data partition");
@@ -62,8 +63,10 @@ fn stage_twice_is_idempotent() -> Result<()> {
         },
     )?;
     let image = compress(&image, Compression::Zstd)?;
-    disk.run(stage_args(&image.path, &image.sha256))?.assert_ok();
-    disk.run(stage_args(&image.path, &image.sha256))?.assert_ok();
+    disk.run(stage_args(&image.path, &image.sha256))?
+        .assert_ok();
+    disk.run(stage_args(&image.path, &image.sha256))?
+        .assert_ok();
     assert_slot_b_staged(&disk)?;
     Ok(())
 }
@@ -84,7 +87,11 @@ fn dry_run_writes_nothing() -> Result<()> {
     let mut args = stage_args(&image.path, &image.sha256);
     args.push("--dry-run".into());
     disk.run(args)?.assert_ok();
-    assert_eq!(b_before, sha256_file(&disk.slot_b())?, "--dry-run wrote slot B");
+    assert_eq!(
+        b_before,
+        sha256_file(&disk.slot_b())?,
+        "--dry-run wrote slot B"
+    );
     abupdate_tests::assert_unchanged(&before, &disk.snapshot()?, "stage --dry-run");
     let st = disk.status("a")?;
     assert_eq!(
