@@ -144,6 +144,8 @@ struct Machine {
     dir: PathBuf,
     /// Measured `switch` → ssh-in-B time, when an upgrade ran on this machine.
     switch_downtime: Option<Duration>,
+    /// A plain reboot of slot B (the new OS) → ssh, when measured.
+    reboot_b: Option<Duration>,
 }
 
 impl Env {
@@ -160,6 +162,7 @@ impl Env {
             disk,
             dir,
             switch_downtime: None,
+            reboot_b: None,
         };
         step(&format!("power on machine-{} (fresh disk)", self.machines));
         m.boot_expect("a")?;
@@ -401,6 +404,15 @@ fn upgrade(env: &Env, m: &mut Machine) -> Result<()> {
         "after commit slot b should be good and default with no trial: {}",
         st.summary()
     );
+    // The committed slot is the default now: a plain reboot must come back to B (and times
+    // a reboot of the new OS, the fair baseline for the switch's downtime).
+    m.reboot_b = Some(reboot_time(m, "b")?);
+    let st = m.status()?;
+    ensure!(
+        st.booted() == "b" && st.default() == "b" && st.state("b") == "good",
+        "after a reboot the committed slot b should stay the good default: {}",
+        st.summary()
+    );
     Ok(())
 }
 
@@ -598,17 +610,18 @@ fn powercut(env: &Env, m: &mut Machine) -> Result<()> {
     Ok(())
 }
 
-/// A plain reboot in A, timed from the command to ssh answering again.
-fn reboot_time(m: &mut Machine) -> Result<Duration> {
+/// A plain reboot that must come back in `slot`, timed from the command to ssh answering.
+fn reboot_time(m: &mut Machine, slot: &str) -> Result<Duration> {
     let t = Instant::now();
     m.rebooting("systemctl reboot")?;
     let down = t.elapsed();
     m.power_on()?;
     m.vm.wait_ssh(BOOT_TIMEOUT)?;
     let took = t.elapsed();
-    m.assert_booted("a")?;
+    m.assert_booted(slot)?;
     step(&format!(
-        "plain reboot in A → ssh: {took:.1?} (shutdown {down:.1?}, boot {:.1?})",
+        "plain reboot in {} → ssh: {took:.1?} (shutdown {down:.1?}, boot {:.1?})",
+        slot.to_uppercase(),
         took - down
     ));
     Ok(took)
@@ -630,13 +643,21 @@ fn timed_switch(m: &mut Machine) -> Result<Duration> {
     Ok(took)
 }
 
-fn print_ratio(reboot: Duration, switch: Duration) {
+fn print_ratio(reboot: Duration, switch: Duration, reboot_b: Option<Duration>) {
+    let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(0.001);
     println!(
-        "  downtime: switch → ssh in B {:.1} s, plain reboot → ssh {:.1} s, ratio {:.2}",
+        "  downtime: switch → ssh in B {:.1} s, plain reboot in A → ssh {:.1} s, ratio {:.2}",
         switch.as_secs_f64(),
         reboot.as_secs_f64(),
-        switch.as_secs_f64() / reboot.as_secs_f64().max(0.001)
+        ratio(switch, reboot)
     );
+    if let Some(rb) = reboot_b {
+        println!(
+            "  (same OS on both sides: plain reboot in B → ssh {:.1} s, switch / reboot-in-B ratio {:.2})",
+            rb.as_secs_f64(),
+            ratio(switch, rb)
+        );
+    }
 }
 
 /// Result line of one scenario.
@@ -669,10 +690,11 @@ pub fn run(selected: &[Scenario], keep: bool) -> Result<()> {
             }
         }
         if sc == Scenario::Downtime || sc == Scenario::Upgrade {
-            if let (Some(rb), Some(sw)) = (reboot, machine.as_ref().and_then(|m| m.switch_downtime))
-            {
-                print_ratio(rb, sw);
-                ratio_line = Some((rb, sw));
+            if let (Some(rb), Some(m)) = (reboot, machine.as_ref()) {
+                if let Some(sw) = m.switch_downtime {
+                    print_ratio(rb, sw, m.reboot_b);
+                    ratio_line = Some((rb, sw, m.reboot_b));
+                }
             }
         }
         outcomes.push(Outcome {
@@ -694,8 +716,8 @@ pub fn run(selected: &[Scenario], keep: bool) -> Result<()> {
                 .unwrap_or("ok".into())
         );
     }
-    if let Some((rb, sw)) = ratio_line {
-        print_ratio(rb, sw);
+    if let Some((rb, sw, rbb)) = ratio_line {
+        print_ratio(rb, sw, rbb);
     }
     let failed = outcomes.iter().filter(|o| o.error.is_some()).count();
     if failed > 0 {
@@ -740,11 +762,12 @@ fn run_one(
     match sc {
         Scenario::Downtime => {
             let m = machine_in_a(env, machine)?;
-            *reboot = Some(reboot_time(m)?);
+            *reboot = Some(reboot_time(m, "a")?);
             if !with_upgrade {
                 // Without the upgrade scenario in this run, measure the switch here.
                 m.stage(TRIXIE_URL, &env.imgs.trixie_sha256)?;
                 m.switch_downtime = Some(timed_switch(m)?);
+                m.reboot_b = Some(reboot_time(m, "b")?);
             }
             Ok(())
         }
@@ -807,7 +830,7 @@ pub fn demo() -> Result<()> {
     println!("\n=== demo: a fresh server disk, Debian 12 in slot A ===");
     let mut m = env.new_machine()?;
     println!("\n=== a plain reboot, for comparison ===");
-    let rb = reboot_time(&mut m)?;
+    let rb = reboot_time(&mut m, "a")?;
     println!("\n=== upgrade to Debian 13 with one reboot ===");
     upgrade(&env, &mut m)?;
     let st_b = m.status()?;
@@ -835,7 +858,7 @@ pub fn demo() -> Result<()> {
     }
     println!("  (while in B after the upgrade: {})", st_b.summary());
     if let Some(sw) = m.switch_downtime {
-        print_ratio(rb, sw);
+        print_ratio(rb, sw, m.reboot_b);
     }
     println!("  demo took {:.0?}", total.elapsed());
     drop(m);
@@ -847,10 +870,12 @@ pub fn demo() -> Result<()> {
 pub fn bench() -> Result<()> {
     let mut env = prepare()?;
     let mut m = env.new_machine()?;
-    let rb = reboot_time(&mut m)?;
+    let rb = reboot_time(&mut m, "a")?;
     m.stage(TRIXIE_URL, &env.imgs.trixie_sha256)?;
     let sw = timed_switch(&mut m)?;
-    print_ratio(rb, sw);
+    // The same OS on both sides of a reboot: B → B (a trial reboot spends one more try).
+    let rbb = reboot_time(&mut m, "b")?;
+    print_ratio(rb, sw, Some(rbb));
     drop(m);
     cleanup_run_dir(&env.run_dir, false);
     Ok(())
