@@ -12,6 +12,7 @@ mod e2e;
 mod http;
 mod images;
 mod setup;
+mod testcmd;
 mod util;
 mod vm;
 
@@ -65,6 +66,13 @@ enum Command {
         #[arg(long)]
         downtime_only: bool,
     },
+    /// README's test command (run by .ci/run): unit and privileged tests, real GRUB under
+    /// QEMU, then every VM end-to-end scenario.
+    Test {
+        /// Stop before the VM scenarios.
+        #[arg(long)]
+        no_vm: bool,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -90,6 +98,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::E2e { only, keep } => cmd_e2e(only.as_deref(), keep),
         Command::Demo => cmd_demo(),
         Command::Bench { downtime_only } => cmd_bench(downtime_only),
+        Command::Test { no_vm } => testcmd::run(!no_vm),
     }
 }
 
