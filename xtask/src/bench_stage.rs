@@ -38,7 +38,18 @@ pub fn run() -> Result<()> {
         is_root()?,
         "the stage benchmark needs root (loop devices, mkfs, mount)"
     );
-    for tool in ["sfdisk", "losetup", "partx", "mkfs.ext4", "mkfs.ext2", "mount", "umount", "zstd", "dd", "sha256sum"] {
+    for tool in [
+        "sfdisk",
+        "losetup",
+        "partx",
+        "mkfs.ext4",
+        "mkfs.ext2",
+        "mount",
+        "umount",
+        "zstd",
+        "dd",
+        "sha256sum",
+    ] {
         ensure!(which(tool), "missing host tool `{tool}`");
     }
     ensure!(
@@ -92,36 +103,44 @@ pub fn run() -> Result<()> {
 
     eprintln!("bench: dd");
     let slot_b = disk.partition(3);
-    let dd = timed(Command::new("dd")
-        .arg(format!("if={}", image.display()))
-        .arg(format!("of={}", slot_b.display()))
-        .args(["bs=4M", "oflag=direct", "conv=fsync", "status=none"]))
+    let dd = timed(
+        Command::new("dd")
+            .arg(format!("if={}", image.display()))
+            .arg(format!("of={}", slot_b.display()))
+            .args(["bs=4M", "oflag=direct", "conv=fsync", "status=none"]),
+    )
     .context("dd the image onto slot B")?;
     results.push(("dd raw (bs=4M, oflag=direct, conv=fsync)", dd));
 
     eprintln!("bench: abupdate stage <raw file>");
-    let m = timed(abupdate_cmd(&bin, &config)
-        .arg("stage")
-        .arg(&image)
-        .args(["--sha256", &image_sha]))
+    let m = timed(
+        abupdate_cmd(&bin, &config)
+            .arg("stage")
+            .arg(&image)
+            .args(["--sha256", &image_sha]),
+    )
     .context("abupdate stage <raw file>")?;
     results.push(("abupdate stage image.img", m));
 
     eprintln!("bench: abupdate stage <zst file>");
-    let m = timed(abupdate_cmd(&bin, &config)
-        .arg("stage")
-        .arg(&zst)
-        .args(["--sha256", &zst_sha]))
+    let m = timed(
+        abupdate_cmd(&bin, &config)
+            .arg("stage")
+            .arg(&zst)
+            .args(["--sha256", &zst_sha]),
+    )
     .context("abupdate stage <zst file>")?;
     results.push(("abupdate stage image.img.zst", m));
 
     eprintln!("bench: abupdate stage http://127.0.0.1/<zst>");
     let server = FileServer::start(zst.clone())?;
     let url = format!("http://{}/image.img.zst", server.addr);
-    let m = timed(abupdate_cmd(&bin, &config)
-        .arg("stage")
-        .arg(&url)
-        .args(["--sha256", &zst_sha]))
+    let m = timed(
+        abupdate_cmd(&bin, &config)
+            .arg("stage")
+            .arg(&url)
+            .args(["--sha256", &zst_sha]),
+    )
     .context("abupdate stage <http zst>")?;
     drop(server);
     results.push(("abupdate stage http://127.0.0.1/image.img.zst", m));
@@ -171,7 +190,10 @@ struct Measure {
 /// Runs `cmd` under `/usr/bin/time -v`; fails on a non-zero exit.
 fn timed(cmd: &mut Command) -> Result<Measure> {
     let mut wrapped = Command::new("/usr/bin/time");
-    wrapped.arg("-v").arg(cmd.get_program()).args(cmd.get_args());
+    wrapped
+        .arg("-v")
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
     for (k, v) in cmd.get_envs() {
         match v {
             Some(v) => wrapped.env(k, v),
@@ -278,8 +300,11 @@ struct Mounted(PathBuf);
 impl Mounted {
     fn new(source: &Path, target: &Path, opts: &str) -> Result<Mounted> {
         fs::create_dir_all(target)?;
-        sh(Command::new("mount").args(["-o", opts]).arg(source).arg(target))
-            .with_context(|| format!("mount {} on {}", source.display(), target.display()))?;
+        sh(Command::new("mount")
+            .args(["-o", opts])
+            .arg(source)
+            .arg(target))
+        .with_context(|| format!("mount {} on {}", source.display(), target.display()))?;
         Ok(Mounted(target.to_owned()))
     }
 
@@ -330,7 +355,11 @@ impl BenchDisk {
             .take()
             .context("sfdisk stdin")?
             .write_all(script.as_bytes())?;
-        ensure!(child.wait()?.success(), "sfdisk failed on {}", image.display());
+        ensure!(
+            child.wait()?.success(),
+            "sfdisk failed on {}",
+            image.display()
+        );
         let dev = PathBuf::from(
             sh(Command::new("losetup").args(["-f", "--show"]).arg(&image))?
                 .trim()

@@ -105,6 +105,25 @@ lock_file: /run/abupdate.lock
     .to_string()
 }
 
+/// The boot assessment unit installed (and enabled) in slot A when the daemon is wanted.
+const DAEMON_UNIT: &str = include_str!("../../config/systemd/abupdate.service");
+
+/// [`guest_config`] with the boot assessment daemon: its unit carried by the manifest and
+/// enabled in staged slots, and a `health:` section (short deadline, checks that pass on a
+/// healthy Debian 13 guest).
+pub fn guest_config_daemon() -> String {
+    guest_config()
+        .replace(
+            "/usr/local/sbin/abupdate, /root/.ssh/]",
+            "/usr/local/sbin/abupdate, /root/.ssh/, /etc/systemd/system/abupdate.service]",
+        )
+        .replace(
+            "services: [ssh.service, systemd-networkd.service]",
+            "services: [ssh.service, systemd-networkd.service, abupdate.service]",
+        )
+        + "health:\n  deadline: 240\n  on_failure: rollback\n  allow_degraded: true\n  checks:\n    - { unit: ssh.service }\n    - { tcp: \"127.0.0.1:22\" }\n"
+}
+
 fn sfdisk_script() -> String {
     let mut s = format!("label: gpt\nlabel-id: {DISK_LABEL_ID}\nunit: sectors\nfirst-lba: 2048\n");
     for p in &PARTS {
@@ -131,6 +150,16 @@ fn data_file_content() -> Vec<u8> {
 
 /// Builds the disk image at `out` (overwritten).
 pub fn build(imgs: &Images, abupdate: &Path, out: &Path) -> Result<DiskInfo> {
+    build_with(imgs, abupdate, out, false)
+}
+
+/// [`build`], with the boot assessment daemon installed and enabled in slot A when `daemon`.
+pub fn build_with(imgs: &Images, abupdate: &Path, out: &Path, daemon: bool) -> Result<DiskInfo> {
+    let config = if daemon {
+        guest_config_daemon()
+    } else {
+        guest_config()
+    };
     let start = std::time::Instant::now();
     let last = PARTS.iter().map(|p| p.start + p.size).max().unwrap_or(0);
     let size = (last + MIB_SECTORS) * 512;
@@ -164,9 +193,25 @@ pub fn build(imgs: &Images, abupdate: &Path, out: &Path) -> Result<DiskInfo> {
     install_file(
         root.path(),
         "etc/abupdate/abupdate.yaml",
-        guest_config().as_bytes(),
+        config.as_bytes(),
         0o644,
     )?;
+    if daemon {
+        install_file(
+            root.path(),
+            "etc/systemd/system/abupdate.service",
+            DAEMON_UNIT.as_bytes(),
+            0o644,
+        )?;
+        let wants = root
+            .path()
+            .join("etc/systemd/system/multi-user.target.wants");
+        std::fs::create_dir_all(&wants).with_context(|| format!("create {}", wants.display()))?;
+        let link = wants.join("abupdate.service");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink("/etc/systemd/system/abupdate.service", &link)
+            .with_context(|| format!("enable {}", link.display()))?;
+    }
     install_file(root.path(), "etc/app.conf", APP_CONF.as_bytes(), 0o644)?;
     // The same form `abupdate stage` writes for the new slot.
     let fstab = format!(
@@ -193,7 +238,7 @@ pub fn build(imgs: &Images, abupdate: &Path, out: &Path) -> Result<DiskInfo> {
     copy_grub_modules(boot.path())?;
     boot.close().context("unmount the boot partition")?;
 
-    abupdate_init(abupdate, lo.path(), out)?;
+    abupdate_init(abupdate, lo.path(), out, &config)?;
     lo.close()
         .with_context(|| format!("detach {}", out.display()))?;
 
@@ -264,10 +309,10 @@ fn copy_grub_modules(boot: &Path) -> Result<()> {
 }
 
 /// Runs the host-built abupdate's `init --slot a` against the loop-attached disk.
-fn abupdate_init(abupdate: &Path, disk_dev: &Path, image: &Path) -> Result<()> {
+fn abupdate_init(abupdate: &Path, disk_dev: &Path, image: &Path, config: &str) -> Result<()> {
     let dir = tempfile::tempdir().context("temporary directory for the init config")?;
     let cfg = dir.path().join("abupdate.yaml");
-    let text = format!("disk: {}\n{}", disk_dev.display(), guest_config());
+    let text = format!("disk: {}\n{}", disk_dev.display(), config);
     std::fs::write(&cfg, text).with_context(|| format!("write {}", cfg.display()))?;
     println!(
         "disk: abupdate --config <disk: {}> init --slot a",

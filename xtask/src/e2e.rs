@@ -18,6 +18,9 @@ use crate::images::{self, Images};
 use crate::vm::{self, Vm, BOOT_TIMEOUT};
 use crate::{setup, util};
 
+#[path = "e2e_daemon.rs"]
+mod daemon;
+
 /// How long a full stage may take in the guest under TCG.
 const STAGE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// How long GRUB may take to print its marker after QEMU starts.
@@ -44,6 +47,14 @@ pub enum Scenario {
     Broken,
     /// e: power cut while staging.
     Powercut,
+    /// j: a pre-switch hook that exits 1 refuses the switch (daemon machine).
+    PreSwitchHook,
+    /// h: a failing health check returns to A by itself (daemon machine).
+    DaemonFailedCheck,
+    /// g: the daemon commits a healthy trial by itself (daemon machine).
+    DaemonCommits,
+    /// i: a trial whose init hangs with the watchdog armed returns to A by itself.
+    Hang,
 }
 
 impl Scenario {
@@ -55,6 +66,19 @@ impl Scenario {
         Scenario::Broken,
         Scenario::Powercut,
     ];
+    /// Every scenario, in run order; only [`Scenario::ALL`] runs without `--only`.
+    const EVERY: [Scenario; 10] = [
+        Scenario::Downtime,
+        Scenario::Upgrade,
+        Scenario::Rollback,
+        Scenario::Trial,
+        Scenario::Broken,
+        Scenario::Powercut,
+        Scenario::PreSwitchHook,
+        Scenario::DaemonFailedCheck,
+        Scenario::DaemonCommits,
+        Scenario::Hang,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -64,6 +88,10 @@ impl Scenario {
             Scenario::Broken => "d-broken-slot",
             Scenario::Powercut => "e-powercut-staging",
             Scenario::Downtime => "f-downtime",
+            Scenario::PreSwitchHook => "j-pre-switch-hook",
+            Scenario::DaemonFailedCheck => "h-failed-check",
+            Scenario::DaemonCommits => "g-daemon-commits",
+            Scenario::Hang => "i-hang",
         }
     }
 
@@ -75,6 +103,10 @@ impl Scenario {
             "d" | "broken" | "d-broken-slot" => Scenario::Broken,
             "e" | "powercut" | "e-powercut-staging" => Scenario::Powercut,
             "f" | "downtime" | "f-downtime" => Scenario::Downtime,
+            "g" | "daemon-commits" | "g-daemon-commits" => Scenario::DaemonCommits,
+            "h" | "failed-check" | "h-failed-check" => Scenario::DaemonFailedCheck,
+            "j" | "pre-switch-hook" | "j-pre-switch-hook" => Scenario::PreSwitchHook,
+            "i" | "hang" | "i-hang" => Scenario::Hang,
             _ => return None,
         })
     }
@@ -88,10 +120,10 @@ pub fn parse_selection(only: Option<&str>) -> Result<Vec<Scenario>> {
     let mut wanted = Vec::new();
     for s in only.split(',').filter(|s| !s.trim().is_empty()) {
         wanted.push(Scenario::parse(s).with_context(|| {
-            format!("unknown scenario {s:?} (a|upgrade b|rollback c|trial d|broken e|powercut f|downtime)")
+            format!("unknown scenario {s:?} (a|upgrade b|rollback c|trial d|broken e|powercut f|downtime g|daemon-commits h|failed-check j|pre-switch-hook i|hang)")
         })?);
     }
-    Ok(Scenario::ALL
+    Ok(Scenario::EVERY
         .iter()
         .copied()
         .filter(|s| wanted.contains(s))
@@ -799,6 +831,23 @@ fn run_one(
         Scenario::Powercut => {
             let m = machine_in_a(env, machine)?;
             powercut(env, m)
+        }
+        Scenario::PreSwitchHook => {
+            let m = daemon::daemon_machine_in_a(env, machine)?;
+            daemon::pre_switch_hook(env, m)
+        }
+        Scenario::DaemonFailedCheck => {
+            let m = daemon::daemon_machine_in_a(env, machine)?;
+            daemon::daemon_failed_check(env, m)
+        }
+        Scenario::DaemonCommits => {
+            let m = daemon::daemon_machine_in_a(env, machine)?;
+            daemon::daemon_commits(env, m)
+        }
+        Scenario::Hang => {
+            // Its own machine (watchdog device, its own HTTP server): drop the shared one.
+            *machine = None;
+            daemon::hang(env)
         }
     }
 }

@@ -32,7 +32,15 @@ pub fn run(vm: bool) -> Result<()> {
     cargo(&["test", "--workspace"])?;
     // Real GRUB 2.06 under QEMU counting the trial tries down (slow, so opt-in in plain
     // `cargo test`).
-    cargo(&["test", "-p", "abupdate-grub", "--test", "real_grub", "--", "--ignored"])?;
+    cargo(&[
+        "test",
+        "-p",
+        "abupdate-grub",
+        "--test",
+        "real_grub",
+        "--",
+        "--ignored",
+    ])?;
     if vm {
         let all = e2e::parse_selection(None)?;
         e2e::run(&all, false)?;

@@ -68,6 +68,8 @@ pub struct Vm {
     ssh_port: u16,
     boot: u32,
     child: Option<Child>,
+    /// Extra QEMU arguments (e.g. a watchdog device).
+    pub extra_args: Vec<String>,
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released).
@@ -89,6 +91,7 @@ impl Vm {
             ssh_port: free_port()?,
             boot: 0,
             child: None,
+            extra_args: Vec::new(),
         })
     }
 
@@ -139,6 +142,7 @@ impl Vm {
             ))
             .arg("-nic")
             .arg(nic)
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::from(qlog_f))
             .stderr(Stdio::from(qlog_e))
