@@ -58,13 +58,15 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    const ALL: [Scenario; 6] = [
+    /// The default selection: the scenarios verified on a real boot.
+    const ALL: [Scenario; 7] = [
         Scenario::Downtime,
         Scenario::Upgrade,
         Scenario::Rollback,
         Scenario::Trial,
         Scenario::Broken,
         Scenario::Powercut,
+        Scenario::PreSwitchHook,
     ];
     /// Every scenario, in run order; only [`Scenario::ALL`] runs without `--only`.
     const EVERY: [Scenario; 10] = [
@@ -937,7 +939,17 @@ mod tests {
     #[test]
     fn selection() {
         let all = parse_selection(None).expect("all");
-        assert_eq!(all.len(), 6);
+        assert_eq!(all.len(), 7);
+        let d = parse_selection(Some("g,j,i,h")).expect("parses");
+        assert_eq!(
+            d,
+            vec![
+                Scenario::PreSwitchHook,
+                Scenario::DaemonFailedCheck,
+                Scenario::DaemonCommits,
+                Scenario::Hang
+            ]
+        );
         let s = parse_selection(Some("b,a")).expect("parses");
         assert_eq!(s, vec![Scenario::Upgrade, Scenario::Rollback]);
         assert!(parse_selection(Some("zz")).is_err());
