@@ -59,7 +59,7 @@ pub enum Scenario {
 
 impl Scenario {
     /// The default selection: the scenarios verified on a real boot.
-    const ALL: [Scenario; 7] = [
+    const ALL: [Scenario; 8] = [
         Scenario::Downtime,
         Scenario::Upgrade,
         Scenario::Rollback,
@@ -67,6 +67,7 @@ impl Scenario {
         Scenario::Broken,
         Scenario::Powercut,
         Scenario::PreSwitchHook,
+        Scenario::Hang,
     ];
     /// Every scenario, in run order; only [`Scenario::ALL`] runs without `--only`.
     const EVERY: [Scenario; 10] = [
@@ -939,7 +940,7 @@ mod tests {
     #[test]
     fn selection() {
         let all = parse_selection(None).expect("all");
-        assert_eq!(all.len(), 7);
+        assert_eq!(all.len(), 8);
         let d = parse_selection(Some("g,j,i,h")).expect("parses");
         assert_eq!(
             d,
