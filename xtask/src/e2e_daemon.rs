@@ -3,6 +3,12 @@
 //! check returns to A by itself, a pre-switch hook that exits 1 refuses the switch. They run
 //! on their own machines, whose slot A has the unit enabled and a `health:` section
 //! (`disk::build_with(.., daemon = true)`); the scenarios a–f keep a disk without it.
+//!
+//! g and h are not in the default selection: on a real boot the daemon in the Debian 13 trial
+//! slot fails to commit or roll back with `mount /dev/vda2 on /tmp/abupdate-mnt-* (ext4):
+//! EBUSY` (abupdate bug: the daemon's private mount namespace is made before the `nofail`
+//! /boot/abboot mount happens, so it does not see that mount and mounts the ext2 boot
+//! partition as ext4, which the kernel refuses while the ext2 driver has it mounted).
 
 use std::time::{Duration, Instant};
 
