@@ -97,8 +97,10 @@ pub fn mount_private(device: &Path, read_only: bool) -> Result<TempMount> {
         nix::sys::stat::major(rdev) as u32,
         nix::sys::stat::minor(rdev) as u32,
     );
-    let mounts =
-        abupdate_utils::mountinfo::read().map_err(Error::io("read", "/proc/self/mountinfo"))?;
+    // The host's mounts as they are now: our private namespace is a snapshot taken when it
+    // was entered, and the system may have mounted the partition since (a `nofail` fstab
+    // mount can come after abupdate.service starts).
+    let mounts = host_mounts()?;
     if let Some(existing) = mounts.iter().find(|m| m.major == maj && m.minor == min) {
         let m = TempMount::new(device, &existing.fstype, false)?;
         if read_only {
@@ -107,11 +109,38 @@ pub fn mount_private(device: &Path, read_only: bool) -> Result<TempMount> {
         return Ok(m);
     }
     let fstype = match fsinfo::read_ext4_info(device) {
-        Ok(Some(_)) => "ext4",
+        Ok(Some(info)) => ext_driver(&info),
         Ok(None) => "vfat",
         Err(e) => return Err(Error::io("read superblock of", device)(e)),
     };
     Ok(TempMount::new(device, fstype, read_only)?)
+}
+
+/// The host's mount table (PID 1's), falling back to our own.
+fn host_mounts() -> Result<Vec<abupdate_utils::mountinfo::MountEntry>> {
+    match std::fs::read_to_string("/proc/1/mountinfo") {
+        Ok(text) => Ok(abupdate_utils::mountinfo::parse(&text)),
+        Err(_) => {
+            abupdate_utils::mountinfo::read().map_err(Error::io("read", "/proc/self/mountinfo"))
+        }
+    }
+}
+
+/// The driver the kernel itself would pick for this filesystem: a plain ext2 goes to the
+/// ext2 driver where the kernel has one (Debian 13), so that our mount and the system's
+/// share one superblock instead of failing with EBUSY.
+fn ext_driver(info: &fsinfo::Ext4Info) -> &'static str {
+    let has_ext2 = std::fs::read_to_string("/proc/filesystems")
+        .map(|t| {
+            t.lines()
+                .any(|l| l.split_whitespace().last() == Some("ext2"))
+        })
+        .unwrap_or(false);
+    if info.is_plain_ext2 && has_ext2 {
+        "ext2"
+    } else {
+        "ext4"
+    }
 }
 
 impl Context {

@@ -15,6 +15,8 @@ pub struct Ext4Info {
     pub label: String,
     /// Filesystem size in bytes.
     pub size_bytes: u64,
+    /// No journal and no ext3/4-only features: the ext2 driver can mount it.
+    pub is_plain_ext2: bool,
 }
 
 /// Parses a superblock (the 1024 bytes at offset 1024); `None` if it is not ext2/3/4.
@@ -26,6 +28,9 @@ pub fn parse_ext4_superblock(sb: &[u8]) -> Option<Ext4Info> {
     let blocks_lo = u64::from(le32(4));
     let log_block = le32(24);
     let incompat = le32(96);
+    let compat = le32(92);
+    // has_journal (compat 0x4); any incompat feature beyond filetype (0x2) is ext3/4-only.
+    let is_plain_ext2 = compat & 0x4 == 0 && incompat & !0x2 == 0;
     let blocks_hi = if incompat & 0x80 != 0 {
         u64::from(le32(0x150))
     } else {
@@ -42,6 +47,7 @@ pub fn parse_ext4_superblock(sb: &[u8]) -> Option<Ext4Info> {
         uuid,
         label: String::from_utf8_lossy(&label_raw[..end]).into_owned(),
         size_bytes: ((blocks_hi << 32) | blocks_lo) * block_size,
+        is_plain_ext2,
     })
 }
 
@@ -133,6 +139,10 @@ mod tests {
         assert_eq!(i.label, "root-b");
         assert_eq!(i.size_bytes, 4096 * 1000);
         assert_eq!(i.uuid, "11111111-1111-1111-1111-111111111111");
+        assert!(i.is_plain_ext2);
+        sb[96] = 0x42; // filetype + extents: ext4
+        assert!(!parse_ext4_superblock(&sb).is_some_and(|i| i.is_plain_ext2));
+        sb[96] = 0x02;
         sb[56] = 0;
         assert_eq!(parse_ext4_superblock(&sb), None);
     }

@@ -80,9 +80,10 @@ pub struct TempMount {
 impl TempMount {
     /// Mounts `device` (of type `fstype`) on a new temporary directory.
     pub fn new(device: &Path, fstype: &str, read_only: bool) -> Result<TempMount, MountError> {
-        let dir = tempfile::Builder::new()
-            .prefix("abupdate-mnt-")
-            .tempdir()
+        // Under /run, not /tmp: systemd-tmpfiles may clean /tmp while a mount is in use.
+        let base = Path::new("/run/abupdate");
+        let dir = std::fs::create_dir_all(base)
+            .and_then(|()| tempfile::Builder::new().prefix("mnt-").tempdir_in(base))
             .map_err(|source| MountError::TempDir {
                 device: device.to_owned(),
                 source,
