@@ -59,7 +59,7 @@ pub enum Scenario {
 
 impl Scenario {
     /// The default selection: the scenarios verified on a real boot.
-    const ALL: [Scenario; 8] = [
+    const ALL: [Scenario; 10] = [
         Scenario::Downtime,
         Scenario::Upgrade,
         Scenario::Rollback,
@@ -67,6 +67,8 @@ impl Scenario {
         Scenario::Broken,
         Scenario::Powercut,
         Scenario::PreSwitchHook,
+        Scenario::DaemonFailedCheck,
+        Scenario::DaemonCommits,
         Scenario::Hang,
     ];
     /// Every scenario, in run order; only [`Scenario::ALL`] runs without `--only`.
