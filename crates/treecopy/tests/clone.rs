@@ -2,7 +2,6 @@
 //! ACLs, xattrs and owners are kept, mount points and excludes are left empty. They
 //! must run as root and fail (not skip) otherwise.
 
-use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::Read;
 use std::os::unix::fs::{lchown, symlink, FileExt, FileTypeExt, MetadataExt, PermissionsExt};
@@ -10,6 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use abupdate_treecopy::{clone_tree, CloneOptions, Error};
+
+mod common;
+use common::xattrs;
 
 fn require_root() {
     assert!(
@@ -48,22 +50,6 @@ impl Drop for BindMount {
             eprintln!("could not unmount {}: {out:?}", self.0.display());
         }
     }
-}
-
-fn xattrs(path: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut names = vec![0u8; 65536];
-    let n = rustix::fs::llistxattr(path, &mut names[..]).expect("llistxattr");
-    names.truncate(n);
-    names
-        .split(|b| *b == 0)
-        .filter(|n| !n.is_empty())
-        .map(|name| {
-            let mut value = vec![0u8; 65536];
-            let n = rustix::fs::lgetxattr(path, name, &mut value[..]).expect("lgetxattr");
-            value.truncate(n);
-            (String::from_utf8_lossy(name).into_owned(), value)
-        })
-        .collect()
 }
 
 /// Type, mode, owner, mtime, rdev, size, xattrs (content is compared separately).

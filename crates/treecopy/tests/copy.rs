@@ -13,6 +13,9 @@ use abupdate_treecopy::{
 };
 use rustix::fs::{AtFlags, FileType, Mode, Timespec, Timestamps, XattrFlags, CWD};
 
+mod common;
+use common::xattrs;
+
 const PAST_MTIME: (i64, i64) = (1_500_000_000, 123_456_789);
 const PAST_ATIME: (i64, i64) = (1_400_000_000, 987_654_321);
 
@@ -111,22 +114,6 @@ fn run(cmd: &str, args: &[&str]) {
         "{cmd} {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-fn xattrs(path: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut names = vec![0u8; 65536];
-    let n = rustix::fs::llistxattr(path, &mut names[..]).expect("llistxattr");
-    names.truncate(n);
-    names
-        .split(|b| *b == 0)
-        .filter(|n| !n.is_empty())
-        .map(|name| {
-            let mut value = vec![0u8; 65536];
-            let n = rustix::fs::lgetxattr(path, name, &mut value[..]).expect("lgetxattr");
-            value.truncate(n);
-            (String::from_utf8_lossy(name).into_owned(), value)
-        })
-        .collect()
 }
 
 /// Owner, mode, times and xattrs; must be taken before anything reads the file.

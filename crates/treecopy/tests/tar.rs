@@ -3,7 +3,6 @@
 //! offending entry without writing outside the root. They must run as root and fail
 //! (not skip) otherwise.
 
-use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::os::unix::fs::{lchown, symlink, FileExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -11,6 +10,9 @@ use std::process::Command;
 
 use abupdate_treecopy::{extract_tar, Error, ExtractReport};
 use tar::EntryType;
+
+mod common;
+use common::xattrs;
 
 fn require_root() {
     assert!(
@@ -40,22 +42,6 @@ fn run(cmd: &str, args: &[&str]) {
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf8 path")
-}
-
-fn xattrs(path: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut names = vec![0u8; 65536];
-    let n = rustix::fs::llistxattr(path, &mut names[..]).expect("llistxattr");
-    names.truncate(n);
-    names
-        .split(|b| *b == 0)
-        .filter(|n| !n.is_empty())
-        .map(|name| {
-            let mut value = vec![0u8; 65536];
-            let n = rustix::fs::lgetxattr(path, name, &mut value[..]).expect("lgetxattr");
-            value.truncate(n);
-            (String::from_utf8_lossy(name).into_owned(), value)
-        })
-        .collect()
 }
 
 /// Type, mode, owner, mtime, rdev, xattrs and content (or link target) of one entry.
