@@ -174,6 +174,18 @@ pub struct TestDisk {
 }
 
 impl TestDisk {
+    /// The standard "new release" image for this disk (uncompressed), built in its temp
+    /// directory with the host tree of its manifest.
+    pub fn new_release_image(&self) -> Result<crate::image::Image> {
+        crate::image::make_image(
+            self.dir(),
+            &crate::image::ImageSpec {
+                host_root: Some(self.host.root()),
+                ..Default::default()
+            },
+        )
+    }
+
     /// The standard disk: 64 MiB boot, 256 MiB slots, 32 MiB data, initialised for slot A.
     pub fn new() -> Result<TestDisk> {
         TestDisk::with(DiskOptions::default())

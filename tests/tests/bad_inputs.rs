@@ -17,13 +17,7 @@ use abupdate_utils::mount::TempMount;
 use anyhow::{Context, Result};
 
 fn image_for(disk: &TestDisk) -> Result<Image> {
-    make_image(
-        disk.dir(),
-        &ImageSpec {
-            host_root: Some(disk.host.root()),
-            ..Default::default()
-        },
-    )
+    disk.new_release_image()
 }
 
 /// Runs `args`, lets `check` judge the output (exit code, message), then asserts the failure

@@ -60,13 +60,7 @@ fn stage_http_resumes_after_dropped_connection() -> Result<()> {
 fn stage_http_with_sha256_url() -> Result<()> {
     let _s = serial();
     let disk = TestDisk::new()?;
-    let raw = make_image(
-        disk.dir(),
-        &ImageSpec {
-            host_root: Some(disk.host.root()),
-            ..Default::default()
-        },
-    )?;
+    let raw = disk.new_release_image()?;
     let gz = compress(&raw, Compression::Gzip)?;
     let sums = disk.dir().join("SHA256SUMS");
     std::fs::write(&sums, format!("{}  debian13.img.gz\n", gz.sha256))?;

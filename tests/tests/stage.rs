@@ -1,19 +1,13 @@
 //! Staging a local image file: plain and compressed, dry run, restaging.
 
 use abupdate_tests::checks::{assert_slot_b_staged, stage_args};
-use abupdate_tests::{compress, make_image, serial, sha256_file, Compression, ImageSpec, TestDisk};
+use abupdate_tests::{compress, serial, sha256_file, Compression, TestDisk};
 use anyhow::Result;
 
 fn stage_and_check(compression: Option<Compression>) -> Result<()> {
     let _s = serial();
     let disk = TestDisk::new()?;
-    let raw = make_image(
-        disk.dir(),
-        &ImageSpec {
-            host_root: Some(disk.host.root()),
-            ..Default::default()
-        },
-    )?;
+    let raw = disk.new_release_image()?;
     let image = match compression {
         Some(c) => compress(&raw, c)?,
         None => raw,
@@ -55,13 +49,7 @@ fn stage_gzip_image() -> Result<()> {
 fn stage_twice_is_idempotent() -> Result<()> {
     let _s = serial();
     let disk = TestDisk::new()?;
-    let image = make_image(
-        disk.dir(),
-        &ImageSpec {
-            host_root: Some(disk.host.root()),
-            ..Default::default()
-        },
-    )?;
+    let image = disk.new_release_image()?;
     let image = compress(&image, Compression::Zstd)?;
     disk.run(stage_args(&image.path, &image.sha256))?
         .assert_ok();
@@ -75,13 +63,7 @@ fn stage_twice_is_idempotent() -> Result<()> {
 fn dry_run_writes_nothing() -> Result<()> {
     let _s = serial();
     let disk = TestDisk::new()?;
-    let image = make_image(
-        disk.dir(),
-        &ImageSpec {
-            host_root: Some(disk.host.root()),
-            ..Default::default()
-        },
-    )?;
+    let image = disk.new_release_image()?;
     let b_before = sha256_file(&disk.slot_b())?;
     let before = disk.snapshot()?;
     let mut args = stage_args(&image.path, &image.sha256);

@@ -2,18 +2,12 @@
 //! refusals.
 
 use abupdate_tests::checks::{slot_status, stage_args};
-use abupdate_tests::{compress, make_image, serial, Compression, ImageSpec, TestDisk};
+use abupdate_tests::{compress, serial, Compression, TestDisk};
 use anyhow::Result;
 
 fn staged_disk() -> Result<TestDisk> {
     let disk = TestDisk::new()?;
-    let image = make_image(
-        disk.dir(),
-        &ImageSpec {
-            host_root: Some(disk.host.root()),
-            ..Default::default()
-        },
-    )?;
+    let image = disk.new_release_image()?;
     let image = compress(&image, Compression::Zstd)?;
     disk.run(stage_args(&image.path, &image.sha256))?
         .assert_ok();
