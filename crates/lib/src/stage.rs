@@ -734,12 +734,25 @@ fn clone_running(ctx: &Context, root: &Path, report: &mut StageReport) -> Result
         exclude.push(d);
     }
     let opts = abupdate_treecopy::CloneOptions { exclude };
-    let r = abupdate_treecopy::clone_tree(Path::new("/"), root, &opts)?;
+    let source = clone_source();
+    let r = abupdate_treecopy::clone_tree(&source, root, &opts)?;
     for m in &r.skipped_mounts {
         tracing::info!("clone: mount point {} left empty", m.display());
     }
     report.image_bytes = r.bytes;
     Ok(())
+}
+
+/// Test-only: the tree `stage --clone` copies as the running system, honoured only together
+/// with `ABUPDATE_ASSUME_BOOTED` (a pretended boot has no running root of its own).
+pub const CLONE_ROOT_ENV: &str = "ABUPDATE_CLONE_ROOT";
+
+/// The running system's root: `/`, or `ABUPDATE_CLONE_ROOT` on a pretended boot.
+fn clone_source() -> PathBuf {
+    match std::env::var_os(CLONE_ROOT_ENV) {
+        Some(p) if std::env::var_os(crate::disk::ASSUME_BOOTED_ENV).is_some() => PathBuf::from(p),
+        _ => PathBuf::from("/"),
+    }
 }
 
 /// Runs the operator's command chrooted in the copy, with services kept from starting.
