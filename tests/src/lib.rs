@@ -12,6 +12,7 @@ pub mod env;
 pub mod http;
 pub mod image;
 pub mod proc;
+pub mod tree;
 
 pub use disk::{assert_unchanged, DiskOptions, HostTree, Snapshot, TestDisk};
 pub use env::{abupdate_bin, serial, Serial};
