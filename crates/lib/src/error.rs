@@ -65,9 +65,14 @@ pub enum Error {
         /// The streaming error.
         source: abupdate_stream::Error,
     },
-    /// Copying the manifest failed.
-    #[error("copy manifest into the new slot: {0}")]
-    Manifest(#[from] abupdate_treecopy::Error),
+    /// Writing files into the new slot failed: the manifest copy, a tar extraction, a clone.
+    #[error("{step}: {source}")]
+    Tree {
+        /// What was being done ("copy manifest into the new slot", ...).
+        step: &'static str,
+        /// The copy or extraction error.
+        source: abupdate_treecopy::Error,
+    },
     /// `manifest suggest` failed.
     #[error("manifest suggest: {0}")]
     Suggest(#[from] abupdate_suggest::Error),
@@ -99,11 +104,21 @@ impl Error {
             Error::Stream { source, .. } if source.kind() == abupdate_stream::ErrorKind::Input => {
                 EXIT_USAGE
             }
-            Error::Manifest(
-                abupdate_treecopy::Error::UnsafeDestination { .. }
-                | abupdate_treecopy::Error::DestinationConflict { .. }
-                | abupdate_treecopy::Error::BadManifestEntry { .. },
-            ) => EXIT_REFUSED,
+            Error::Tree {
+                source:
+                    abupdate_treecopy::Error::UnsafeDestination { .. }
+                    | abupdate_treecopy::Error::DestinationConflict { .. }
+                    | abupdate_treecopy::Error::BadManifestEntry { .. },
+                ..
+            } => EXIT_REFUSED,
+            // The archive itself is bad input, like a corrupt image.
+            Error::Tree {
+                source:
+                    abupdate_treecopy::Error::UnsafeArchiveEntry { .. }
+                    | abupdate_treecopy::Error::UnsupportedArchiveEntry { .. }
+                    | abupdate_treecopy::Error::Archive { .. },
+                ..
+            } => EXIT_VERIFY,
             Error::Suggest(
                 abupdate_suggest::Error::Unsupported(_)
                 | abupdate_suggest::Error::NoPackageDatabase { .. },
@@ -124,6 +139,11 @@ impl Error {
     ) -> impl FnOnce(std::io::Error) -> Error {
         let (step, path) = (step.into(), path.into());
         move |source| Error::Io { step, path, source }
+    }
+
+    /// Builds an [`Error::Tree`] from a step; use with `map_err`.
+    pub fn tree(step: &'static str) -> impl FnOnce(abupdate_treecopy::Error) -> Error {
+        move |source| Error::Tree { step, source }
     }
 
     /// Builds an [`Error::Cmd`] from a step; use with `map_err`.

@@ -657,13 +657,17 @@ fn extract_archive(f: &Fetch, root: &Path, progress: bool, report: &mut StageRep
         res
     });
     let extracted = abupdate_treecopy::extract_tar(&mut reader, root);
-    // Read what the archive's end marker left (padding) so the whole source is hashed.
-    let drained = std::io::copy(&mut reader, &mut std::io::sink());
+    // Read what the archive's end marker left (padding) so the whole source is hashed; after
+    // a refused entry, closing the pipe stops the download instead.
+    let drained = match &extracted {
+        Ok(_) => std::io::copy(&mut reader, &mut std::io::sink()).map(drop),
+        Err(_) => Ok(()),
+    };
     drop(reader);
     let copied = copier
         .join()
         .map_err(|_| Error::Internal("the download thread panicked".into()))?;
-    let extracted = extracted?;
+    let extracted = extracted.map_err(Error::tree("extract the archive into the new slot"))?;
     let stats = copied.map_err(&serr)?;
     drained.map_err(Error::io("read the rest of", f.src.display_name()))?;
     if stats.source_sha256 != f.expected {
@@ -735,7 +739,8 @@ fn clone_running(ctx: &Context, root: &Path, report: &mut StageReport) -> Result
     }
     let opts = abupdate_treecopy::CloneOptions { exclude };
     let source = clone_source();
-    let r = abupdate_treecopy::clone_tree(&source, root, &opts)?;
+    let r = abupdate_treecopy::clone_tree(&source, root, &opts)
+        .map_err(Error::tree("copy the running system into the new slot"))?;
     for m in &r.skipped_mounts {
         tracing::info!("clone: mount point {} left empty", m.display());
     }
@@ -767,13 +772,7 @@ fn run_in_copy(cmd: &str, root: &SlotRoot) -> Result<()> {
     let res = chroot.run_shell(
         &format!("`{cmd}`"),
         cmd,
-        &[
-            ("DEBIAN_FRONTEND", "noninteractive"),
-            (
-                "PATH",
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            ),
-        ],
+        &[("DEBIAN_FRONTEND", "noninteractive")],
     );
     chroot.close()?;
     if !had_policy {
@@ -815,9 +814,11 @@ fn prepare(
         include: ctx.cfg.manifest.include.clone(),
         exclude: ctx.cfg.manifest.exclude.clone(),
     };
-    let plan = abupdate_treecopy::plan(Path::new("/"), &manifest)?;
+    let plan = abupdate_treecopy::plan(Path::new("/"), &manifest)
+        .map_err(Error::tree("plan the manifest copy"))?;
     report.manifest_conflicts = crate::conflicts::keep_new_versions(Path::new("/"), &plan, &root)?;
-    let copied = abupdate_treecopy::copy_into(Path::new("/"), &plan, mnt)?;
+    let copied = abupdate_treecopy::copy_into(Path::new("/"), &plan, mnt)
+        .map_err(Error::tree("copy manifest into the new slot"))?;
     report.manifest_entries = copied.files + copied.dirs + copied.symlinks + copied.special;
     report.manifest_missing = plan.missing.clone();
     for missing in &plan.missing {
