@@ -9,6 +9,9 @@ use abupdate_utils::Cmd;
 use crate::error::{Error, Result};
 use crate::slotfs::SlotRoot;
 
+/// `PATH` inside the chroot.
+const CHROOT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// A slot prepared for `chroot`: API filesystems bound in until [`Chroot::close`].
 #[derive(Debug)]
 pub struct Chroot<'a> {
@@ -31,13 +34,17 @@ impl<'a> Chroot<'a> {
         Ok(Chroot { root, binds })
     }
 
-    /// A command that runs `argv` chrooted in the slot.
+    /// A command that runs `argv` chrooted in the slot, with the usual system `PATH` (the
+    /// caller's may lack the sbin directories the slot's tools live in).
     pub fn command<I, S>(&self, argv: I) -> Cmd
     where
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
-        Cmd::new("chroot").arg(self.root.path()).args(argv)
+        Cmd::new("chroot")
+            .arg(self.root.path())
+            .args(argv)
+            .env("PATH", CHROOT_PATH)
     }
 
     /// Runs a shell command chrooted in the slot; a non-zero exit is an error with its output.
