@@ -493,7 +493,16 @@ fn entry_meta<R: Read>(
     let mut xattrs = Vec::new();
     if let Some(pax) = entry.pax_extensions().map_err(|e| bad("PAX records", e))? {
         for ext in pax {
-            let ext = ext.map_err(|e| bad("PAX record", e))?;
+            // The tar crate splits PAX records at newlines (tar-rs issue #452), so a record
+            // whose value holds one cannot be read: refuse it rather than guess.
+            let ext = ext.map_err(|e| Error::UnsupportedArchiveEntry {
+                entry: raw.to_owned(),
+                reason: format!(
+                    "a PAX record cannot be read ({e}): values holding a newline are not \
+                     supported, such as the text ACLs `tar --acls` writes; archive ACLs with \
+                     --xattrs --xattrs-include='*' and without --acls"
+                ),
+            })?;
             let key = ext.key_bytes();
             if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
                 xattrs.push((name.to_vec(), ext.value_bytes().to_vec()));
@@ -511,9 +520,8 @@ fn entry_meta<R: Read>(
             } else if key.starts_with(b"SCHILY.acl.") {
                 return Err(Error::UnsupportedArchiveEntry {
                     entry: raw.to_owned(),
-                    reason: "text ACL records (tar --acls) are not supported; create the \
-                             archive with --xattrs --xattrs-include='*' so ACLs are stored \
-                             as system.posix_acl_* xattrs"
+                    reason: "text ACL records (tar --acls) are not supported; archive ACLs \
+                             with --xattrs --xattrs-include='*' and without --acls"
                         .to_owned(),
                 });
             }

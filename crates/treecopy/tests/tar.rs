@@ -422,3 +422,36 @@ fn truncated_archive_is_an_error() {
         other => panic!("expected Archive error, got {other:?}"),
     }
 }
+
+#[test]
+fn text_acl_records_are_refused_with_advice() {
+    let dir = scratch();
+    let src = dir.path().join("src");
+    let root = dir.path().join("root");
+    fs::create_dir(&src).expect("mkdir");
+    fs::create_dir(&root).expect("mkdir");
+    fs::write(src.join("acl"), "acl\n").expect("write");
+    run("setfacl", &["-m", "u:1000:r", s(&src.join("acl"))]);
+    let archive = dir.path().join("acls.tar");
+    run(
+        "tar",
+        &[
+            "--acls",
+            "--xattrs",
+            "-C",
+            s(&src),
+            "-cf",
+            s(&archive),
+            "./acl",
+        ],
+    );
+    let file = fs::File::open(&archive).expect("open archive");
+    match extract_tar(file, &root) {
+        Err(Error::UnsupportedArchiveEntry { entry, reason }) => {
+            assert_eq!(entry, Path::new("./acl"));
+            assert!(reason.contains("--xattrs-include"), "{reason}");
+        }
+        other => panic!("expected UnsupportedArchiveEntry for ./acl, got {other:?}"),
+    }
+    assert!(!root.join("acl").exists());
+}
