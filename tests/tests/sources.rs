@@ -373,7 +373,8 @@ fn tar_entry_with_dotdot_is_refused() -> Result<()> {
             disk.command("a").args(from_tar_args(&archive)),
             &what,
         )?;
-        out.assert_mentions_all(&[entry, "`..`"]);
+        out.assert_mentions_all(&[entry, "`..`", "extract the archive into the new slot"]);
+        assert_eq!(out.code, 4, "{what}: a bad archive exits 4:\n{out}");
         let name = Path::new(entry).file_name().unwrap_or_default();
         for dir in ["/", "/run", "/run/abupdate", "/tmp"] {
             let p = Path::new(dir).join(name);
@@ -392,7 +393,12 @@ fn tar_entry_beneath_absolute_symlink_is_refused() -> Result<()> {
     let archive = crafted_tar(&disk, "symlink.tar", "./link/file", Some(&outside))?;
     let what = "archive entry beneath an absolute symlink";
     let out = stage_refused(&disk, disk.command("a").args(from_tar_args(&archive)), what)?;
-    out.assert_mentions_all(&["./link/file", "symlink"]);
+    out.assert_mentions_all(&[
+        "./link/file",
+        "symlink",
+        "extract the archive into the new slot",
+    ]);
+    assert_eq!(out.code, 4, "{what}: a bad archive exits 4:\n{out}");
     let left: Vec<_> = fs::read_dir(&outside)?.collect::<Result<_, _>>()?;
     assert!(
         left.is_empty(),
