@@ -153,7 +153,9 @@ fn serve(conn: TcpStream, files: &HashMap<String, Entry>) -> Result<()> {
             }
         }
     }
-    let path = target.split('?').next().unwrap_or("");
+    // apt asks for a flat repository's files as `<base>/./Packages`.
+    let path = target.split('?').next().unwrap_or("").replace("/./", "/");
+    let path = path.as_str();
     let simple = |out: &mut TcpStream, code: &str| -> Result<()> {
         write!(
             out,

@@ -21,6 +21,7 @@ pub const HOST_PACKAGES: &[&str] = &[
     "openssh-client",
     "debian-archive-keyring",
     "time",
+    "dpkg-dev",
 ];
 
 fn installed(pkg: &str) -> bool {

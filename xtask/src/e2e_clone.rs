@@ -1,0 +1,274 @@
+//! Scenario k: a distribution upgrade without an image. Slot A gets version 1.0 of a small
+//! package from a local apt repository the harness builds (`dpkg-deb`, `dpkg-scanpackages`)
+//! and serves through QEMU's guestfwd; `manifest suggest` in A must list the conffile the
+//! scenario changed and the file it created, and not the untouched conffile; `stage --clone
+//! --run 'apt-get update && apt-get -y install …'` upgrades the package to 2.0 in the copy
+//! only; B boots with 2.0 and the operator's config; after a rollback A still has 1.0. The
+//! time of a plain clone stage of A's root is printed next to `dd` of the same bytes to the
+//! same partition, in the same run.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use abupdate_utils::Cmd;
+use anyhow::{ensure, Context, Result};
+use serde_json::Value;
+
+use super::{step, Machine};
+use crate::util;
+
+/// Where the harness's file server publishes the repository (the guest sees
+/// `http://10.0.2.100/apt`).
+const REPO_URL: &str = "/apt";
+/// The test package.
+const PKG: &str = "abupdate-demo";
+const OLD: &str = "1.0";
+const NEW: &str = "2.0";
+/// A conffile the scenario changes in A, one it leaves alone, a file it creates.
+const CHANGED_CONF: &str = "/etc/abupdate-demo/demo.conf";
+const UNTOUCHED_CONF: &str = "/etc/abupdate-demo/untouched.conf";
+const CREATED: &str = "/etc/abupdate-demo/local.conf";
+const OPERATOR_LINE: &str = "listen = 8080   # changed by the operator";
+/// The guest's command that upgrades the copy.
+const UPGRADE: &str = "apt-get update -q && apt-get -y -q install abupdate-demo";
+
+/// Builds `PKG` in versions [`OLD`] and [`NEW`] and a flat apt repository holding both under
+/// `dir`; returns the file server entries (`/apt/Packages`, `/apt/Release`, the debs).
+pub(super) fn build_repo(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let repo = dir.join("apt");
+    let pool = repo.join("pool");
+    std::fs::create_dir_all(&pool).with_context(|| format!("create {}", pool.display()))?;
+    let mut files = Vec::new();
+    for version in [OLD, NEW] {
+        let deb = build_deb(&dir.join(format!("pkg-{version}")), &pool, version)?;
+        let name = deb
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("deb file name")?
+            .to_string();
+        files.push((format!("{REPO_URL}/pool/{name}"), deb));
+    }
+    let out = Command::new("dpkg-scanpackages")
+        .args(["--multiversion", "pool", "/dev/null"])
+        .current_dir(&repo)
+        .output()
+        .context("run dpkg-scanpackages (apt-get install dpkg-dev)")?;
+    ensure!(
+        out.status.success(),
+        "dpkg-scanpackages in {} failed ({}): {}",
+        repo.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let packages = repo.join("Packages");
+    write(&packages, &out.stdout, 0o644)?;
+    // An unsigned Release file: the guest's source is `[trusted=yes]`.
+    let release = format!(
+        "Origin: abupdate-xtask\nLabel: abupdate-xtask\nDate: Sat, 01 Jan 2000 00:00:00 UTC\nSHA256:\n {} {} Packages\n",
+        util::sha256_file(&packages)?,
+        out.stdout.len()
+    );
+    let release_path = repo.join("Release");
+    write(&release_path, release.as_bytes(), 0o644)?;
+    files.push((format!("{REPO_URL}/Packages"), packages));
+    files.push((format!("{REPO_URL}/Release"), release_path));
+    Ok(files)
+}
+
+/// One version of the test package: two conffiles (the same in both versions, so the upgrade
+/// never prompts) and a file holding the version.
+fn build_deb(root: &Path, pool: &Path, version: &str) -> Result<PathBuf> {
+    let control = format!(
+        "Package: {PKG}\nVersion: {version}\nArchitecture: all\nMaintainer: abupdate xtask <root@localhost>\n\
+         Description: abupdate's clone-and-upgrade test package\n Version {version}, built by cargo xtask e2e.\n"
+    );
+    write(&root.join("DEBIAN/control"), control.as_bytes(), 0o644)?;
+    let conffiles = format!("{CHANGED_CONF}\n{UNTOUCHED_CONF}\n");
+    write(&root.join("DEBIAN/conffiles"), conffiles.as_bytes(), 0o644)?;
+    write(
+        &root.join(&CHANGED_CONF[1..]),
+        b"# abupdate-demo settings\nlisten = 80\n",
+        0o644,
+    )?;
+    write(
+        &root.join(&UNTOUCHED_CONF[1..]),
+        b"# left as shipped\n",
+        0o644,
+    )?;
+    write(
+        &root.join("usr/share/abupdate-demo/version"),
+        format!("{version}\n").as_bytes(),
+        0o644,
+    )?;
+    let deb = pool.join(format!("{PKG}_{version}_all.deb"));
+    Cmd::new("dpkg-deb")
+        .args(["--root-owner-group", "-Zgzip", "--build"])
+        .arg(root)
+        .arg(&deb)
+        .run()
+        .with_context(|| format!("dpkg-deb --build {}", root.display()))?;
+    Ok(deb)
+}
+
+fn write(path: &Path, content: &[u8], mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+    }
+    std::fs::write(path, content).with_context(|| format!("write {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {}", path.display()))
+}
+
+impl Machine {
+    /// The installed version of the test package in the running slot.
+    fn demo_version(&self) -> Result<String> {
+        Ok(self
+            .vm
+            .ssh_ok(&format!("dpkg-query -W -f='${{Version}}' {PKG}"))?
+            .trim()
+            .to_string())
+    }
+}
+
+/// Scenario k (see the module doc); starts and ends booted in A.
+pub(super) fn clone_upgrade(m: &mut Machine) -> Result<()> {
+    // The guest cannot reach the image's own mirror (restricted user network): its only apt
+    // source is the harness's repository.
+    m.vm.ssh_ok(&format!(
+        "mkdir -p /etc/apt/offline && for f in /etc/apt/sources.list /etc/apt/sources.list.d/*; do \
+         if [ -f \"$f\" ]; then mv \"$f\" /etc/apt/offline/; fi; done && \
+         echo 'deb [trusted=yes] http://10.0.2.100{REPO_URL} ./' > /etc/apt/sources.list.d/abupdate-demo.list && \
+         DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+         DEBIAN_FRONTEND=noninteractive apt-get install -y -q --allow-downgrades {PKG}={OLD}"
+    ))
+    .context("install the test package's version 1.0 in A")?;
+    let v = m.demo_version()?;
+    ensure!(v == OLD, "slot A should have {PKG} {OLD}, has {v:?}");
+    step(&format!(
+        "slot A: {PKG} {OLD} installed from the local apt repository"
+    ));
+
+    m.vm.ssh_ok(&format!(
+        "echo '{OPERATOR_LINE}' >> {CHANGED_CONF} && echo 'local = yes' > {CREATED}"
+    ))?;
+    suggest_lists_local_changes(m)?;
+
+    clone_against_dd(m)?;
+
+    let took = m.stage_with(&format!("stage --clone --run '{UPGRADE}'"))?;
+    step(&format!("clone + upgrade staged in {took:.1?}"));
+    let st = m.status()?;
+    ensure!(
+        st.state("b") == "staged",
+        "slot b should be staged: {}",
+        st.summary()
+    );
+    let v = m.demo_version()?;
+    ensure!(
+        v == OLD,
+        "the running slot A changed: {PKG} is {v:?} after the clone's upgrade"
+    );
+    step(&format!(
+        "slot A still runs {PKG} {OLD}: the upgrade ran in the copy only"
+    ));
+
+    m.rebooting("abupdate switch")?;
+    m.boot_expect("b")?;
+    let v = m.demo_version()?;
+    ensure!(v == NEW, "slot B should have {PKG} {NEW}, has {v:?}");
+    let shipped = m.vm.ssh_ok("cat /usr/share/abupdate-demo/version")?;
+    ensure!(
+        shipped.trim() == NEW,
+        "slot B's package files are not version {NEW}: {shipped}"
+    );
+    let conf = m.vm.ssh_ok(&format!("cat {CHANGED_CONF} {CREATED}"))?;
+    ensure!(
+        conf.contains(OPERATOR_LINE) && conf.contains("local = yes"),
+        "slot B lost the operator's config:\n{conf}"
+    );
+    step(&format!(
+        "slot B runs {PKG} {NEW} with the operator's changed conffile and local file"
+    ));
+    m.abupdate("commit")?;
+
+    m.rebooting("abupdate rollback")?;
+    m.boot_expect("a")?;
+    let v = m.demo_version()?;
+    ensure!(
+        v == OLD,
+        "after rollback slot A should have {PKG} {OLD}, has {v:?}"
+    );
+    let st = m.status()?;
+    ensure!(
+        st.default() == "a" && st.state("b") == "good",
+        "after rollback A should be the default and B good: {}",
+        st.summary()
+    );
+    step(&format!("after rollback slot A still runs {PKG} {OLD}"));
+    m.assert_data_intact()
+}
+
+/// `manifest suggest` lists the changed conffile and the created file, each with its reason,
+/// and not the conffile nobody touched.
+fn suggest_lists_local_changes(m: &Machine) -> Result<()> {
+    let out = m.abupdate("manifest suggest")?;
+    let line = |path: &str| {
+        out.lines()
+            .find(|l| l.trim_start().starts_with(&format!("- {path} ")))
+    };
+    let changed = line(CHANGED_CONF)
+        .with_context(|| format!("manifest suggest does not list {CHANGED_CONF}:\n{out}"))?;
+    ensure!(
+        changed.contains(&format!("conffile of {PKG}, changed")),
+        "wrong reason for {CHANGED_CONF}: {changed}"
+    );
+    let created = line(CREATED)
+        .with_context(|| format!("manifest suggest does not list {CREATED}:\n{out}"))?;
+    ensure!(
+        created.contains("not owned by any package"),
+        "wrong reason for {CREATED}: {created}"
+    );
+    ensure!(
+        !out.contains(UNTOUCHED_CONF),
+        "manifest suggest lists the untouched conffile {UNTOUCHED_CONF}:\n{out}"
+    );
+    step(
+        "manifest suggest: lists the changed conffile and the new file, not the untouched conffile",
+    );
+    Ok(())
+}
+
+/// Times a plain `stage --clone` of A's root and `dd` of as many bytes from A's partition to
+/// B's, and prints both; the next stage overwrites B again. dd starts 1 MiB in, so B never
+/// holds a copy of A's superblock (a second filesystem with A's UUID).
+fn clone_against_dd(m: &Machine) -> Result<()> {
+    let clone = m.stage_with("--json stage --clone > /run/abupdate-clone.json")?;
+    let report: Value = serde_json::from_str(&m.vm.ssh_ok("cat /run/abupdate-clone.json")?)
+        .context("parse the clone stage's JSON report")?;
+    let bytes = report["image_bytes"]
+        .as_u64()
+        .context("clone stage report without image_bytes")?;
+    ensure!(bytes > 0, "the clone copied no bytes: {report}");
+    let t = Instant::now();
+    m.vm.ssh_ok(&format!(
+        "dd if=/dev/disk/by-partlabel/root-a of=/dev/disk/by-partlabel/root-b bs=4M \
+         skip=1M seek=1M count={bytes} iflag=skip_bytes,count_bytes oflag=seek_bytes,direct \
+         conv=fsync status=none"
+    ))
+    .context("dd baseline in the guest")?;
+    let dd = t.elapsed();
+    print_clone_ratio(bytes, clone, dd);
+    Ok(())
+}
+
+fn print_clone_ratio(bytes: u64, clone: Duration, dd: Duration) {
+    println!(
+        "  clone stage of A's root ({} MiB of files): {:.1} s; dd of the same bytes A → B: {:.1} s; ratio {:.2}",
+        bytes >> 20,
+        clone.as_secs_f64(),
+        dd.as_secs_f64(),
+        clone.as_secs_f64() / dd.as_secs_f64().max(0.001)
+    );
+}
