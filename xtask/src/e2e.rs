@@ -18,6 +18,8 @@ use crate::images::{self, Images};
 use crate::vm::{self, Vm, BOOT_TIMEOUT};
 use crate::{setup, util};
 
+#[path = "e2e_clone.rs"]
+mod clone;
 #[path = "e2e_daemon.rs"]
 mod daemon;
 
@@ -41,6 +43,8 @@ pub enum Scenario {
     Upgrade,
     /// b: rollback to A.
     Rollback,
+    /// k: clone + package upgrade from a local apt repository, manifest suggest, rollback.
+    CloneUpgrade,
     /// c: uncommitted trial killed N times falls back to A.
     Trial,
     /// d: a slot whose init dies falls back to A after N panics.
@@ -59,10 +63,11 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in run order (the default selection).
-    const ALL: [Scenario; 10] = [
+    const ALL: [Scenario; 11] = [
         Scenario::Downtime,
         Scenario::Upgrade,
         Scenario::Rollback,
+        Scenario::CloneUpgrade,
         Scenario::Trial,
         Scenario::Broken,
         Scenario::Powercut,
@@ -76,6 +81,7 @@ impl Scenario {
         match self {
             Scenario::Upgrade => "a-upgrade",
             Scenario::Rollback => "b-rollback",
+            Scenario::CloneUpgrade => "k-clone-upgrade",
             Scenario::Trial => "c-uncommitted-trial",
             Scenario::Broken => "d-broken-slot",
             Scenario::Powercut => "e-powercut-staging",
@@ -91,6 +97,7 @@ impl Scenario {
         Some(match s.trim() {
             "a" | "upgrade" | "a-upgrade" => Scenario::Upgrade,
             "b" | "rollback" | "b-rollback" => Scenario::Rollback,
+            "k" | "clone-upgrade" | "k-clone-upgrade" => Scenario::CloneUpgrade,
             "c" | "trial" | "c-uncommitted-trial" => Scenario::Trial,
             "d" | "broken" | "d-broken-slot" => Scenario::Broken,
             "e" | "powercut" | "e-powercut-staging" => Scenario::Powercut,
@@ -112,7 +119,7 @@ pub fn parse_selection(only: Option<&str>) -> Result<Vec<Scenario>> {
     let mut wanted = Vec::new();
     for s in only.split(',').filter(|s| !s.trim().is_empty()) {
         wanted.push(Scenario::parse(s).with_context(|| {
-            format!("unknown scenario {s:?} (a|upgrade b|rollback c|trial d|broken e|powercut f|downtime g|daemon-commits h|failed-check j|pre-switch-hook i|hang)")
+            format!("unknown scenario {s:?} (a|upgrade b|rollback c|trial d|broken e|powercut f|downtime g|daemon-commits h|failed-check j|pre-switch-hook i|hang k|clone-upgrade)")
         })?);
     }
     Ok(Scenario::ALL
@@ -136,16 +143,18 @@ fn prepare() -> Result<Env> {
     setup::ensure_host_packages()?;
     let imgs = images::ensure()?;
     let abupdate = util::build_abupdate_release()?;
-    let http = FileServer::start(vec![
-        (TRIXIE_URL.into(), imgs.trixie_zst.clone()),
-        (BROKEN_URL.into(), imgs.broken_zst.clone()),
-    ])?;
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let run_dir = PathBuf::from(format!("/var/tmp/abupdate-xtask/run-{stamp}"));
     std::fs::create_dir_all(&run_dir).with_context(|| format!("create {}", run_dir.display()))?;
+    let mut files = vec![
+        (TRIXIE_URL.into(), imgs.trixie_zst.clone()),
+        (BROKEN_URL.into(), imgs.broken_zst.clone()),
+    ];
+    files.extend(clone::build_repo(&run_dir.join("apt-repo"))?);
+    let http = FileServer::start(files)?;
     println!(
         "prepare: images, release build and HTTP server (127.0.0.1:{}) ready in {:.0?}; run directory {}",
         http.port(),
@@ -316,6 +325,50 @@ impl Machine {
         Ok(took)
     }
 
+    /// Powers the machine on until ssh answers, counting the trial boots of B that end before
+    /// it does (`what`: a panic, a watchdog reset). Each must show GRUB's trial marker and
+    /// pass `check` on its serial log; there must be exactly [`TRIES`], then A must be booted.
+    fn failing_trial_boots(&mut self, what: &str, check: impl Fn(&str) -> bool) -> Result<u32> {
+        let mut failed = 0;
+        loop {
+            let t = Instant::now();
+            self.power_on()?;
+            if self.vm.wait_ssh_or_exit(BOOT_TIMEOUT)? {
+                break;
+            }
+            failed += 1;
+            let serial = self.vm.serial();
+            let log = self.vm.serial_path();
+            ensure!(
+                serial.contains("abupdate: booting slot b (trial"),
+                "boot {} ended without booting slot b on trial ({})",
+                self.vm.boots(),
+                log.display()
+            );
+            ensure!(
+                check(&serial),
+                "boot {} should have ended in {what} ({})",
+                self.vm.boots(),
+                log.display()
+            );
+            step(&format!(
+                "boot {}: slot b's trial ended in {what} after {:.1?}",
+                self.vm.boots(),
+                t.elapsed()
+            ));
+            ensure!(
+                failed <= TRIES,
+                "more than {TRIES} trial boots of b ended in {what}"
+            );
+        }
+        self.assert_booted("a")?;
+        ensure!(
+            failed == TRIES,
+            "expected {TRIES} trial boots ending in {what}, saw {failed}"
+        );
+        Ok(failed)
+    }
+
     fn assert_booted(&self, slot: &str) -> Result<()> {
         let marker = format!("abupdate: booting slot {slot}");
         let serial = self.vm.serial();
@@ -345,8 +398,13 @@ impl Machine {
     }
 
     fn stage(&self, url: &str, sha: &str) -> Result<Duration> {
+        self.stage_with(&format!("stage http://10.0.2.100{url} --sha256 {sha}"))
+    }
+
+    /// Runs `abupdate ARGS` (a stage) in the background under [`STAGE_TIMEOUT`], showing the
+    /// tail of its output; a non-zero exit is an error.
+    fn stage_with(&self, cmd: &str) -> Result<Duration> {
         let t = Instant::now();
-        let cmd = format!("stage http://10.0.2.100{url} --sha256 {sha}");
         println!("     $ abupdate {cmd}");
         let log = self.dir.join(format!("stage-{}.log", self.vm.boots()));
         let mut child = self.vm.ssh_spawn(&format!("abupdate {cmd}"), &log)?;
@@ -514,44 +572,13 @@ fn trial(env: &Env, m: &mut Machine) -> Result<()> {
 fn broken(env: &Env, m: &mut Machine) -> Result<()> {
     m.stage(BROKEN_URL, &env.imgs.broken_sha256)?;
     m.rebooting("abupdate switch")?;
-    let mut panics = 0;
-    loop {
-        let t = Instant::now();
-        m.power_on()?;
-        if m.vm.wait_ssh_or_exit(BOOT_TIMEOUT)? {
-            break;
-        }
-        panics += 1;
-        let serial = m.vm.serial();
-        ensure!(
-            serial.contains("abupdate: booting slot b (trial"),
-            "boot {} ended without booting slot b on trial ({})",
-            m.vm.boots(),
-            m.vm.serial_path().display()
-        );
-        ensure!(
-            serial.contains("Kernel panic"),
-            "boot {} ended without a kernel panic ({})",
-            m.vm.boots(),
-            m.vm.serial_path().display()
-        );
-        step(&format!(
-            "boot {}: slot b's init died, kernel panic, reboot after {:.1?}",
-            m.vm.boots(),
-            t.elapsed()
-        ));
-        ensure!(panics <= TRIES, "more than {TRIES} panicking boots of b");
-    }
-    m.assert_booted("a")?;
+    let panics =
+        m.failing_trial_boots("a kernel panic (init died)", |s| s.contains("Kernel panic"))?;
     let st = m.status()?;
     step(&format!(
         "after {panics} panics: back in A with no human action; {}",
         st.summary()
     ));
-    ensure!(
-        panics == TRIES,
-        "expected {TRIES} panicking boots, saw {panics}"
-    );
     ensure!(
         st.default() == "a" && st.state("b") == "failed",
         "slot b should be failed and A the default: {}",
@@ -812,6 +839,10 @@ fn run_one(
             let m = machine.as_mut().context("no machine")?;
             rollback(m)
         }
+        Scenario::CloneUpgrade => {
+            let m = machine_in_a(env, machine)?;
+            clone::clone_upgrade(m)
+        }
         Scenario::Trial => {
             let m = machine_in_a(env, machine)?;
             trial(env, m)
@@ -929,7 +960,7 @@ mod tests {
     #[test]
     fn selection() {
         let all = parse_selection(None).expect("all");
-        assert_eq!(all.len(), 10);
+        assert_eq!(all.len(), 11);
         let d = parse_selection(Some("g,j,i,h")).expect("parses");
         assert_eq!(
             d,
