@@ -22,6 +22,9 @@ pub const HOST_PACKAGES: &[&str] = &[
     "debian-archive-keyring",
     "time",
     "dpkg-dev",
+    "acl",
+    "attr",
+    "xz-utils",
 ];
 
 fn installed(pkg: &str) -> bool {
