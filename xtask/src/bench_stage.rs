@@ -1,18 +1,21 @@
-//! Benchmark: `abupdate stage` against a plain `dd` of the same image onto the same slot.
+//! Benchmark: `abupdate stage` against a plain `dd` of the same bytes onto the same slot.
 //!
 //! Builds a loop disk laid out like the integration-test fixture but with 1.2 GiB slots,
 //! a 1 GiB ext4 image filled with ~900 MiB of half random, half low-entropy data (so that
-//! zstd matters) and its `.zst`, then measures in one run:
+//! zstd matters) and its `.zst`, then measures in one run, [`RUNS`] rounds of:
 //!
 //! - `dd if=image of=<slot B> bs=4M oflag=direct conv=fsync` (the baseline),
 //! - `abupdate stage image` (raw file),
 //! - `abupdate stage image.zst` (file),
 //! - `abupdate stage http://127.0.0.1:PORT/image.zst` (local HTTP),
 //!
-//! each under `/usr/bin/time -v` for the peak RSS, and prints the ratios against dd and the
-//! size of the release binary. Needs root, util-linux, e2fsprogs, zstd and `time`.
+//! followed by the tar and clone sources of the VM's Debian 12 root against their own `dd`
+//! baselines (see `bench_sources`). Page caches are dropped before every timed command;
+//! each runs under `/usr/bin/time -v` for the peak RSS. Prints the ratios against the dd of
+//! the same round and the size of the release binary. Needs root, util-linux, e2fsprogs,
+//! zstd and `time`.
 //!
-//! Only std and anyhow: external tools are run with `std::process::Command`.
+//! External tools are run with `std::process::Command`.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
@@ -26,11 +29,22 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 
-const MIB: u64 = 1 << 20;
-const SLOT_MIB: u64 = 1232;
+use crate::bench_sources;
+
+/// One mebibyte.
+pub(crate) const MIB: u64 = 1 << 20;
+/// Size of each root slot of the bench disk.
+pub(crate) const SLOT_MIB: u64 = 1232;
+/// Size of the synthetic raw image.
 const IMAGE_MIB: u64 = 1024;
+/// Fill files written into the synthetic image.
 const FILL_FILES: u64 = 14;
+/// Size of each fill file.
 const FILL_FILE_MIB: u64 = 64;
+/// How many times each command is measured (rounds of baseline, then the stages).
+pub(crate) const RUNS: usize = 2;
+/// The flags of every `dd` baseline, as printed in the table.
+pub(crate) const DD_FLAGS: &str = "bs=4M, oflag=direct, conv=fsync";
 
 /// Runs the stage benchmark and prints the results.
 pub fn run() -> Result<()> {
@@ -49,6 +63,8 @@ pub fn run() -> Result<()> {
         "zstd",
         "dd",
         "sha256sum",
+        "sync",
+        "tar",
     ] {
         ensure!(which(tool), "missing host tool `{tool}`");
     }
@@ -96,78 +112,75 @@ pub fn run() -> Result<()> {
         .arg(&image))
     .context("compress the image with zstd")?;
     let zst_sha = sha256(&zst)?;
-    let image_len = fs::metadata(&image)?.len();
-    let zst_len = fs::metadata(&zst)?.len();
+    let image_len = fs::metadata(&image)
+        .with_context(|| format!("stat {}", image.display()))?
+        .len();
+    let zst_len = fs::metadata(&zst)
+        .with_context(|| format!("stat {}", zst.display()))?
+        .len();
 
-    let mut results = Vec::new();
-
-    eprintln!("bench: dd");
     let slot_b = disk.partition(3);
-    let dd = timed(
-        Command::new("dd")
-            .arg(format!("if={}", image.display()))
-            .arg(format!("of={}", slot_b.display()))
-            .args(["bs=4M", "oflag=direct", "conv=fsync", "status=none"]),
-    )
-    .context("dd the image onto slot B")?;
-    results.push(("dd raw (bs=4M, oflag=direct, conv=fsync)", dd));
-
-    eprintln!("bench: abupdate stage <raw file>");
-    let m = timed(
-        abupdate_cmd(&bin, &config)
-            .arg("stage")
-            .arg(&image)
-            .args(["--sha256", &image_sha]),
-    )
-    .context("abupdate stage <raw file>")?;
-    results.push(("abupdate stage image.img", m));
-
-    eprintln!("bench: abupdate stage <zst file>");
-    let m = timed(
-        abupdate_cmd(&bin, &config)
-            .arg("stage")
-            .arg(&zst)
-            .args(["--sha256", &zst_sha]),
-    )
-    .context("abupdate stage <zst file>")?;
-    results.push(("abupdate stage image.img.zst", m));
-
-    eprintln!("bench: abupdate stage http://127.0.0.1/<zst>");
+    let mut table = Table::new(
+        format!(
+            "image: {:.0} MiB raw, {:.0} MiB zstd -3 ({:.0}%), slot B {} MiB on {}",
+            image_len as f64 / MIB as f64,
+            zst_len as f64 / MIB as f64,
+            100.0 * zst_len as f64 / image_len as f64,
+            SLOT_MIB,
+            disk.dev.display()
+        ),
+        image_len,
+    );
     let server = FileServer::start(zst.clone())?;
     let url = format!("http://{}/image.img.zst", server.addr);
-    let m = timed(
-        abupdate_cmd(&bin, &config)
-            .arg("stage")
-            .arg(&url)
-            .args(["--sha256", &zst_sha]),
-    )
-    .context("abupdate stage <http zst>")?;
-    drop(server);
-    results.push(("abupdate stage http://127.0.0.1/image.img.zst", m));
+    for round in 1..=RUNS {
+        eprintln!("bench: round {round}/{RUNS}: dd");
+        let dd = timed(&mut dd_cmd(&image, &slot_b)).context("dd the image onto slot B")?;
+        table.record(&format!("dd raw ({DD_FLAGS})"), dd, dd);
 
-    let base = dd.seconds;
-    println!();
-    println!(
-        "image: {:.0} MiB raw, {:.0} MiB zstd -3 ({:.0}%), slot B {} MiB on {}",
-        image_len as f64 / MIB as f64,
-        zst_len as f64 / MIB as f64,
-        100.0 * zst_len as f64 / image_len as f64,
-        SLOT_MIB,
-        disk.dev.display()
-    );
-    println!(
-        "{:<48} {:>9} {:>10} {:>8} {:>13}",
-        "method", "seconds", "MiB/s", "vs dd", "peak RSS MiB"
-    );
-    for (name, m) in &results {
-        println!(
-            "{:<48} {:>9.2} {:>10.1} {:>7.2}x {:>13.1}",
-            name,
-            m.seconds,
-            image_len as f64 / MIB as f64 / m.seconds,
-            m.seconds / base,
-            m.max_rss_kib as f64 / 1024.0
-        );
+        eprintln!("bench: round {round}/{RUNS}: abupdate stage <raw file>");
+        let m = timed(
+            abupdate_cmd(&bin, &config)
+                .arg("stage")
+                .arg(&image)
+                .args(["--sha256", &image_sha]),
+        )
+        .context("abupdate stage <raw file>")?;
+        table.record("abupdate stage image.img", m, dd);
+
+        eprintln!("bench: round {round}/{RUNS}: abupdate stage <zst file>");
+        let m = timed(
+            abupdate_cmd(&bin, &config)
+                .arg("stage")
+                .arg(&zst)
+                .args(["--sha256", &zst_sha]),
+        )
+        .context("abupdate stage <zst file>")?;
+        table.record("abupdate stage image.img.zst", m, dd);
+
+        eprintln!("bench: round {round}/{RUNS}: abupdate stage http://127.0.0.1/<zst>");
+        let m = timed(
+            abupdate_cmd(&bin, &config)
+                .arg("stage")
+                .arg(&url)
+                .args(["--sha256", &zst_sha]),
+        )
+        .context("abupdate stage <http zst>")?;
+        table.record("abupdate stage http://127.0.0.1/image.img.zst", m, dd);
+    }
+    drop(server);
+
+    let mut tables = vec![table];
+    let target = bench_sources::Target {
+        bin: &bin,
+        config: &config,
+        slot_b: &slot_b,
+    };
+    tables.extend(bench_sources::measure(&target, dir)?);
+
+    let width = tables.iter().map(Table::width).max().unwrap_or(0);
+    for t in &tables {
+        t.print(width);
     }
     println!(
         "release binary {}: {:.2} MiB ({} bytes)",
@@ -175,20 +188,111 @@ pub fn run() -> Result<()> {
         bin_size as f64 / MIB as f64,
         bin_size
     );
-    println!("(sources are in the page cache; MiB/s is raw image bytes per second)");
+    println!(
+        "(page caches dropped before every timed command; MiB/s is the table's bytes per \
+         second; vs dd is against the dd of the same round #N)"
+    );
     drop(disk);
     Ok(())
 }
 
+/// One printed table: a title line, and per method its measurements in round order, each
+/// with the dd of the same round as its baseline.
+pub(crate) struct Table {
+    /// The lines printed above the table (what the bytes are, what the baseline is).
+    title: String,
+    /// The bytes each command moves, for the MiB/s column.
+    bytes: u64,
+    /// Methods in first-measured order, each with (measure, baseline) per round.
+    rows: Vec<(String, Vec<(Measure, Measure)>)>,
+}
+
+impl Table {
+    /// An empty table over `bytes` bytes per command.
+    pub(crate) fn new(title: String, bytes: u64) -> Table {
+        Table {
+            title,
+            bytes,
+            rows: Vec::new(),
+        }
+    }
+
+    /// Adds one measurement of `method` with the dd of the same round as `baseline`.
+    pub(crate) fn record(&mut self, method: &str, m: Measure, baseline: Measure) {
+        match self.rows.iter_mut().find(|(name, _)| name == method) {
+            Some((_, runs)) => runs.push((m, baseline)),
+            None => self.rows.push((method.to_owned(), vec![(m, baseline)])),
+        }
+    }
+
+    /// Width of the method column: the longest `<method> #N`, at least 48.
+    fn width(&self) -> usize {
+        self.rows
+            .iter()
+            .map(|(name, runs)| name.len() + 2 + runs.len().to_string().len())
+            .max()
+            .unwrap_or(0)
+            .max(48)
+    }
+
+    /// Prints the title, the header and one line per measurement, the method column
+    /// `width` wide.
+    fn print(&self, width: usize) {
+        println!();
+        println!("{}", self.title);
+        println!(
+            "{:<width$} {:>9} {:>10} {:>8} {:>13}",
+            "method", "seconds", "MiB/s", "vs dd", "peak RSS MiB"
+        );
+        for (name, runs) in &self.rows {
+            for (i, (m, base)) in runs.iter().enumerate() {
+                println!(
+                    "{:<width$} {:>9.2} {:>10.1} {:>7.2}x {:>13.1}",
+                    format!("{name} #{}", i + 1),
+                    m.seconds,
+                    self.bytes as f64 / MIB as f64 / m.seconds,
+                    m.seconds / base.seconds,
+                    m.max_rss_kib as f64 / 1024.0
+                );
+            }
+        }
+    }
+}
+
+/// The dd baseline: `dd if=src of=dst` with [`DD_FLAGS`].
+pub(crate) fn dd_cmd(src: &Path, dst: &Path) -> Command {
+    let mut c = Command::new("dd");
+    c.arg(format!("if={}", src.display()))
+        .arg(format!("of={}", dst.display()))
+        .args(["bs=4M", "oflag=direct", "conv=fsync", "status=none"]);
+    c
+}
+
+/// Writes back dirty pages and drops the page, dentry and inode caches, so that every
+/// timed command reads its source from the disk.
+fn drop_caches() -> Result<()> {
+    sh(&mut Command::new("sync")).context("sync before dropping the page caches")?;
+    let knob = "/proc/sys/vm/drop_caches";
+    fs::write(knob, "3\n").with_context(|| format!("write 3 to {knob}"))
+}
+
 /// Wall time and peak RSS of one command.
 #[derive(Debug, Clone, Copy)]
-struct Measure {
+pub(crate) struct Measure {
+    /// Wall-clock seconds.
     seconds: f64,
+    /// Peak resident set size in KiB, from `/usr/bin/time -v`.
     max_rss_kib: u64,
 }
 
-/// Runs `cmd` under `/usr/bin/time -v`; fails on a non-zero exit.
-fn timed(cmd: &mut Command) -> Result<Measure> {
+/// Drops the page caches, then runs `cmd` under `/usr/bin/time -v`; fails on a non-zero
+/// exit.
+pub(crate) fn timed(cmd: &mut Command) -> Result<Measure> {
+    timed_stdout(cmd).map(|(m, _)| m)
+}
+
+/// [`timed`], also returning what the command printed on stdout.
+pub(crate) fn timed_stdout(cmd: &mut Command) -> Result<(Measure, String)> {
     let mut wrapped = Command::new("/usr/bin/time");
     wrapped
         .arg("-v")
@@ -200,6 +304,7 @@ fn timed(cmd: &mut Command) -> Result<Measure> {
             None => wrapped.env_remove(k),
         };
     }
+    drop_caches()?;
     let start = Instant::now();
     let out = wrapped
         .stdin(Stdio::null())
@@ -220,13 +325,17 @@ fn timed(cmd: &mut Command) -> Result<Measure> {
                 .and_then(|v| v.trim().parse().ok())
         })
         .context("no `Maximum resident set size` in /usr/bin/time -v output")?;
-    Ok(Measure {
-        seconds,
-        max_rss_kib,
-    })
+    Ok((
+        Measure {
+            seconds,
+            max_rss_kib,
+        },
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    ))
 }
 
-fn abupdate_cmd(bin: &Path, config: &Path) -> Command {
+/// `abupdate --config <config>` on a pretended boot from slot A.
+pub(crate) fn abupdate_cmd(bin: &Path, config: &Path) -> Command {
     let mut c = Command::new(bin);
     c.env("ABUPDATE_ASSUME_BOOTED", "a")
         .arg("--config")
@@ -234,12 +343,13 @@ fn abupdate_cmd(bin: &Path, config: &Path) -> Command {
     c
 }
 
+/// Runs `abupdate` with `args` to completion; returns its stdout.
 fn run_abupdate(bin: &Path, config: &Path, args: &[&str]) -> Result<String> {
     sh(abupdate_cmd(bin, config).args(args))
 }
 
 /// Runs a command to completion; a non-zero exit is an error carrying its stderr.
-fn sh(cmd: &mut Command) -> Result<String> {
+pub(crate) fn sh(cmd: &mut Command) -> Result<String> {
     let out = cmd
         .stdin(Stdio::null())
         .output()
@@ -254,7 +364,8 @@ fn sh(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn sha256(path: &Path) -> Result<String> {
+/// Hex sha256 of a file, by `sha256sum`.
+pub(crate) fn sha256(path: &Path) -> Result<String> {
     let out = sh(Command::new("sha256sum").arg(path))?;
     out.split_whitespace()
         .next()
@@ -262,6 +373,7 @@ fn sha256(path: &Path) -> Result<String> {
         .with_context(|| format!("sha256sum {}: no output", path.display()))
 }
 
+/// Whether `tool` is on `$PATH` (or in /usr/sbin, /sbin).
 fn which(tool: &str) -> bool {
     let path = std::env::var("PATH").unwrap_or_default();
     let found = path
@@ -271,6 +383,7 @@ fn which(tool: &str) -> bool {
     found
 }
 
+/// Whether this process runs as root.
 fn is_root() -> Result<bool> {
     // No libc/rustix dependency in xtask: ask `id`.
     Ok(sh(Command::new("id").arg("-u"))?.trim() == "0")
@@ -281,6 +394,7 @@ fn is_root() -> Result<bool> {
 struct WorkDir(PathBuf);
 
 impl WorkDir {
+    /// Creates `/var/tmp/abupdate-bench-<pid>`.
     fn new() -> Result<WorkDir> {
         let p = PathBuf::from(format!("/var/tmp/abupdate-bench-{}", std::process::id()));
         fs::create_dir_all(&p).with_context(|| format!("create {}", p.display()))?;
@@ -295,11 +409,12 @@ impl Drop for WorkDir {
 }
 
 /// A filesystem mounted with mount(8), unmounted on drop.
-struct Mounted(PathBuf);
+pub(crate) struct Mounted(PathBuf);
 
 impl Mounted {
-    fn new(source: &Path, target: &Path, opts: &str) -> Result<Mounted> {
-        fs::create_dir_all(target)?;
+    /// Mounts `source` on `target` (created if missing) with the mount options `opts`.
+    pub(crate) fn new(source: &Path, target: &Path, opts: &str) -> Result<Mounted> {
+        fs::create_dir_all(target).with_context(|| format!("create {}", target.display()))?;
         sh(Command::new("mount")
             .args(["-o", opts])
             .arg(source)
@@ -308,7 +423,13 @@ impl Mounted {
         Ok(Mounted(target.to_owned()))
     }
 
-    fn close(mut self) -> Result<()> {
+    /// The mount point.
+    pub(crate) fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// Unmounts, reporting failure.
+    pub(crate) fn close(mut self) -> Result<()> {
         let p = std::mem::take(&mut self.0);
         sh(Command::new("umount").arg(&p)).with_context(|| format!("umount {}", p.display()))?;
         Ok(())
@@ -325,15 +446,20 @@ impl Drop for Mounted {
 
 /// The GPT loop disk, detached on drop.
 struct BenchDisk {
+    /// The loop device.
     dev: PathBuf,
+    /// The pretended host root the manifest copies from.
     manifest_dir: PathBuf,
 }
 
 impl BenchDisk {
+    /// Lays out `dir/disk.img` (boot, slots A and B, data), attaches it and prepares the
+    /// boot partition, slot A's tree and the data partition.
     fn create(dir: &Path) -> Result<BenchDisk> {
         let image = dir.join("disk.img");
-        let f = fs::File::create(&image)?;
-        f.set_len((1 + 64 + 2 * SLOT_MIB + 32 + 1) * MIB)?;
+        let f = fs::File::create(&image).with_context(|| format!("create {}", image.display()))?;
+        f.set_len((1 + 64 + 2 * SLOT_MIB + 32 + 1) * MIB)
+            .with_context(|| format!("size {}", image.display()))?;
         drop(f);
         let lfs = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
         let script = format!(
@@ -354,14 +480,19 @@ impl BenchDisk {
             .stdin
             .take()
             .context("sfdisk stdin")?
-            .write_all(script.as_bytes())?;
+            .write_all(script.as_bytes())
+            .with_context(|| format!("write the partition table script for {}", image.display()))?;
         ensure!(
-            child.wait()?.success(),
+            child
+                .wait()
+                .with_context(|| format!("wait for sfdisk on {}", image.display()))?
+                .success(),
             "sfdisk failed on {}",
             image.display()
         );
         let dev = PathBuf::from(
-            sh(Command::new("losetup").args(["-f", "--show"]).arg(&image))?
+            sh(Command::new("losetup").args(["-f", "--show"]).arg(&image))
+                .with_context(|| format!("attach {} to a loop device", image.display()))?
                 .trim()
                 .to_owned(),
         );
@@ -374,7 +505,8 @@ impl BenchDisk {
             .args(["-F", "-q", "-L", "abboot"])
             .arg(disk.partition(1)))?;
         let m = Mounted::new(&disk.partition(1), &dir.join("mnt-boot"), "rw")?;
-        fs::create_dir_all(m.0.join("grub"))?;
+        let grub = m.0.join("grub");
+        fs::create_dir_all(&grub).with_context(|| format!("create {}", grub.display()))?;
         m.close()?;
         sh(Command::new("mkfs.ext4")
             .args(["-F", "-q", "-L", "root-a"])
@@ -385,15 +517,19 @@ impl BenchDisk {
         sh(Command::new("mkfs.ext4")
             .args(["-F", "-q", "-L", "data"])
             .arg(disk.partition(4)))?;
-        fs::create_dir_all(disk.manifest_dir.join("etc"))?;
-        fs::write(disk.manifest_dir.join("etc/app.conf"), "key = host\n")?;
+        let app = disk.manifest_dir.join("etc/app.conf");
+        fs::create_dir_all(disk.manifest_dir.join("etc"))
+            .with_context(|| format!("create {}", disk.manifest_dir.display()))?;
+        fs::write(&app, "key = host\n").with_context(|| format!("write {}", app.display()))?;
         Ok(disk)
     }
 
+    /// The device node of partition `n`.
     fn partition(&self, n: u32) -> PathBuf {
         PathBuf::from(format!("{}p{n}", self.dev.display()))
     }
 
+    /// Writes the abupdate configuration for this disk to `dir/abupdate.yaml`.
     fn write_config(&self, dir: &Path) -> Result<PathBuf> {
         let p = dir.join("abupdate.yaml");
         fs::write(
@@ -415,7 +551,8 @@ impl BenchDisk {
                 app = self.manifest_dir.join("etc/app.conf").display(),
                 lock = dir.join("abupdate.lock").display(),
             ),
-        )?;
+        )
+        .with_context(|| format!("write {}", p.display()))?;
         Ok(p)
     }
 }
@@ -427,28 +564,35 @@ impl Drop for BenchDisk {
     }
 }
 
+/// Writes a minimal Debian tree (os-release, a stub kernel and initrd, hostname, app.conf)
+/// under `root`.
 fn write_os_tree(root: &Path, version: &str, codename: &str, kernel: &str) -> Result<()> {
     for d in ["boot", "etc", "usr/lib/bench"] {
-        fs::create_dir_all(root.join(d))?;
+        let p = root.join(d);
+        fs::create_dir_all(&p).with_context(|| format!("create {}", p.display()))?;
     }
-    fs::write(
-        root.join("etc/os-release"),
-        format!(
+    let write = |rel: &str, content: &str| -> Result<()> {
+        let p = root.join(rel);
+        fs::write(&p, content).with_context(|| format!("write {}", p.display()))
+    };
+    write(
+        "etc/os-release",
+        &format!(
             "PRETTY_NAME=\"Debian GNU/Linux {version} ({codename})\"\nNAME=\"Debian GNU/Linux\"\n\
              VERSION_ID=\"{version}\"\nVERSION=\"{version} ({codename})\"\nID=debian\n"
         ),
     )?;
-    fs::write(root.join(format!("boot/vmlinuz-{kernel}")), "kernel\n")?;
-    fs::write(root.join(format!("boot/initrd.img-{kernel}")), "initrd\n")?;
-    fs::write(root.join("etc/hostname"), "bench\n")?;
-    fs::write(root.join("etc/app.conf"), "key = image\n")?;
-    Ok(())
+    write(&format!("boot/vmlinuz-{kernel}"), "kernel\n")?;
+    write(&format!("boot/initrd.img-{kernel}"), "initrd\n")?;
+    write("etc/hostname", "bench\n")?;
+    write("etc/app.conf", "key = image\n")
 }
 
 /// The 1 GiB "Debian 13" image: half random files, half low-entropy (4 bits/byte) files.
 fn build_image(dir: &Path, image: &Path) -> Result<()> {
-    let f = fs::File::create(image)?;
-    f.set_len(IMAGE_MIB * MIB)?;
+    let f = fs::File::create(image).with_context(|| format!("create {}", image.display()))?;
+    f.set_len(IMAGE_MIB * MIB)
+        .with_context(|| format!("size {}", image.display()))?;
     drop(f);
     sh(Command::new("mkfs.ext4")
         .args(["-F", "-q", "-L", "debian13", "-E", "nodiscard"])
@@ -461,13 +605,14 @@ fn build_image(dir: &Path, image: &Path) -> Result<()> {
         let p = m.0.join(format!("usr/lib/bench/fill-{i:02}.bin"));
         let mut out = fs::File::create(&p).with_context(|| format!("create {}", p.display()))?;
         for _ in 0..(FILL_FILE_MIB * MIB / buf.len() as u64) {
-            urandom.read_exact(&mut buf)?;
+            urandom.read_exact(&mut buf).context("read /dev/urandom")?;
             if i % 2 == 1 {
                 for b in buf.iter_mut() {
                     *b = b'a' + (*b & 0x0f);
                 }
             }
-            out.write_all(&buf)?;
+            out.write_all(&buf)
+                .with_context(|| format!("write {}", p.display()))?;
         }
     }
     m.close()?;
@@ -477,15 +622,21 @@ fn build_image(dir: &Path, image: &Path) -> Result<()> {
 /// A minimal HTTP/1.1 file server on 127.0.0.1 (GET/HEAD, `Range: bytes=N-`), stopped on
 /// drop.
 struct FileServer {
+    /// Where it listens.
     addr: std::net::SocketAddr,
+    /// Set to stop the accept loop.
     stop: Arc<AtomicBool>,
+    /// The accept loop.
     accept: Option<JoinHandle<()>>,
 }
 
 impl FileServer {
+    /// Serves `file` on an ephemeral port of 127.0.0.1 until dropped.
     fn start(file: PathBuf) -> Result<FileServer> {
         let listener = TcpListener::bind("127.0.0.1:0").context("bind 127.0.0.1:0")?;
-        let addr = listener.local_addr()?;
+        let addr = listener
+            .local_addr()
+            .context("local address of the bench HTTP server")?;
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         let accept = std::thread::spawn(move || {
@@ -519,6 +670,7 @@ impl Drop for FileServer {
     }
 }
 
+/// Answers one request on `conn` with `file` (or its tail from a `Range` start).
 fn serve(mut conn: TcpStream, file: &Path) -> Result<()> {
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut request = String::new();

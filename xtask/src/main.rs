@@ -6,6 +6,7 @@
 //! and staging are always done by `abupdate` itself; xtask only prepares disks, runs QEMU,
 //! serves files over HTTP on loopback and asserts on what the guest reports.
 
+mod bench_sources;
 mod bench_stage;
 mod disk;
 mod e2e;
