@@ -267,6 +267,47 @@ pub fn info_file_package<'a>(file_name: &'a str, extension: &str) -> Option<&'a 
     (!name.is_empty()).then_some(name)
 }
 
+/// Whether the maintainer script `script` writes `content` to `path` verbatim, as a
+/// here-document does (`cat > /etc/networks <<EOF`): the script names `path`, and the lines
+/// of `content` appear in it, consecutive and in order. Leading tabs are ignored on both
+/// sides (`<<-EOF` strips them). Empty content is never written.
+pub fn script_writes(script: &str, path: &str, content: &str) -> bool {
+    let wanted: Vec<&str> = content
+        .lines()
+        .map(|l| l.trim_start_matches('\t'))
+        .collect();
+    let Some(first) = wanted.first() else {
+        return false;
+    };
+    if !script.contains(path) {
+        return false;
+    }
+    let lines: Vec<&str> = script.lines().map(|l| l.trim_start_matches('\t')).collect();
+    lines
+        .windows(wanted.len())
+        .any(|window| window[0] == *first && window == wanted.as_slice())
+}
+
+/// Whether the maintainer script `script` makes the symlink `path` pointing to `target`
+/// with a literal `ln` command (`ln -sf debian "$DPKG_ROOT/etc/dpkg/origins/default"`): a
+/// line holds the word `ln`, then `target`, then a word ending in `path`, quotes aside. A
+/// link whose target the script computes (`ln -s "/usr/share/zoneinfo/$ZONE" …`) is a
+/// choice made at install time and does not match.
+pub fn script_links(script: &str, path: &str, target: &str) -> bool {
+    if target.is_empty() || !script.contains(path) {
+        return false;
+    }
+    script.lines().any(|line| {
+        let mut words = line
+            .split_whitespace()
+            .map(|w| w.trim_matches(['"', '\'']))
+            .skip_while(|w| *w != "ln");
+        words.next().is_some()
+            && words.by_ref().any(|w| w == target)
+            && words.any(|w| w.ends_with(path))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -401,6 +442,63 @@ mod tests {
             parse_diversions("/a\nb\npkg\n").expect_err("relative").line,
             2
         );
+    }
+
+    #[test]
+    fn scripts_writing_files() {
+        let postinst = "#!/bin/sh\nset -e\n\ncreate_networks_file() {\n  \
+                        if [ -e /etc/networks ]; then return 0; fi\n\n  \
+                        cat > /etc/networks <<-EOF\n\
+                        \tdefault\t\t0.0.0.0\n\
+                        \tloopback\t127.0.0.0\n\
+                        \n\
+                        EOF\n}\n";
+        let networks = "default\t\t0.0.0.0\nloopback\t127.0.0.0\n\n";
+        assert!(script_writes(postinst, "/etc/networks", networks));
+        assert!(script_writes(
+            postinst,
+            "/etc/networks",
+            "default\t\t0.0.0.0\n"
+        ));
+        // Another path, edited content, lines out of order, nothing.
+        assert!(!script_writes(postinst, "/etc/hosts", networks));
+        let edited = "default\t\t0.0.0.0\nloopback\t127.0.0.0\nlan\t10.0.0.0\n";
+        assert!(!script_writes(postinst, "/etc/networks", edited));
+        let swapped = "loopback\t127.0.0.0\ndefault\t\t0.0.0.0\n";
+        assert!(!script_writes(postinst, "/etc/networks", swapped));
+        assert!(!script_writes(postinst, "/etc/networks", ""));
+    }
+
+    #[test]
+    fn scripts_making_links() {
+        let postinst = "if [ ! -e \"$DPKG_ROOT/etc/dpkg/origins/default\" ]; then\n  \
+                        ln -sf debian \"$DPKG_ROOT/etc/dpkg/origins/default\"\nfi\n\
+                        ln -nsf \"/usr/share/zoneinfo/$TIMEZONE\" \"$DPKG_ROOT/etc/localtime\"\n";
+        assert!(script_links(
+            postinst,
+            "/etc/dpkg/origins/default",
+            "debian"
+        ));
+        assert!(!script_links(
+            postinst,
+            "/etc/dpkg/origins/default",
+            "ubuntu"
+        ));
+        assert!(!script_links(postinst, "/etc/dpkg/origins/other", "debian"));
+        assert!(!script_links(
+            postinst,
+            "/etc/localtime",
+            "/usr/share/zoneinfo/Etc/UTC"
+        ));
+        assert!(!script_links(postinst, "/etc/dpkg/origins/default", ""));
+        // The words must come in `ln`'s order: target, then link.
+        let reversed = "ln -s /etc/x/link target\n";
+        assert!(!script_links(reversed, "/etc/x/link", "target"));
+        assert!(script_links(
+            "ln -s target /etc/x/link\n",
+            "/etc/x/link",
+            "target"
+        ));
     }
 
     #[test]

@@ -34,6 +34,15 @@ fn describe(reason: &Reason) -> String {
         Reason::ModifiedPackageFile { package } => {
             format!("file of {package}, changed since installed")
         }
+        Reason::ModifiedUcfFile {
+            package: Some(package),
+        } => format!("configuration file of {package} (ucf), changed since installed"),
+        Reason::ModifiedUcfFile { package: None } => {
+            "configuration file managed by ucf, changed since installed".to_owned()
+        }
+        Reason::AccountDatabase => "local accounts; merge the system users the new release \
+             adds (stage keeps its version as .abupdate-new)"
+            .to_owned(),
         Reason::Unowned => "not owned by any package".to_owned(),
         Reason::UnownedDirectory { files } => {
             let plural = if *files == 1 { "" } else { "s" };
@@ -73,6 +82,13 @@ mod tests {
     fn renders_fixture() {
         let suggestions = [
             s("/etc/app.conf", Reason::Unowned),
+            s(
+                "/etc/default/grub",
+                Reason::ModifiedUcfFile {
+                    package: Some("grub-pc".into()),
+                },
+            ),
+            s("/etc/group", Reason::AccountDatabase),
             s("/etc/letsencrypt", Reason::UnownedDirectory { files: 12 }),
             s("/etc/my app/a: b #c", Reason::Unowned),
             s("/etc/odd[1]*.conf", Reason::Unowned),
@@ -87,6 +103,10 @@ mod tests {
                 Reason::ModifiedPackageFile {
                     package: "sudo".into(),
                 },
+            ),
+            s(
+                "/etc/unregistered",
+                Reason::ModifiedUcfFile { package: None },
             ),
             s("/etc/x/one", Reason::UnownedDirectory { files: 1 }),
         ];

@@ -1,5 +1,5 @@
-//! The file system side: reads the dpkg database, hashes package files and walks the scan
-//! roots. Read-only.
+//! The file system side: reads the dpkg database and ucf's state, hashes package files and
+//! walks the scan roots. Read-only.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
@@ -10,10 +10,31 @@ use md5::{Digest, Md5};
 
 use crate::dpkg::{self, Diversion, Md5Entry, ParseError, StatusPackage};
 use crate::exclude::Excludes;
-use crate::{Error, Reason, SuggestOptions, Suggestion};
+use crate::ucf;
+use crate::{Error, Reason, SuggestOptions, Suggestion, ACCOUNT_DATABASES};
 
 /// Where dpkg keeps its database, relative to the root.
 const DPKG_DIR: &str = "var/lib/dpkg";
+
+/// Where ucf keeps its state, relative to the root.
+const UCF_DIR: &str = "var/lib/ucf";
+
+/// Unowned files shorter than this many bytes are never taken for a copy of a packaged
+/// template: a short line (a blank line, `#`, a hostname) is shipped by unrelated packages
+/// by coincidence, so equal content proves nothing about where the file came from.
+pub const MIN_TEMPLATE_LEN: u64 = 32;
+
+/// Unowned files larger than this are not compared with templates: maintainer scripts write
+/// configuration files, and hashing large data under a scan root is slow.
+const MAX_TEMPLATE_LEN: u64 = 1 << 20;
+
+/// Shipped files under these directories are not templates: a copy of a package's `/etc`
+/// file under another name, or of a documentation example, is the operator's doing (Debian
+/// policy forbids packages to need anything in `/usr/share/doc`).
+const NOT_TEMPLATES: &[&str] = &["/etc/", "/usr/share/doc/"];
+
+/// An MD5 digest.
+type Digest16 = [u8; 16];
 
 /// Paths whose presence reveals an RPM system.
 const RPM_MARKERS: &[&str] = &["var/lib/rpm", "usr/lib/sysimage/rpm", "usr/bin/rpm"];
@@ -63,6 +84,7 @@ pub(crate) fn suggest(opts: &SuggestOptions) -> Result<Vec<Suggestion>, Error> {
     }
 
     let walker = Walker {
+        root: &opts.root,
         db: &db,
         excludes: &excludes,
     };
@@ -147,6 +169,21 @@ struct Database {
     md5sums: BTreeMap<String, Vec<Md5Entry>>,
     /// Diversions by diverted path.
     diversions: HashMap<String, Diversion>,
+    /// Digests of the files packages ship outside [`NOT_TEMPLATES`], whatever the scan
+    /// roots, but the empty file's: the templates maintainer scripts copy.
+    shipped: HashSet<Digest16>,
+    /// Files under the scan roots in ucf's hashfile, by path.
+    ucf: HashMap<String, UcfFile>,
+    /// The `preinst` and `postinst` maintainer scripts, which may write files verbatim.
+    scripts: Vec<String>,
+}
+
+/// A file ucf manages.
+struct UcfFile {
+    /// MD5 of what ucf last installed (lowercase hex).
+    md5: String,
+    /// The package ucf's registry names, if any.
+    package: Option<String>,
 }
 
 impl Database {
@@ -205,6 +242,9 @@ impl Database {
             .collect();
 
         let mut md5sums: BTreeMap<String, Vec<Md5Entry>> = BTreeMap::new();
+        let mut shipped: HashSet<Digest16> = HashSet::new();
+        let mut scripts = Vec::new();
+        let empty: Digest16 = Md5::digest(b"").into();
         let info_dir = dpkg_dir.join("info");
         let entries = fs::read_dir(&info_dir).map_err(|source| Error::Read {
             path: info_dir.clone(),
@@ -232,18 +272,33 @@ impl Database {
             } else if let Some(package) = dpkg::info_file_package(file_name, "md5sums") {
                 let text = read(&path, "reading dpkg md5sums")?;
                 let mut list = dpkg::parse_md5sums(&text).map_err(|e| parse_error(&path, e))?;
+                shipped.extend(
+                    list.iter()
+                        .filter(|e| !NOT_TEMPLATES.iter().any(|dir| e.path.starts_with(dir)))
+                        .filter_map(|e| parse_digest(&e.md5))
+                        .filter(|d| *d != empty),
+                );
                 list.retain(|e| scope.contains(&e.path));
                 if !list.is_empty() {
                     md5sums.entry(package.to_owned()).or_default().extend(list);
                 }
+            } else if ["preinst", "postinst"]
+                .iter()
+                .any(|ext| dpkg::info_file_package(file_name, ext).is_some())
+            {
+                scripts.push(read(&path, "reading maintainer script")?);
             }
         }
+        let ucf = load_ucf(&root.join(UCF_DIR), scope)?;
         Ok(Self {
             status,
             conffiles,
             owned,
             md5sums,
             diversions,
+            shipped,
+            ucf,
+            scripts,
         })
     }
 
@@ -255,6 +310,55 @@ impl Database {
             _ => path,
         }
     }
+}
+
+/// Reads ucf's hashfile and registry from `dir` (both optional), keeping the hashed files
+/// under the scan roots.
+fn load_ucf(dir: &Path, scope: &Scope<'_>) -> Result<HashMap<String, UcfFile>, Error> {
+    let hashfile_path = dir.join("hashfile");
+    let Some(hashfile) = read_optional(&hashfile_path, "reading ucf hashfile")? else {
+        return Ok(HashMap::new());
+    };
+    let hashes = ucf::parse_hashfile(&hashfile).map_err(|e| parse_error(&hashfile_path, e))?;
+    let registry_path = dir.join("registry");
+    let registry = match read_optional(&registry_path, "reading ucf registry")? {
+        Some(text) => ucf::parse_registry(&text).map_err(|e| parse_error(&registry_path, e))?,
+        None => Vec::new(),
+    };
+    let mut packages: HashMap<String, String> =
+        registry.into_iter().map(|r| (r.path, r.package)).collect();
+    Ok(hashes
+        .into_iter()
+        .filter(|h| scope.contains(&h.path))
+        .map(|h| {
+            let package = packages.remove(&h.path);
+            (
+                h.path,
+                UcfFile {
+                    md5: h.md5,
+                    package,
+                },
+            )
+        })
+        .collect())
+}
+
+/// The digest of a 32-digit hex MD5, `None` if it is not one.
+fn parse_digest(hex: &str) -> Option<Digest16> {
+    fn nibble(b: u8) -> Option<u8> {
+        // `to_digit` rejects the signs `u8::from_str_radix` would accept.
+        char::from(b)
+            .to_digit(16)
+            .and_then(|d| u8::try_from(d).ok())
+    }
+    if hex.len() != 32 {
+        return None;
+    }
+    let mut digest = [0u8; 16];
+    for (byte, pair) in digest.iter_mut().zip(hex.as_bytes().chunks_exact(2)) {
+        *byte = nibble(pair[0])? << 4 | nibble(pair[1])?;
+    }
+    Some(digest)
 }
 
 /// Reads a text file, replacing invalid UTF-8.
@@ -310,12 +414,21 @@ fn differs(root: &Path, path: &str, md5: &str) -> Result<bool, Error> {
     if !meta.is_file() {
         return Ok(true);
     }
-    let actual = md5_file(&host)?;
-    Ok(!actual.eq_ignore_ascii_case(md5))
+    Ok(parse_digest(md5) != Some(md5_file(&host)?))
 }
 
-/// MD5 of a file's content, lowercase hex.
-fn md5_file(path: &Path) -> Result<String, Error> {
+/// The target of the symlink `host`, `None` if it is not UTF-8.
+fn link_target(host: &Path) -> Result<Option<String>, Error> {
+    let target = fs::read_link(host).map_err(|source| Error::Read {
+        path: host.to_owned(),
+        step: "reading the symlink",
+        source,
+    })?;
+    Ok(target.into_os_string().into_string().ok())
+}
+
+/// MD5 of a file's content.
+fn md5_file(path: &Path) -> Result<Digest16, Error> {
     let err = |source| Error::Read {
         path: path.to_owned(),
         step: "hashing package file",
@@ -331,15 +444,13 @@ fn md5_file(path: &Path) -> Result<String, Error> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(hasher.finalize().into())
 }
 
 /// Walks scan roots, collecting unowned paths.
 struct Walker<'a> {
+    /// Root of the inspected system.
+    root: &'a Path,
     db: &'a Database,
     excludes: &'a Excludes,
 }
@@ -351,6 +462,9 @@ enum Walked {
     WholeUnowned {
         /// Regular files and symlinks beneath it.
         files: usize,
+        /// Those worth carrying on their own (not empty, not a template copy): a directory
+        /// without any is not suggested.
+        worth: usize,
     },
     /// Its unowned content was added to the results one by one.
     Mixed,
@@ -374,6 +488,7 @@ impl Walker<'_> {
         };
         let mut whole = !is_scan_root && !self.db.owned.contains(dir);
         let mut files = 0;
+        let mut worth = 0;
         let mut pending: Vec<(String, Reason)> = Vec::new();
         for entry in fs::read_dir(host).map_err(read_err)? {
             let entry = entry.map_err(read_err)?;
@@ -400,22 +515,45 @@ impl Walker<'_> {
             })?;
             if kind.is_dir() {
                 match self.walk(&child, &child_host, false, found)? {
-                    Walked::WholeUnowned { files: n } => {
+                    Walked::WholeUnowned { files: n, worth: w } => {
                         files += n;
-                        if n > 0 {
+                        worth += w;
+                        if w > 0 {
                             pending.push((child, Reason::UnownedDirectory { files: n }));
                         }
                     }
                     Walked::Mixed => whole = false,
                 }
             } else if kind.is_file() || kind.is_symlink() {
-                if self.db.owned.contains(&child)
-                    || (kind.is_symlink() && self.excludes.is_generated_link(&child))
-                {
+                if let Some(ucf) = self.db.ucf.get(&child) {
+                    whole = false;
+                    if differs(self.root, &child, &ucf.md5)? {
+                        let package = ucf.package.clone();
+                        pending.push((child, Reason::ModifiedUcfFile { package }));
+                    }
+                    continue;
+                }
+                // The target of a symlink, `None` for a regular file or a target that is
+                // not UTF-8.
+                let target = if kind.is_symlink() {
+                    link_target(&child_host)?
+                } else {
+                    None
+                };
+                let generated = kind.is_symlink()
+                    && self
+                        .excludes
+                        .is_generated_link(&child, target.as_deref().unwrap_or_default());
+                if self.db.owned.contains(&child) || generated {
                     whole = false;
                 } else {
                     files += 1;
-                    pending.push((child, Reason::Unowned));
+                    if let Some(reason) =
+                        self.unowned_reason(&child, &child_host, kind, target.as_deref())?
+                    {
+                        worth += 1;
+                        pending.push((child, reason));
+                    }
                 }
             } else {
                 tracing::debug!(path = %child_host.display(), "not a file, symlink or directory, skipped");
@@ -423,18 +561,98 @@ impl Walker<'_> {
             }
         }
         if whole {
-            return Ok(Walked::WholeUnowned { files });
+            return Ok(Walked::WholeUnowned { files, worth });
         }
         for (path, reason) in pending {
             found.entry(path).or_insert(reason);
         }
         Ok(Walked::Mixed)
     }
+
+    /// Why the unowned regular file or symlink `path` (`host` on this system) is worth
+    /// carrying, or `None` if it carries nothing: an empty file, a copy of a packaged
+    /// template, or a file or link a maintainer script makes verbatim (see the crate
+    /// documentation). `target` is the symlink's target, if UTF-8.
+    fn unowned_reason(
+        &self,
+        path: &str,
+        host: &Path,
+        kind: fs::FileType,
+        target: Option<&str>,
+    ) -> Result<Option<Reason>, Error> {
+        if kind.is_file() {
+            let len = fs::symlink_metadata(host)
+                .map_err(|source| Error::Read {
+                    path: host.to_owned(),
+                    step: "reading the metadata of",
+                    source,
+                })?
+                .len();
+            if len == 0 {
+                tracing::debug!(path, "empty unowned file, not suggested");
+                return Ok(None);
+            }
+            if (MIN_TEMPLATE_LEN..=MAX_TEMPLATE_LEN).contains(&len) {
+                let content = fs::read(host).map_err(|source| Error::Read {
+                    path: host.to_owned(),
+                    step: "reading unowned file",
+                    source,
+                })?;
+                let digest: Digest16 = Md5::digest(&content).into();
+                if self.db.shipped.contains(&digest) {
+                    tracing::debug!(path, "copy of a file a package ships, not suggested");
+                    return Ok(None);
+                }
+                if let Ok(text) = std::str::from_utf8(&content) {
+                    if self
+                        .db
+                        .scripts
+                        .iter()
+                        .any(|script| dpkg::script_writes(script, path, text))
+                    {
+                        tracing::debug!(
+                            path,
+                            "written verbatim by a maintainer script, not suggested"
+                        );
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+        if let Some(target) = target {
+            if self
+                .db
+                .scripts
+                .iter()
+                .any(|script| dpkg::script_links(script, path, target))
+            {
+                tracing::debug!(path, target, "made by a maintainer script, not suggested");
+                return Ok(None);
+            }
+        }
+        Ok(Some(if ACCOUNT_DATABASES.contains(&path) {
+            Reason::AccountDatabase
+        } else {
+            Reason::Unowned
+        }))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn digests() {
+        let hex = "d41d8cd98f00b204e9800998ecf8427e";
+        let digest: Digest16 = Md5::digest(b"").into();
+        assert_eq!(parse_digest(hex), Some(digest));
+        assert_eq!(parse_digest(&hex.to_ascii_uppercase()), Some(digest));
+        assert_eq!(parse_digest("newconffile"), None);
+        assert_eq!(parse_digest("zz1d8cd98f00b204e9800998ecf8427e"), None);
+        assert_eq!(parse_digest("+d1d8cd98f00b204e9800998ecf8427e"), None);
+        assert_eq!(parse_digest("é1d8cd98f00b204e9800998ecf8427"), None);
+    }
 
     #[test]
     fn scan_roots_are_checked() {
