@@ -9,6 +9,9 @@
 //!   `image_bytes`).
 //!
 //! Each is measured [`RUNS`] times, every round's stage against the dd of the same round.
+//! A reference row per table does the same job with the standard tools (`mkfs.ext4`, then
+//! GNU `tar -x` or `cp -a`, then `umount`), so the stage's cost can be read against what
+//! extracting or copying that many files costs at all, not only against streaming bytes.
 
 use std::fs;
 use std::path::Path;
@@ -63,13 +66,19 @@ pub(crate) fn measure(target: &Target, dir: &Path) -> Result<Vec<Table>> {
     );
     eprintln!("bench: sha256 of {}", tar.display());
     let tar_sha = sha256(tar)?;
-    let tar_table = bench_tar(target, tar, tar_len, &tar_sha)?;
+    let tar_table = bench_tar(target, dir, tar, tar_len, &tar_sha)?;
     let clone_table = bench_clone(target, dir, tar, tar_len)?;
     Ok(vec![tar_table, clone_table])
 }
 
 /// `stage --from-tar` of `tar` against `dd` of the tar onto the slot.
-fn bench_tar(target: &Target, tar: &Path, tar_len: u64, tar_sha: &str) -> Result<Table> {
+fn bench_tar(
+    target: &Target,
+    dir: &Path,
+    tar: &Path,
+    tar_len: u64,
+    tar_sha: &str,
+) -> Result<Table> {
     let name = file_name(tar);
     let dd_name = format!("dd {name} ({DD_FLAGS})");
     let stage_name = format!("abupdate stage --from-tar {name}");
@@ -88,7 +97,16 @@ fn bench_tar(target: &Target, tar: &Path, tar_len: u64, tar_sha: &str) -> Result
         )
         .with_context(|| format!("{stage_name} onto {}", target.slot_b.display()))?;
         extracted = image_bytes(&report, &stage_name)?;
-        runs.push((dd, m));
+        eprintln!("bench: round {round}/{RUNS}: {TAR_REFERENCE}");
+        let tool = reference(
+            target,
+            dir,
+            &format!(
+                "tar --xattrs --xattrs-include='*' --numeric-owner -xpf {} -C \"$1\"",
+                quote(tar)
+            ),
+        )?;
+        runs.push((dd, m, tool));
     }
     let title = format!(
         "tar: {}, {:.0} MiB ({:.0} MiB of file data once extracted), slot B {SLOT_MIB} MiB\n\
@@ -97,7 +115,42 @@ fn bench_tar(target: &Target, tar: &Path, tar_len: u64, tar_sha: &str) -> Result
         tar_len as f64 / MIB as f64,
         extracted as f64 / MIB as f64,
     );
-    Ok(table(title, tar_len, &dd_name, &stage_name, &runs))
+    Ok(table(
+        title,
+        tar_len,
+        &dd_name,
+        &stage_name,
+        TAR_REFERENCE,
+        &runs,
+    ))
+}
+
+/// The reference row of the tar table.
+const TAR_REFERENCE: &str = "reference: mkfs.ext4 + GNU tar -x + umount";
+/// The reference row of the clone table.
+const CLONE_REFERENCE: &str = "reference: mkfs.ext4 + cp -a + umount";
+
+/// Times the standard tools doing a stage's job on slot B: a fresh ext4, `fill` (a shell
+/// command given the mount point as `$1`), then `umount` (which writes everything back).
+fn reference(target: &Target, dir: &Path, fill: &str) -> Result<Measure> {
+    let mnt = dir.join("reference-mnt");
+    fs::create_dir_all(&mnt).with_context(|| format!("create {}", mnt.display()))?;
+    let script = format!(
+        "set -e; mkfs.ext4 -F -q -E nodiscard {slot}; mount {slot} \"$1\"; \
+         if {fill}; then umount \"$1\"; else umount \"$1\"; exit 1; fi",
+        slot = quote(target.slot_b)
+    );
+    timed(
+        Command::new("sh")
+            .args(["-c", &script, "reference"])
+            .arg(&mnt),
+    )
+    .with_context(|| format!("reference run on {}: {fill}", target.slot_b.display()))
+}
+
+/// Quotes a path for `sh`.
+fn quote(p: &Path) -> String {
+    format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
 }
 
 /// `stage --clone` of the tree of `tar` extracted on a scratch ext4 against `dd` of as many
@@ -165,7 +218,13 @@ fn bench_clone(target: &Target, dir: &Path, tar: &Path, tar_len: u64) -> Result<
                 target.slot_b.display()
             )
         })?;
-        runs.push((dd, m));
+        eprintln!("bench: round {round}/{RUNS}: {CLONE_REFERENCE}");
+        let tool = reference(
+            target,
+            dir,
+            &format!("cp -a --one-file-system {}/. \"$1\"", quote(src.path())),
+        )?;
+        runs.push((dd, m, tool));
     }
     src.close()?;
     let bytes = copied.context("no clone round ran")?;
@@ -179,21 +238,30 @@ fn bench_clone(target: &Target, dir: &Path, tar: &Path, tar_len: u64) -> Result<
         bytes as f64 / MIB as f64,
     );
     let dd_name = format!("dd {name} head ({DD_FLAGS})");
-    Ok(table(title, bytes, &dd_name, &stage_name, &runs))
+    Ok(table(
+        title,
+        bytes,
+        &dd_name,
+        &stage_name,
+        CLONE_REFERENCE,
+        &runs,
+    ))
 }
 
-/// A table of `(dd, stage)` measurements, one pair per round.
+/// A table of `(dd, stage, reference)` measurements, one triple per round.
 fn table(
     title: String,
     bytes: u64,
     dd_name: &str,
     stage_name: &str,
-    runs: &[(Measure, Measure)],
+    reference_name: &str,
+    runs: &[(Measure, Measure, Measure)],
 ) -> Table {
     let mut t = Table::new(title, bytes);
-    for &(dd, m) in runs {
+    for &(dd, m, tool) in runs {
         t.record(dd_name, dd, dd);
         t.record(stage_name, m, dd);
+        t.record(reference_name, tool, dd);
     }
     t
 }

@@ -64,8 +64,11 @@ enum Command {
     /// `abupdate stage` against `dd` on a loop disk.
     Bench {
         /// Only the downtime ratio (skip the stage-vs-dd benchmark).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "stage_only")]
         downtime_only: bool,
+        /// Only the stage-vs-dd benchmark on a loop disk (skip the VM downtime ratio).
+        #[arg(long)]
+        stage_only: bool,
     },
     /// README's test command (run by .ci/run): unit and privileged tests, real GRUB under
     /// QEMU, then every VM end-to-end scenario.
@@ -98,7 +101,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Boot { path } => cmd_boot(&path),
         Command::E2e { only, keep } => cmd_e2e(only.as_deref(), keep),
         Command::Demo => cmd_demo(),
-        Command::Bench { downtime_only } => cmd_bench(downtime_only),
+        Command::Bench {
+            downtime_only,
+            stage_only,
+        } => cmd_bench(downtime_only, stage_only),
         Command::Test { no_vm } => testcmd::run(!no_vm),
     }
 }
@@ -141,8 +147,10 @@ fn cmd_demo() -> Result<()> {
     e2e::demo()
 }
 
-fn cmd_bench(downtime_only: bool) -> Result<()> {
-    e2e::bench()?;
+fn cmd_bench(downtime_only: bool, stage_only: bool) -> Result<()> {
+    if !stage_only {
+        e2e::bench()?;
+    }
     if !downtime_only {
         bench_stage::run()?;
     }
