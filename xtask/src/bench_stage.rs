@@ -138,35 +138,26 @@ pub fn run() -> Result<()> {
         let dd = timed(&mut dd_cmd(&image, &slot_b)).context("dd the image onto slot B")?;
         table.record(&format!("dd raw ({DD_FLAGS})"), dd, dd);
 
-        eprintln!("bench: round {round}/{RUNS}: abupdate stage <raw file>");
-        let m = timed(
-            abupdate_cmd(&bin, &config)
-                .arg("stage")
-                .arg(&image)
-                .args(["--sha256", &image_sha]),
-        )
-        .context("abupdate stage <raw file>")?;
-        table.record("abupdate stage image.img", m, dd);
-
-        eprintln!("bench: round {round}/{RUNS}: abupdate stage <zst file>");
-        let m = timed(
-            abupdate_cmd(&bin, &config)
-                .arg("stage")
-                .arg(&zst)
-                .args(["--sha256", &zst_sha]),
-        )
-        .context("abupdate stage <zst file>")?;
-        table.record("abupdate stage image.img.zst", m, dd);
-
-        eprintln!("bench: round {round}/{RUNS}: abupdate stage http://127.0.0.1/<zst>");
-        let m = timed(
-            abupdate_cmd(&bin, &config)
-                .arg("stage")
-                .arg(&url)
-                .args(["--sha256", &zst_sha]),
-        )
-        .context("abupdate stage <http zst>")?;
-        table.record("abupdate stage http://127.0.0.1/image.img.zst", m, dd);
+        let sources: [(&str, &std::ffi::OsStr, &str); 3] = [
+            ("abupdate stage image.img", image.as_os_str(), &image_sha),
+            ("abupdate stage image.img.zst", zst.as_os_str(), &zst_sha),
+            (
+                "abupdate stage http://127.0.0.1/image.img.zst",
+                url.as_ref(),
+                &zst_sha,
+            ),
+        ];
+        for (label, source, sha) in sources {
+            eprintln!("bench: round {round}/{RUNS}: {label}");
+            let m = timed(
+                abupdate_cmd(&bin, &config)
+                    .arg("stage")
+                    .arg(source)
+                    .args(["--sha256", sha]),
+            )
+            .with_context(|| label.to_owned())?;
+            table.record(label, m, dd);
+        }
     }
     drop(server);
 
