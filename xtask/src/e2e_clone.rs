@@ -234,8 +234,27 @@ fn suggest_lists_local_changes(m: &Machine) -> Result<()> {
         !out.contains(UNTOUCHED_CONF),
         "manifest suggest lists the untouched conffile {UNTOUCHED_CONF}:\n{out}"
     );
+    // What the machine's identity needs is there; what packages generate unchanged is not.
+    let key = line("/etc/ssh/ssh_host_ed25519_key")
+        .with_context(|| format!("manifest suggest does not list the SSH host key:\n{out}"))?;
+    ensure!(
+        key.contains("not owned by any package"),
+        "SSH host key: {key}"
+    );
+    let passwd = line("/etc/passwd")
+        .with_context(|| format!("manifest suggest does not list /etc/passwd:\n{out}"))?;
+    ensure!(passwd.contains("local accounts"), "/etc/passwd: {passwd}");
+    for generated in ["/etc/ssh/sshd_config", "/etc/profile", "/etc/hosts.allow"] {
+        ensure!(
+            line(generated).is_none(),
+            "manifest suggest lists {generated}, which its package generated and nobody \
+             changed:\n{out}"
+        );
+    }
     step(
-        "manifest suggest: lists the changed conffile and the new file, not the untouched conffile",
+        "manifest suggest: lists the changed conffile, the new file, the host keys and the \
+         accounts; not the untouched conffile nor sshd_config (ucf), /etc/profile (template), \
+         /etc/hosts.allow (postinst)",
     );
     Ok(())
 }
