@@ -267,7 +267,7 @@ fn mkfs(prog: &str, label: &str, uuid: &str, dev: &Path) -> Result<()> {
 }
 
 /// Writes `rel` (relative to `root`) with `mode`, creating parent directories.
-fn install_file(root: &Path, rel: &str, content: &[u8], mode: u32) -> Result<()> {
+pub(crate) fn install_file(root: &Path, rel: &str, content: &[u8], mode: u32) -> Result<()> {
     let path = root.join(rel);
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;

@@ -16,7 +16,7 @@ use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 
 use super::{step, Machine};
-use crate::util;
+use crate::{disk::install_file, util};
 
 /// Where the harness's file server publishes the repository (the guest sees
 /// `http://10.0.2.100/apt`).
@@ -62,7 +62,7 @@ pub(super) fn build_repo(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
         String::from_utf8_lossy(&out.stderr)
     );
     let packages = repo.join("Packages");
-    write(&packages, &out.stdout, 0o644)?;
+    install_file(&repo, "Packages", &out.stdout, 0o644)?;
     // An unsigned Release file: the guest's source is `[trusted=yes]`.
     let release = format!(
         "Origin: abupdate-xtask\nLabel: abupdate-xtask\nDate: Sat, 01 Jan 2000 00:00:00 UTC\nSHA256:\n {} {} Packages\n",
@@ -70,7 +70,7 @@ pub(super) fn build_repo(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
         out.stdout.len()
     );
     let release_path = repo.join("Release");
-    write(&release_path, release.as_bytes(), 0o644)?;
+    install_file(&repo, "Release", release.as_bytes(), 0o644)?;
     files.push((format!("{REPO_URL}/Packages"), packages));
     files.push((format!("{REPO_URL}/Release"), release_path));
     Ok(files)
@@ -83,21 +83,19 @@ fn build_deb(root: &Path, pool: &Path, version: &str) -> Result<PathBuf> {
         "Package: {PKG}\nVersion: {version}\nArchitecture: all\nMaintainer: abupdate xtask <root@localhost>\n\
          Description: abupdate's clone-and-upgrade test package\n Version {version}, built by cargo xtask e2e.\n"
     );
-    write(&root.join("DEBIAN/control"), control.as_bytes(), 0o644)?;
+    install_file(root, "DEBIAN/control", control.as_bytes(), 0o644)?;
     let conffiles = format!("{CHANGED_CONF}\n{UNTOUCHED_CONF}\n");
-    write(&root.join("DEBIAN/conffiles"), conffiles.as_bytes(), 0o644)?;
-    write(
-        &root.join(&CHANGED_CONF[1..]),
+    install_file(root, "DEBIAN/conffiles", conffiles.as_bytes(), 0o644)?;
+    install_file(
+        root,
+        &CHANGED_CONF[1..],
         b"# abupdate-demo settings\nlisten = 80\n",
         0o644,
     )?;
-    write(
-        &root.join(&UNTOUCHED_CONF[1..]),
-        b"# left as shipped\n",
-        0o644,
-    )?;
-    write(
-        &root.join("usr/share/abupdate-demo/version"),
+    install_file(root, &UNTOUCHED_CONF[1..], b"# left as shipped\n", 0o644)?;
+    install_file(
+        root,
+        "usr/share/abupdate-demo/version",
         format!("{version}\n").as_bytes(),
         0o644,
     )?;
@@ -109,16 +107,6 @@ fn build_deb(root: &Path, pool: &Path, version: &str) -> Result<PathBuf> {
         .run()
         .with_context(|| format!("dpkg-deb --build {}", root.display()))?;
     Ok(deb)
-}
-
-fn write(path: &Path, content: &[u8], mode: u32) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
-    }
-    std::fs::write(path, content).with_context(|| format!("write {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("chmod {}", path.display()))
 }
 
 impl Machine {
