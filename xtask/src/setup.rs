@@ -25,6 +25,9 @@ pub const HOST_PACKAGES: &[&str] = &[
     "acl",
     "attr",
     "xz-utils",
+    "ansible-core",
+    "ipmitool",
+    "openipmi",
 ];
 
 fn installed(pkg: &str) -> bool {
