@@ -51,19 +51,41 @@ pub fn daemon(ctx: &Context) -> Result<Outcome> {
     let started = Instant::now();
     let tx = Transaction::begin(ctx)?;
     let booted = tx.snapshot().booted;
-    let settled: Vec<String> = tx.settled().iter().map(|p| p.message.clone()).collect();
+    let settled: Vec<(&str, Option<SlotId>, String)> = tx
+        .settled()
+        .iter()
+        .map(|p| (p.op, p.slot, p.message.clone()))
+        .collect();
     let live = tx.view().trial.is_some_and(|t| t.slot == booted);
     tx.close()?;
     if !live {
         notify_ready("no trial to assess");
+        // A rollback away from this trial slot, interrupted and now finished: it meant to
+        // leave this slot, as the daemon does after a failed check.
+        let leave = ctx.cfg.health.on_failure == OnFailure::Rollback
+            && finished_rollback_of(&settled, booted);
         let message = if settled.is_empty() {
             format!("booted slot {booted} is not on trial; nothing to assess")
         } else {
-            settled.join("; ")
+            settled
+                .iter()
+                .map(|(_, _, m)| m.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
         };
-        return Ok(outcome(booted, message, false));
+        if leave {
+            ops::reboot()?;
+        }
+        return Ok(outcome(booted, message, leave));
     }
     assess_trial(ctx, booted, started)
+}
+
+/// Whether settling finished a rollback that abandoned the trial of `slot`.
+fn finished_rollback_of(settled: &[(&str, Option<SlotId>, String)], slot: SlotId) -> bool {
+    settled
+        .iter()
+        .any(|(op, s, _)| *op == "rollback" && *s == Some(slot))
 }
 
 /// Holds the watchdog (a device that cannot be opened is a warning), runs the checks, and

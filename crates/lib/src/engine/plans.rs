@@ -160,31 +160,43 @@ pub fn settle(snap: &Snapshot, set: &Settings) -> Vec<Plan> {
 /// it.
 fn settle_pending(snap: &Snapshot, st: &State, p: &Pending, now: &str) -> Plan {
     let env = snap.env();
-    let (done, env_fp, state_fp) = match p.op {
+    let (op, done, env_fp, state_fp, slot, point) = match p.op {
         PendingOp::Switch { slot, .. } => (
+            "switch",
             env.trial == Some(slot),
             SWITCH_AFTER_GRUBENV,
             SWITCH_AFTER_STATE,
+            slot,
+            None,
         ),
         PendingOp::Commit { slot } => (
+            "commit",
             env.default == Some(slot),
             COMMIT_AFTER_GRUBENV,
             COMMIT_AFTER_STATE,
+            slot,
+            Some(HookPoint::PostCommit),
         ),
-        PendingOp::Rollback { .. } => (true, ROLLBACK_AFTER_GRUBENV, ROLLBACK_AFTER_STATE),
-        PendingOp::TrialFailed { .. } => {
-            (true, TRIAL_FAILED_AFTER_GRUBENV, TRIAL_FAILED_AFTER_STATE)
-        }
-    };
-    let op = match p.op {
-        PendingOp::Switch { .. } => "switch",
-        PendingOp::Commit { .. } => "commit",
-        PendingOp::Rollback { .. } => "rollback",
-        PendingOp::TrialFailed { .. } => "trial-failed",
+        PendingOp::Rollback { to, abandoned, .. } => (
+            "rollback",
+            true,
+            ROLLBACK_AFTER_GRUBENV,
+            ROLLBACK_AFTER_STATE,
+            abandoned.unwrap_or(to),
+            Some(HookPoint::OnRollback),
+        ),
+        PendingOp::TrialFailed { slot } => (
+            "trial-failed",
+            true,
+            TRIAL_FAILED_AFTER_GRUBENV,
+            TRIAL_FAILED_AFTER_STATE,
+            slot,
+            Some(HookPoint::OnRollback),
+        ),
     };
     let mut plan = Plan::nothing(
         op,
-        p.record.slot,
+        Some(slot),
         format!(
             "finished the interrupted {}: {}",
             p.record.op, p.record.detail
@@ -195,22 +207,22 @@ fn settle_pending(snap: &Snapshot, st: &State, p: &Pending, now: &str) -> Plan {
             plan.steps.push(write_env(p.grubenv, env_fp));
         }
         plan.steps.push(write_state(finished(st, p, now), state_fp));
+        plan.hooks
+            .extend(point.map(|pt| hook(pt, op, snap.booted, slot, os_of(st, slot))));
         return plan;
     }
-    let (detail, undo_fp) = match p.op {
-        PendingOp::Commit { slot } => (
+    let (detail, undo_fp) = if op == "commit" {
+        (
             format!(
                 "commit of slot {slot} was interrupted before GRUB was told; its trial goes on"
             ),
             COMMIT_AFTER_UNDO,
-        ),
-        _ => {
-            let slot = p.record.slot.map(|s| s.to_string()).unwrap_or_default();
-            (
-                format!("switch to slot {slot} was interrupted before GRUB was told; slot {slot} is still staged"),
-                SWITCH_AFTER_UNDO,
-            )
-        }
+        )
+    } else {
+        (
+            format!("switch to slot {slot} was interrupted before GRUB was told; slot {slot} is still staged"),
+            SWITCH_AFTER_UNDO,
+        )
     };
     plan.message = detail.clone();
     plan.steps
