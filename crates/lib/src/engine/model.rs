@@ -747,12 +747,12 @@ fn every_prefix_of_every_plan_boots_a_good_slot_and_settles() {
 }
 
 #[test]
-fn the_three_defects_of_the_old_engine_are_caught() {
-    // 1. commit's state before its grubenv: status would say B good while GRUB returns to
-    //    A once the tries are spent. The new commit records its intent first.
-    // 2. rollback from a trial must be finished by the next run, never committed.
-    // 3. a stale grubenv trial makes a re-staged slot look failed after a switch was
-    //    killed after its intent.
+fn the_three_crash_windows_of_the_issue_settle_safely() {
+    // The scenarios behind the three defects, step by step on the plans (the checker above
+    // covers them among all others): a stale grubenv trial must not make a re-staged slot
+    // look failed after a switch killed after its intent; a commit killed after its intent
+    // in the last try leaves B failed and A the default, as GRUB does; a rollback from the
+    // trial killed after its intent is finished by the next run, and commit is refused.
     let set = settings();
     let mut w = stale_trial(true);
     let plan = plan_switch(&w.disk, &set, TRIES).expect("switch");

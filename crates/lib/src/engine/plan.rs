@@ -153,3 +153,50 @@ pub const FAILPOINTS: &[&str] = &[
     INIT_AFTER_MENU,
     INIT_AFTER_STATE,
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::FAILPOINTS;
+    use std::path::Path;
+
+    /// Every failpoint (the plans' and the `failpoint("…")` calls in the sources) is
+    /// documented in README.md and used by `tests/tests/failpoints.rs`.
+    #[test]
+    fn every_failpoint_is_documented_and_tested() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let read = |p: &str| std::fs::read_to_string(root.join(p)).expect(p);
+        let mut names: Vec<String> = FAILPOINTS.iter().map(|s| s.to_string()).collect();
+        let src = root.join("crates/lib/src");
+        let mut dirs = vec![src];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).expect("source dir") {
+                let p = e.expect("entry").path();
+                if p.is_dir() {
+                    dirs.push(p);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    let text = std::fs::read_to_string(&p).expect("source");
+                    for part in text.split("failpoint(\"").skip(1) {
+                        names.extend(
+                            part.split('"')
+                                .next()
+                                .filter(|n| n.contains(".after-"))
+                                .map(str::to_owned),
+                        );
+                    }
+                }
+            }
+        }
+        assert!(
+            names.len() > FAILPOINTS.len(),
+            "stage's failpoints: {names:?}"
+        );
+        let (readme, tests) = (read("README.md"), read("tests/tests/failpoints.rs"));
+        for n in &names {
+            assert!(readme.contains(&format!("`{n}`")), "README.md lacks {n}");
+            assert!(
+                tests.contains(&format!("\"{n}\"")),
+                "failpoints.rs lacks {n}"
+            );
+        }
+    }
+}
