@@ -3,13 +3,14 @@
 //! GRUB will do with the grubenv on the disk, grub.cfg must pass `grub-script-check`, no
 //! mount directory may be left under /run/abupdate, and running the command again (or the
 //! next step) must end with the records an uninterrupted run leaves, with slot A and the
-//! data partition unchanged. Each case starts from the same boot partition bytes.
+//! data partition unchanged. Each case starts from the same boot partition bytes. The killed
+//! run has a mount namespace of its own whose `/run/abupdate` is a directory of the test, so
+//! that what it leaves there is told apart from other processes on the host.
 //!
 //! Also here: the three crash defects the engine fixes, the daemon's watchdog (a device
 //! that cannot be opened, the magic close after a commit, a rollback during the assessment
 //! and SIGTERM), and failing post-commit and on-rollback hooks.
 
-use std::collections::BTreeSet;
 use std::fs;
 use std::io::{BufRead, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -35,16 +36,6 @@ struct Fx {
     slot_a: String,
     data: String,
     config: PathBuf,
-}
-
-fn mount_dirs() -> Result<BTreeSet<String>> {
-    match fs::read_dir(MOUNT_BASE) {
-        Ok(entries) => entries
-            .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
-            .collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeSet::new()),
-        Err(e) => Err(e).context("list /run/abupdate"),
-    }
 }
 
 impl Fx {
@@ -133,11 +124,33 @@ impl Fx {
         Ok(out)
     }
 
-    /// As [`Fx::kill`], and asserts that the killed run left no mount directory.
+    /// As [`Fx::kill`], in a mount namespace of its own whose `/run/abupdate` is a
+    /// directory of this test (other processes on the host use the real one), and asserts
+    /// that the killed run left nothing there.
     fn kill_clean(&self, booted: &str, args: &[&str], failpoint: &str) -> Result<Output> {
-        let before = mount_dirs()?;
-        let out = self.kill(booted, args, failpoint)?;
-        let left: Vec<_> = mount_dirs()?.difference(&before).cloned().collect();
+        let base = self.path("run-abupdate");
+        fs::create_dir_all(&base)?;
+        fs::create_dir_all(MOUNT_BASE)?;
+        let inner = self.command(booted, Some(failpoint));
+        let mut c = Command::new("unshare");
+        c.args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(format!("mount --bind \"$0\" {MOUNT_BASE} && exec \"$@\""))
+            .arg(&base)
+            .arg(inner.get_program())
+            .args(inner.get_args())
+            .envs(inner.get_envs().filter_map(|(k, v)| Some((k, v?))))
+            .args(args);
+        let out = Output::of(&mut c)?;
+        ensure!(
+            out.code == -1
+                && out
+                    .stderr
+                    .contains(&format!("failpoint {failpoint} reached")),
+            "expected abupdate to be killed at {failpoint}:\n{out}"
+        );
+        let left: Vec<_> = fs::read_dir(&base)?
+            .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<_>>()?;
         ensure!(
             left.is_empty(),
             "killed at {failpoint}, abupdate left {left:?} under {MOUNT_BASE}"
