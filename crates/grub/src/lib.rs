@@ -1,5 +1,6 @@
-//! abupdate's GRUB side: the `grubenv` codec and its durable I/O ([`env`]), and the
-//! boot script rendered from `grub-templates/grub.cfg.in` ([`config`]).
+//! abupdate's GRUB side: the `grubenv` codec and its durable I/O ([`env`]), the
+//! boot script rendered from `grub-templates/grub.cfg.in` ([`config`]), and a model of that
+//! script's decision on each boot ([`script`]).
 //!
 //! The boot state machine lives in four grubenv variables ([`vars`]) read by the rendered
 //! script on every boot; the core engine changes the state only through [`env`].
@@ -11,6 +12,7 @@ use std::path::PathBuf;
 
 pub mod config;
 pub mod env;
+pub mod script;
 
 pub use config::{
     check_script, render, GrubConfig, MenuSlot, RenderError, SerialConsole, TEMPLATE,

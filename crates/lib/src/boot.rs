@@ -9,12 +9,15 @@ use std::path::{Path, PathBuf};
 
 use abupdate_grub::config::{GrubConfig, MenuSlot, SerialConsole};
 use abupdate_grub::env::GrubEnv;
+use abupdate_grub::script::Menu;
 
 use crate::disk::SlotId;
 use crate::error::{Error, Result};
 
-/// What the boot loader will do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// What the boot loader will do: grubenv's `ab_*` variables.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 pub struct BootState {
     /// The slot booted when no trial is pending.
     pub default: Option<SlotId>,
@@ -27,7 +30,7 @@ pub struct BootState {
 }
 
 /// One slot's boot menu entry.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct MenuEntry {
     /// The slot.
     pub slot: SlotId,
@@ -58,19 +61,14 @@ pub struct MenuSettings {
 
 /// A boot loader abupdate can drive.
 pub trait BootFlow {
-    /// Reads the boot loader's state.
-    fn read_state(&self) -> Result<BootState>;
-    /// Writes the boot loader's state atomically and durably.
+    /// Reads the boot loader's state (`None` when it has none yet).
+    fn read_state(&self) -> Result<Option<BootState>>;
+    /// Writes the boot loader's state durably (creating it on a fresh boot partition).
     fn write_state(&self, state: &BootState) -> Result<()>;
+    /// Reads back the installed boot menu (`None` when there is none of ours).
+    fn read_menu(&self) -> Result<Option<Menu>>;
     /// Installs the boot menu for these slots atomically and durably.
     fn install_menu(
-        &self,
-        entries: &[MenuEntry],
-        default: SlotId,
-        settings: &MenuSettings,
-    ) -> Result<()>;
-    /// Creates the state and menu on a fresh boot partition.
-    fn initialize(
         &self,
         entries: &[MenuEntry],
         default: SlotId,
@@ -162,52 +160,52 @@ fn grub_config(entries: &[MenuEntry], default: SlotId, s: &MenuSettings) -> Grub
 }
 
 impl Grub {
-    fn render(
-        &self,
-        entries: &[MenuEntry],
-        default: SlotId,
-        settings: &MenuSettings,
-    ) -> Result<String> {
-        abupdate_grub::config::render(
-            abupdate_grub::config::TEMPLATE,
-            &grub_config(entries, default, settings),
-        )
-        .map_err(|e| Error::Grub(format!("render grub.cfg: {e}")))
-    }
-
     fn write_cfg(&self, text: &str) -> Result<()> {
         std::fs::create_dir_all(&self.grub_dir).map_err(Error::io("create", &self.grub_dir))?;
         // Check the script before it replaces the one GRUB boots from.
         let candidate = self.grub_dir.join(".grub.cfg.check");
         std::fs::write(&candidate, text).map_err(Error::io("write", &candidate))?;
-        let checked = abupdate_grub::config::check_script(&candidate).map_err(|e| {
-            Error::Grub(format!(
-                "rendered grub.cfg does not pass grub-script-check: {e}"
-            ))
-        });
+        let checked = abupdate_grub::config::check_script(&candidate);
         let _ = std::fs::remove_file(&candidate);
-        checked?;
+        checked.map_err(Error::grub("check the rendered grub.cfg"))?;
         abupdate_utils::durable::write_atomic(&self.cfg_path(), text.as_bytes(), 0o644)?;
         Ok(())
     }
-}
 
-impl Grub {
     fn read_env(&self) -> Result<GrubEnv> {
-        abupdate_grub::env::read_env(&self.env_path()).map_err(|e| Error::Grub(e.to_string()))
+        abupdate_grub::env::read_env(&self.env_path()).map_err(Error::grub("read grubenv"))
     }
 }
 
 impl BootFlow for Grub {
-    fn read_state(&self) -> Result<BootState> {
-        Ok(state_from_env(&self.read_env()?))
+    fn read_state(&self) -> Result<Option<BootState>> {
+        if !self.env_path().exists() {
+            return Ok(None);
+        }
+        Ok(Some(state_from_env(&self.read_env()?)))
     }
 
     fn write_state(&self, state: &BootState) -> Result<()> {
+        let path = self.env_path();
+        if !path.exists() {
+            let mut env = GrubEnv::new();
+            apply_state(&mut env, state);
+            std::fs::create_dir_all(&self.grub_dir).map_err(Error::io("create", &self.grub_dir))?;
+            return abupdate_grub::env::create_env(&path, &env)
+                .map_err(Error::grub("create grubenv"));
+        }
         let mut env = self.read_env()?;
         apply_state(&mut env, state);
-        abupdate_grub::env::write_env_in_place(&self.env_path(), &env)
-            .map_err(|e| Error::Grub(e.to_string()))
+        abupdate_grub::env::write_env_in_place(&path, &env).map_err(Error::grub("rewrite grubenv"))
+    }
+
+    fn read_menu(&self) -> Result<Option<Menu>> {
+        let path = self.cfg_path();
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(abupdate_grub::script::parse_menu(&text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("read", &path)(e)),
+        }
     }
 
     fn install_menu(
@@ -216,33 +214,31 @@ impl BootFlow for Grub {
         default: SlotId,
         settings: &MenuSettings,
     ) -> Result<()> {
-        let text = self.render(entries, default, settings)?;
+        let text = abupdate_grub::config::render(
+            abupdate_grub::config::TEMPLATE,
+            &grub_config(entries, default, settings),
+        )?;
         self.write_cfg(&text)
     }
+}
 
-    fn initialize(
-        &self,
-        entries: &[MenuEntry],
-        default: SlotId,
-        settings: &MenuSettings,
-    ) -> Result<()> {
-        let text = self.render(entries, default, settings)?;
-        let env_path = self.env_path();
-        let state = BootState {
-            default: Some(default),
-            ..BootState::default()
-        };
-        std::fs::create_dir_all(&self.grub_dir).map_err(Error::io("create", &self.grub_dir))?;
-        if env_path.exists() {
-            self.write_state(&state)?;
-        } else {
-            let mut env = GrubEnv::new();
-            apply_state(&mut env, &state);
-            abupdate_grub::env::create_env(&env_path, &env)
-                .map_err(|e| Error::Grub(e.to_string()))?;
-        }
-        self.write_cfg(&text)
+/// The menu a rendered script holds for these entries (what [`BootFlow::read_menu`] reads
+/// back after [`BootFlow::install_menu`]).
+pub fn menu_of(entries: &[MenuEntry], default: SlotId) -> Menu {
+    Menu {
+        slots: entries
+            .iter()
+            .map(|e| (e.slot.as_str().to_owned(), e.fs_uuid.clone()))
+            .collect(),
+        default_slot: default.as_str().to_owned(),
     }
+}
+
+/// Boot state as grubenv variables, exactly as [`BootFlow::write_state`] writes them.
+pub fn env_of(state: &BootState) -> GrubEnv {
+    let mut env = GrubEnv::new();
+    apply_state(&mut env, state);
+    env
 }
 
 #[cfg(test)]

@@ -2,17 +2,19 @@
 //! boot partition mounted privately, the state store and the boot flow.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Mutex, PoisonError};
+
+use nix::mount::MsFlags;
 
 use abupdate_utils::lock::WriterLock;
 use abupdate_utils::mount::TempMount;
 
-use crate::boot::{BootFlow, BootState, Grub};
+use crate::boot::{BootState, Grub};
 use crate::config::Config;
 use crate::disk::{Layout, SlotId};
 use crate::error::{Error, Result};
 use crate::fsinfo;
-use crate::state::{effective_boot, effective_state, Facts, SlotState, State, Store};
+use crate::state::{Facts, State, Store};
 
 /// Environment variable naming a failpoint at which abupdate aborts, as if power were cut.
 pub const FAILPOINT_ENV: &str = "ABUPDATE_FAILPOINT";
@@ -20,10 +22,14 @@ pub const FAILPOINT_ENV: &str = "ABUPDATE_FAILPOINT";
 /// Aborts the process (no cleanup, like a power cut) when `ABUPDATE_FAILPOINT` names this step.
 pub fn failpoint(name: &str) {
     if std::env::var(FAILPOINT_ENV).is_ok_and(|v| v == name) {
-        eprintln!("abupdate: failpoint {name} reached: aborting");
+        tracing::error!("failpoint {name} reached: aborting");
         std::process::abort();
     }
 }
+
+/// Where abupdate makes its mount points: a tmpfs mounted there in abupdate's private
+/// mount namespace, so that they vanish with the process, also when it is killed.
+pub const MOUNT_BASE: &str = "/run/abupdate";
 
 /// Configuration and layout of the running host.
 #[derive(Debug)]
@@ -73,16 +79,26 @@ impl BootPartition {
     }
 }
 
-/// Enters a private mount namespace once per process.
+/// Enters a private mount namespace once per process, with a tmpfs of its own on
+/// [`MOUNT_BASE`] for the mount points.
 pub fn private_namespace() -> Result<()> {
-    static DONE: OnceLock<std::result::Result<(), String>> = OnceLock::new();
-    DONE.get_or_init(|| abupdate_utils::mount::enter_private_namespace().map_err(|e| e.to_string()))
-        .clone()
-        .map_err(|e| Error::Io {
-            step: "enter a private mount namespace".into(),
-            path: PathBuf::from("/"),
-            source: std::io::Error::other(e),
-        })
+    static DONE: Mutex<bool> = Mutex::new(false);
+    let mut done = DONE.lock().unwrap_or_else(PoisonError::into_inner);
+    if *done {
+        return Ok(());
+    }
+    abupdate_utils::mount::enter_private_namespace()?;
+    std::fs::create_dir_all(MOUNT_BASE).map_err(Error::io("create", MOUNT_BASE))?;
+    nix::mount::mount(
+        Some("tmpfs"),
+        MOUNT_BASE,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=0700,size=1m"),
+    )
+    .map_err(|e| Error::io("mount a private tmpfs on", MOUNT_BASE)(e.into()))?;
+    *done = true;
+    Ok(())
 }
 
 /// Mounts an ext2/3/4 (or FAT) partition privately. A partition the system already has
@@ -179,32 +195,26 @@ impl Context {
             .map(|i| i.map(|i| i.uuid))
             .map_err(Error::io("read superblock of", dev))
     }
-
-    /// Gathers the facts the transition rules need.
-    pub fn facts(&self, state: &State, boot: &BootState, booted: SlotId) -> Result<Facts> {
-        let boot = effective_boot(state, boot);
-        let mut states = [SlotState::Empty; 2];
-        for s in SlotId::ALL {
-            let uuid = self.slot_fs_uuid(s)?;
-            states[s as usize] =
-                effective_state(s, state.slots.get(&s), uuid.as_deref(), &boot, booted);
-        }
-        Ok(Facts {
-            booted,
-            states,
-            boot,
-        })
-    }
 }
 
-/// Loads state, boot state and facts from a mounted boot partition.
+/// Loads the state (as the next run will have settled it), grubenv and the facts the stage
+/// rule needs, from a mounted boot partition.
 pub fn load_all(
     ctx: &Context,
     boot: &BootPartition,
     booted: SlotId,
 ) -> Result<(State, BootState, Facts)> {
-    let state = boot.store().load()?;
-    let bs = boot.flow().read_state()?;
-    let facts = ctx.facts(&state, &bs, booted)?;
-    Ok((state, bs, facts))
+    let snap = crate::engine::read_snapshot(ctx, boot, booted, true)?;
+    let settled = crate::engine::settle(&snap, &crate::engine::settings(ctx))
+        .iter()
+        .flat_map(|p| p.steps.iter())
+        .fold(snap.clone(), |mut s, step| {
+            s.apply(&step.write);
+            s
+        });
+    Ok((
+        settled.state.clone().unwrap_or_default(),
+        snap.env(),
+        crate::engine::view(&settled).facts(),
+    ))
 }

@@ -55,8 +55,16 @@ pub enum Error {
     #[error(transparent)]
     Durable(#[from] abupdate_utils::durable::DurableError),
     /// Reading or writing GRUB's files failed.
-    #[error("boot configuration: {0}")]
-    Grub(String),
+    #[error("boot configuration: {step}")]
+    Grub {
+        /// What was being done.
+        step: &'static str,
+        /// The file or tool failure.
+        source: abupdate_grub::Error,
+    },
+    /// The GRUB script could not be rendered from the slots' records.
+    #[error("render grub.cfg")]
+    Render(#[from] abupdate_grub::config::RenderError),
     /// Streaming the image failed.
     #[error("image {source_name}: {source}")]
     Stream {
@@ -76,17 +84,41 @@ pub enum Error {
     /// `manifest suggest` failed.
     #[error("manifest suggest: {0}")]
     Suggest(#[from] abupdate_suggest::Error),
-    /// The state file is unreadable or from a future version.
-    #[error("state file {}: {reason}", path.display())]
+    /// The state or history file is unreadable or from a future version.
+    #[error("state file {}", path.display())]
     State {
-        /// The state file.
+        /// The state or history file.
         path: PathBuf,
         /// Why it cannot be used.
-        reason: String,
+        source: crate::state::StateError,
+    },
+    /// A record could not be encoded as JSON (a bug).
+    #[error("encode {what} as JSON")]
+    Encode {
+        /// What was being encoded.
+        what: &'static str,
+        /// The encoder's error.
+        source: serde_json::Error,
     },
     /// An invariant was violated (a bug).
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// An error and its causes in one line, each cause once (a cause whose text the line
+/// already holds is skipped).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let cs = c.to_string();
+        if !s.contains(&cs) {
+            s.push_str(": ");
+            s.push_str(&cs);
+        }
+        cur = c.source();
+    }
+    s
 }
 
 /// Result with the library's error.
@@ -127,7 +159,9 @@ impl Error {
                 abupdate_suggest::Error::BadScanRoot { .. }
                 | abupdate_suggest::Error::BadExclude { .. },
             ) => EXIT_USAGE,
-            Error::Internal(_) => EXIT_INTERNAL,
+            // A slot record GRUB's script cannot hold (a title or path from the image).
+            Error::Render(_) => EXIT_VERIFY,
+            Error::Internal(_) | Error::Encode { .. } => EXIT_INTERNAL,
             _ => EXIT_IO,
         }
     }
@@ -144,6 +178,11 @@ impl Error {
     /// Builds an [`Error::Tree`] from a step; use with `map_err`.
     pub fn tree(step: &'static str) -> impl FnOnce(abupdate_treecopy::Error) -> Error {
         move |source| Error::Tree { step, source }
+    }
+
+    /// Builds an [`Error::Grub`] from a step; use with `map_err`.
+    pub fn grub(step: &'static str) -> impl FnOnce(abupdate_grub::Error) -> Error {
+        move |source| Error::Grub { step, source }
     }
 
     /// Builds an [`Error::Cmd`] from a step; use with `map_err`.

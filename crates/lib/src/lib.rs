@@ -1,11 +1,12 @@
-//! abupdate's engine: configuration, slot discovery, the boot flow, state and history, and
-//! one function per verb (`status`, `stage`, `switch`, `commit`, `rollback`, `history`,
-//! `init`). The `abupdate` binary is a thin command line over this crate.
+//! abupdate's library: configuration, slot discovery, the boot flow, state and history, the
+//! transaction engine every boot-state change goes through ([`engine`]), and one function
+//! per verb (`status`, `stage`, `switch`, `commit`, `rollback`, `history`, `init`,
+//! `daemon`). The `abupdate` binary is a thin command line over this crate.
 //!
-//! Invariants (DESIGN.md): nothing writes to the booted slot; the boot configuration changes
-//! only in `switch`, `commit`, `rollback` (and the first-time `init`), each change one durable
-//! write; a failed operation leaves the booted slot, the data partition and the boot
-//! configuration unchanged.
+//! Invariants: nothing writes to the booted slot; the boot configuration changes only
+//! through [`engine`] plans, each write durable, every prefix of a plan safe to boot and
+//! settled by the next run; a refused operation leaves the boot partition unchanged (unless
+//! it first had to settle an interrupted one).
 
 pub mod assess;
 pub mod boot;
@@ -14,6 +15,7 @@ pub mod config;
 pub mod conflicts;
 pub mod context;
 pub mod disk;
+pub mod engine;
 pub mod error;
 pub mod fsinfo;
 pub mod hooks;

@@ -19,7 +19,7 @@ use crate::disk::{PartitionInfo, SlotId};
 use crate::error::{Error, Result};
 use crate::fsinfo;
 use crate::slotfs::{find_kernel, SlotRoot};
-use crate::state::{self, OpRecord, SlotRecord, SlotState};
+use crate::state::{self, SlotRecord, SlotState};
 
 /// Bytes at the start of the slot held back until the image is verified.
 pub const HEAD_LEN: usize = 64 * 1024;
@@ -513,29 +513,18 @@ pub fn stage(ctx: &Context, opts: &StageOpts) -> Result<StageReport> {
     failpoint("stage.after-prepare");
     guard.disarm();
 
-    // The only write to the boot partition: the record of the staged slot.
+    // The only write to the boot partition: the record of the staged slot, by the engine.
     let msg = format!(
         "slot {target} staged with {} from {source_name}",
         rec.os.pretty_name
     );
-    let boot = ctx.mount_boot(true)?;
-    let mut st = boot.store().load()?;
-    // A trial GRUB still remembers for this slot was of its old content.
-    if st.trial.as_ref().is_some_and(|t| t.slot == target) {
-        st.trial = None;
-    }
-    st.slots.insert(
-        target,
-        SlotRecord {
-            source: Some(source_name),
-            sha256: fetch.map(|f| f.expected),
-            staged_at: Some(state::now()),
-            ..rec
-        },
-    );
-    boot.store()
-        .record(&mut st, OpRecord::new("stage", true, Some(target), &msg))?;
-    boot.close()?;
+    let rec = SlotRecord {
+        source: Some(source_name),
+        sha256: fetch.map(|f| f.expected),
+        staged_at: Some(state::now()),
+        ..rec
+    };
+    crate::engine::record_staged(ctx, &_lock, target, rec, msg)?;
     Ok(report)
 }
 

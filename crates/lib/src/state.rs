@@ -1,5 +1,6 @@
 //! abupdate's own state and history on the boot partition (JSON with a schema version,
-//! written atomically), and the pure rules for which slot states allow which operation.
+//! written atomically), the intent record of an operation in flight, and the rule for
+//! which slot may be staged.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,13 +12,28 @@ use crate::disk::SlotId;
 use crate::error::{Error, Result};
 use crate::fsinfo::OsRelease;
 
-/// Current schema version of `state.json` and `history.json`.
-pub const SCHEMA_VERSION: u32 = 1;
+/// Current schema version of `state.json` and `history.json` (2 added the intent record,
+/// which an older abupdate must not ignore).
+pub const SCHEMA_VERSION: u32 = 2;
 /// Most history entries kept.
 pub const HISTORY_LIMIT: usize = 500;
 
+/// Why a state or history file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Not JSON of the expected shape.
+    #[error("not a valid abupdate record")]
+    Json(#[from] serde_json::Error),
+    /// Written by a newer abupdate.
+    #[error("schema version {found} is newer than this abupdate understands ({SCHEMA_VERSION})")]
+    Newer {
+        /// The file's schema version.
+        found: u32,
+    },
+}
+
 /// Lifecycle state of a slot, as shown by `status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SlotState {
     /// No verified image (never staged, overwritten, or a stage that did not finish).
@@ -98,6 +114,10 @@ pub struct State {
     /// The daemon's last boot assessment.
     #[serde(default)]
     pub last_assessment: Option<Assessment>,
+    /// The operation in flight: written before its first boot-loader write, cleared by its
+    /// last write. The next run finishes or undoes it (see [`Pending`]).
+    #[serde(default)]
+    pub pending: Option<Pending>,
 }
 
 impl Default for State {
@@ -108,8 +128,60 @@ impl Default for State {
             last_operation: None,
             trial: None,
             last_assessment: None,
+            pending: None,
         }
     }
+}
+
+/// An operation recorded in `state.json` before it changes grubenv (an intent record, like
+/// bootupd's `pending` state). The next abupdate run finishes it when its decisive grubenv
+/// write landed (or, for a rollback and a failed trial, always), and undoes it otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    /// What is being done.
+    pub op: PendingOp,
+    /// The boot-loader state the operation writes.
+    pub grubenv: BootState,
+    /// The history record written when the operation completes.
+    pub record: OpRecord,
+    /// The daemon's assessment, recorded with the outcome.
+    #[serde(default)]
+    pub assessment: Option<Assessment>,
+    /// When the operation started.
+    pub since: String,
+}
+
+/// The operations that change more than one record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum PendingOp {
+    /// `switch` to `slot` with `tries` tries; done once grubenv names the trial.
+    Switch {
+        /// The staged slot.
+        slot: SlotId,
+        /// Tries given.
+        tries: u32,
+    },
+    /// `commit` of the trial slot `slot`; done once grubenv's default is `slot`.
+    Commit {
+        /// The trial slot.
+        slot: SlotId,
+    },
+    /// `rollback` making `to` the default and abandoning the trial of `abandoned`, if any
+    /// (`failed`: the abandoned slot ran and is marked failed); always finished.
+    Rollback {
+        /// The new default slot.
+        to: SlotId,
+        /// The slot whose trial ends.
+        abandoned: Option<SlotId>,
+        /// Whether the abandoned slot is marked failed (it ran its trial).
+        failed: bool,
+    },
+    /// The trial of `slot` used up its tries; always finished.
+    TrialFailed {
+        /// The slot that failed its trial.
+        slot: SlotId,
+    },
 }
 
 /// A trial as `switch` started it.
@@ -166,12 +238,18 @@ pub fn now() -> String {
 }
 
 impl OpRecord {
-    /// A record stamped now.
-    pub fn new(op: &str, ok: bool, slot: Option<SlotId>, detail: impl Into<String>) -> OpRecord {
+    /// A record stamped `time`.
+    pub fn at(
+        time: &str,
+        op: &str,
+        ok: bool,
+        slot: Option<SlotId>,
+        detail: impl Into<String>,
+    ) -> OpRecord {
         OpRecord {
             op: op.into(),
             result: if ok { "ok" } else { "failed" }.into(),
-            time: now(),
+            time: time.into(),
             slot,
             detail: detail.into(),
         }
@@ -207,24 +285,34 @@ impl Store {
 
     /// Loads the state; a missing file is an error telling to run `init`.
     pub fn load(&self) -> Result<State> {
+        self.load_if_present()?.ok_or_else(|| {
+            Error::Refused(format!(
+                "{} does not exist: the boot partition is not set up; run `abupdate init`",
+                self.state_path().display()
+            ))
+        })
+    }
+
+    /// Loads the state, `None` before `init`.
+    pub fn load_if_present(&self) -> Result<Option<State>> {
         let path = self.state_path();
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::Refused(format!(
-                    "{} does not exist: the boot partition is not set up; run `abupdate init`",
-                    path.display()
-                )))
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io("read", &path)(e)),
         };
-        parse_state(&bytes).map_err(|reason| Error::State { path, reason })
+        parse_state(&bytes)
+            .map(Some)
+            .map_err(|source| Error::State { path, source })
     }
 
     /// Writes the state atomically and durably.
     pub fn save(&self, state: &State) -> Result<()> {
         std::fs::create_dir_all(&self.dir).map_err(Error::io("create", &self.dir))?;
-        let json = serde_json::to_vec_pretty(state).map_err(|e| Error::Internal(e.to_string()))?;
+        let json = serde_json::to_vec_pretty(state).map_err(|source| Error::Encode {
+            what: "the state",
+            source,
+        })?;
         abupdate_utils::durable::write_atomic(&self.state_path(), &json, 0o644)?;
         Ok(())
     }
@@ -235,7 +323,7 @@ impl Store {
         match std::fs::read(&path) {
             Ok(b) => serde_json::from_slice(&b).map_err(|e| Error::State {
                 path,
-                reason: e.to_string(),
+                source: e.into(),
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(History {
                 schema_version: SCHEMA_VERSION,
@@ -245,82 +333,64 @@ impl Store {
         }
     }
 
-    /// Appends to the history and records the operation as the state's last one.
-    pub fn record(&self, state: &mut State, rec: OpRecord) -> Result<()> {
+    /// Appends the state's last operation to the history unless it is already its last
+    /// entry: the history follows `state.json`, so a run cut short between the state write
+    /// and this one is caught up by the next run.
+    pub fn catch_up_history(&self, state: &State) -> Result<()> {
         let mut h = self.history()?;
+        if !with_last_operation(&mut h, state) {
+            return Ok(());
+        }
         h.schema_version = SCHEMA_VERSION;
-        h.entries.push(rec.clone());
         let excess = h.entries.len().saturating_sub(HISTORY_LIMIT);
         h.entries.drain(..excess);
         std::fs::create_dir_all(&self.dir).map_err(Error::io("create", &self.dir))?;
-        let json = serde_json::to_vec_pretty(&h).map_err(|e| Error::Internal(e.to_string()))?;
+        let json = serde_json::to_vec_pretty(&h).map_err(|source| Error::Encode {
+            what: "the history",
+            source,
+        })?;
         abupdate_utils::durable::write_atomic(&self.history_path(), &json, 0o644)?;
-        state.last_operation = Some(rec);
-        self.save(state)
+        Ok(())
     }
 }
 
-/// Parses state.json bytes, refusing a newer schema.
-pub fn parse_state(bytes: &[u8]) -> std::result::Result<State, String> {
+/// Adds the state's last operation to `history` unless it is its last entry already;
+/// returns whether it added it.
+pub fn with_last_operation(history: &mut History, state: &State) -> bool {
+    match &state.last_operation {
+        Some(op) if history.entries.last() != Some(op) => {
+            history.entries.push(op.clone());
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Parses state.json bytes, refusing a newer schema and converting older ones.
+pub fn parse_state(bytes: &[u8]) -> std::result::Result<State, StateError> {
     #[derive(Deserialize)]
     struct Version {
         schema_version: u32,
     }
-    let v: Version = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    let v: Version = serde_json::from_slice(bytes)?;
     if v.schema_version > SCHEMA_VERSION {
-        return Err(format!(
-            "schema version {} is newer than this abupdate understands ({SCHEMA_VERSION})",
-            v.schema_version
-        ));
+        return Err(StateError::Newer {
+            found: v.schema_version,
+        });
     }
-    serde_json::from_slice(bytes).map_err(|e| e.to_string())
-}
-
-/// The boot state as abupdate acts on it: GRUB's trial counts only while the state records
-/// that same trial (a slot re-staged after a failed trial is not that trial any more).
-pub fn effective_boot(state: &State, boot: &BootState) -> BootState {
-    let trial = boot
-        .trial
-        .filter(|t| state.trial.as_ref().is_some_and(|r| r.slot == *t));
-    BootState {
-        trial,
-        tries_left: if trial.is_some() { boot.tries_left } else { 0 },
-        ..*boot
-    }
-}
-
-/// The state `status` shows for a slot, from the record, the slot's actual filesystem UUID
-/// and the boot loader's state.
-pub fn effective_state(
-    slot: SlotId,
-    record: Option<&SlotRecord>,
-    actual_fs_uuid: Option<&str>,
-    boot: &BootState,
-    booted: SlotId,
-) -> SlotState {
-    let Some(rec) = record else {
-        return SlotState::Empty;
-    };
-    if actual_fs_uuid != Some(rec.fs_uuid.as_str()) {
-        return SlotState::Empty;
-    }
-    if boot.trial == Some(slot) {
-        if booted == slot || boot.tries_left > 0 {
-            return SlotState::Trial;
-        }
-        return SlotState::Failed;
-    }
-    rec.state
+    let mut state: State = serde_json::from_slice(bytes)?;
+    state.schema_version = SCHEMA_VERSION;
+    Ok(state)
 }
 
 /// The slot facts the transition rules look at.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Facts {
     /// The booted slot.
     pub booted: SlotId,
     /// Effective state of each slot (index 0 = A).
     pub states: [SlotState; 2],
-    /// The boot loader's state.
+    /// The boot loader's state as abupdate acts on it (`trial` only while it is live).
     pub boot: BootState,
 }
 
@@ -346,100 +416,6 @@ pub fn check_stage(f: &Facts) -> std::result::Result<SlotId, String> {
         ));
     }
     Ok(target)
-}
-
-/// May we switch to the spare slot? Returns the target slot.
-pub fn check_switch(f: &Facts) -> std::result::Result<SlotId, String> {
-    let target = f.booted.other();
-    if f.boot.default != Some(f.booted) {
-        return Err(format!(
-            "the booted slot {} is not the default slot; commit it or roll back first",
-            f.booted
-        ));
-    }
-    match f.state(target) {
-        SlotState::Staged => Ok(target),
-        SlotState::Trial => Err(format!(
-            "slot {target} is already pending a trial boot; reboot to try it"
-        )),
-        s => Err(format!(
-            "slot {target} is {s}, not staged; run `abupdate stage` first"
-        )),
-    }
-}
-
-/// What `commit` should do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CommitAction {
-    /// Make the booted trial slot the default.
-    Commit(SlotId),
-    /// Already committed: nothing to do.
-    AlreadyDefault(SlotId),
-}
-
-/// May the booted slot be committed?
-pub fn check_commit(f: &Facts) -> std::result::Result<CommitAction, String> {
-    if f.boot.trial == Some(f.booted) {
-        return Ok(CommitAction::Commit(f.booted));
-    }
-    if f.boot.trial.is_none()
-        && f.boot.default == Some(f.booted)
-        && f.state(f.booted) == SlotState::Good
-    {
-        return Ok(CommitAction::AlreadyDefault(f.booted));
-    }
-    Err(match f.boot.trial {
-        Some(t) => format!(
-            "the booted slot {} is not on trial (slot {t} is); commit runs in the trial slot",
-            f.booted
-        ),
-        None => format!(
-            "no trial is pending and the booted slot {} is not the default; nothing to commit",
-            f.booted
-        ),
-    })
-}
-
-/// What `rollback` should do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RollbackAction {
-    /// Make this good slot the default.
-    MakeDefault(SlotId),
-    /// Cancel the pending trial of this slot (the default stays).
-    CancelTrial(SlotId),
-    /// Already the default: nothing to do.
-    AlreadyDefault(SlotId),
-}
-
-/// May we roll back to the other slot?
-pub fn check_rollback(f: &Facts) -> std::result::Result<RollbackAction, String> {
-    let other = f.booted.other();
-    if let Some(t) = f.boot.trial {
-        if t == other && f.state(other) == SlotState::Trial {
-            return Ok(RollbackAction::CancelTrial(other));
-        }
-        if t == f.booted {
-            // Running an uncommitted trial: give up on it and return to the default.
-            return match f.boot.default {
-                Some(d) if d == other && f.state(other) == SlotState::Good => {
-                    Ok(RollbackAction::MakeDefault(other))
-                }
-                _ => Err(format!("slot {other} is not a good slot to return to")),
-            };
-        }
-    }
-    if f.boot.default == Some(other) {
-        return Ok(RollbackAction::AlreadyDefault(other));
-    }
-    match f.state(other) {
-        SlotState::Good => Ok(RollbackAction::MakeDefault(other)),
-        SlotState::Empty => Err(format!("slot {other} is empty: there is nothing to roll back to")),
-        SlotState::Failed => Err(format!("slot {other} failed its trial: it never passed its checks")),
-        SlotState::Staged => Err(format!(
-            "slot {other} has never booted; use `abupdate switch` to try it (rollback only returns to a good slot)"
-        )),
-        SlotState::Trial => Err(format!("slot {other} is on trial")),
-    }
 }
 
 #[cfg(test)]
@@ -483,135 +459,53 @@ mod tests {
     }
 
     #[test]
-    fn switch_rules() {
-        assert_eq!(
-            check_switch(&facts(A, Good, Staged, Some(A), None, 0)),
-            Ok(B)
-        );
-        for b in [Empty, Good, Failed] {
-            assert!(
-                check_switch(&facts(A, Good, b, Some(A), None, 0)).is_err(),
-                "{b}"
-            );
-        }
-        assert!(check_switch(&facts(A, Good, Trial, Some(A), Some(B), 2)).is_err());
-        assert!(check_switch(&facts(B, Good, Trial, Some(A), Some(B), 2)).is_err());
-    }
-
-    #[test]
-    fn commit_rules() {
-        assert_eq!(
-            check_commit(&facts(B, Good, Trial, Some(A), Some(B), 0)),
-            Ok(CommitAction::Commit(B))
-        );
-        assert_eq!(
-            check_commit(&facts(B, Good, Good, Some(B), None, 0)),
-            Ok(CommitAction::AlreadyDefault(B))
-        );
-        assert!(check_commit(&facts(A, Good, Trial, Some(A), Some(B), 2)).is_err());
-        assert!(check_commit(&facts(A, Good, Staged, Some(B), None, 0)).is_err());
-    }
-
-    #[test]
-    fn rollback_rules() {
-        assert_eq!(
-            check_rollback(&facts(B, Good, Good, Some(B), None, 0)),
-            Ok(RollbackAction::MakeDefault(A))
-        );
-        assert_eq!(
-            check_rollback(&facts(A, Good, Good, Some(B), None, 0)),
-            Ok(RollbackAction::AlreadyDefault(B))
-        );
-        assert_eq!(
-            check_rollback(&facts(A, Good, Trial, Some(A), Some(B), 3)),
-            Ok(RollbackAction::CancelTrial(B))
-        );
-        assert_eq!(
-            check_rollback(&facts(B, Good, Trial, Some(A), Some(B), 0)),
-            Ok(RollbackAction::MakeDefault(A))
-        );
-        for b in [Empty, Failed, Staged] {
-            assert!(
-                check_rollback(&facts(A, Good, b, Some(A), None, 0)).is_err(),
-                "{b}"
-            );
-        }
-    }
-
-    #[test]
-    fn effective_states() {
-        let rec = SlotRecord {
-            state: Staged,
-            fs_uuid: "u".into(),
-            os: OsRelease::default(),
-            kernel: "/boot/vmlinuz".into(),
-            initrd: None,
-            source: None,
-            sha256: None,
-            staged_at: None,
-        };
-        let b = |trial, tries| BootState {
-            default: Some(A),
-            fallback: None,
-            trial,
-            tries_left: tries,
-        };
-        assert_eq!(effective_state(B, None, Some("u"), &b(None, 0), A), Empty);
-        assert_eq!(
-            effective_state(B, Some(&rec), Some("x"), &b(None, 0), A),
-            Empty
-        );
-        assert_eq!(
-            effective_state(B, Some(&rec), Some("u"), &b(None, 0), A),
-            Staged
-        );
-        assert_eq!(
-            effective_state(B, Some(&rec), Some("u"), &b(Some(B), 2), A),
-            Trial
-        );
-        assert_eq!(
-            effective_state(B, Some(&rec), Some("u"), &b(Some(B), 0), A),
-            Failed
-        );
-        assert_eq!(
-            effective_state(B, Some(&rec), Some("u"), &b(Some(B), 0), B),
-            Trial
-        );
-    }
-
-    #[test]
-    fn a_trial_counts_only_while_recorded() {
-        let grub = BootState {
-            default: Some(A),
-            fallback: None,
-            trial: Some(B),
-            tries_left: 0,
-        };
-        let mut st = State::default();
-        assert_eq!(
-            effective_boot(&st, &grub).trial,
-            None,
-            "re-staged after a failed trial"
-        );
-        st.trial = Some(TrialRecord {
-            slot: B,
-            tries: 3,
-            since: now(),
-        });
-        assert_eq!(effective_boot(&st, &grub), grub);
-        st.trial = Some(TrialRecord {
-            slot: A,
-            tries: 3,
-            since: now(),
-        });
-        assert_eq!(effective_boot(&st, &grub).trial, None);
-    }
-
-    #[test]
-    fn newer_schema_is_refused() {
-        assert!(parse_state(br#"{"schema_version": 99, "slots": {}}"#).is_err());
+    fn schemas() {
+        assert!(matches!(
+            parse_state(br#"{"schema_version": 99, "slots": {}}"#),
+            Err(StateError::Newer { found: 99 })
+        ));
         let s = parse_state(br#"{"schema_version": 1, "slots": {}, "last_operation": null}"#)
             .expect("v1");
-        assert_eq!(s, State::default());
+        assert_eq!(s, State::default(), "v1 converts forward");
+        assert!(matches!(
+            parse_state(br#"{"schema_version": 2, "slots": []}"#),
+            Err(StateError::Json(_))
+        ));
+    }
+
+    #[test]
+    fn pending_round_trips() {
+        let st = State {
+            pending: Some(Pending {
+                op: PendingOp::Rollback {
+                    to: A,
+                    abandoned: Some(B),
+                    failed: true,
+                },
+                grubenv: BootState {
+                    default: Some(A),
+                    ..BootState::default()
+                },
+                record: OpRecord::at("t", "rollback", true, Some(A), "back to A"),
+                assessment: None,
+                since: "t".into(),
+            }),
+            ..State::default()
+        };
+        let json = serde_json::to_vec(&st).expect("encode");
+        assert_eq!(parse_state(&json).expect("decode"), st);
+        let text = String::from_utf8_lossy(&json);
+        assert!(text.contains(r#""kind":"rollback""#), "{text}");
+    }
+
+    #[test]
+    fn history_follows_the_last_operation() {
+        let mut h = History::default();
+        let mut st = State::default();
+        assert!(!with_last_operation(&mut h, &st));
+        st.last_operation = Some(OpRecord::at("t", "stage", true, Some(B), "x"));
+        assert!(with_last_operation(&mut h, &st));
+        assert!(!with_last_operation(&mut h, &st), "already there");
+        assert_eq!(h.entries.len(), 1);
     }
 }

@@ -1,0 +1,225 @@
+//! The one transaction every boot-state change goes through: the writer lock, the boot
+//! partition mounted read-only, the records read into a [`Snapshot`], an interrupted
+//! operation settled, then a plan applied (read-write remount, each write durable, its
+//! failpoint, the history, unmount, the hooks).
+
+use abupdate_utils::lock::WriterLock;
+
+use crate::boot::BootFlow;
+use crate::context::{failpoint, BootPartition, Context};
+use crate::disk::SlotId;
+use crate::error::{Error, Result};
+use crate::hooks;
+use crate::state;
+
+use super::plan::{Plan, Write};
+use super::plans::settle;
+use super::view::{view, Settings, Snapshot, View};
+
+/// Reads the records from a mounted boot partition. `need_setup`: a missing state or
+/// grubenv is an error telling to run `init`.
+pub fn read_snapshot(
+    ctx: &Context,
+    boot: &BootPartition,
+    booted: SlotId,
+    need_setup: bool,
+) -> Result<Snapshot> {
+    let store = boot.store();
+    let flow = boot.flow();
+    let state = if need_setup {
+        Some(store.load()?)
+    } else {
+        store.load_if_present()?
+    };
+    let grubenv = flow.read_state()?;
+    if need_setup && grubenv.is_none() {
+        return Err(Error::Refused(format!(
+            "{} does not exist: the boot partition is not set up; run `abupdate init`",
+            flow.env_path().display()
+        )));
+    }
+    Ok(Snapshot {
+        booted,
+        state,
+        grubenv,
+        menu: flow.read_menu()?,
+        fs_uuids: [ctx.slot_fs_uuid(SlotId::A)?, ctx.slot_fs_uuid(SlotId::B)?],
+    })
+}
+
+/// Plan inputs from the host: the time now and the slots' PARTUUIDs.
+pub fn settings(ctx: &Context) -> Settings {
+    Settings {
+        now: state::now(),
+        partuuids: SlotId::ALL.map(|s| ctx.layout.slot(s).partuuid.clone()),
+    }
+}
+
+/// An open transaction on the boot partition.
+#[derive(Debug)]
+pub struct Transaction<'a> {
+    ctx: &'a Context,
+    lock: Option<WriterLock>,
+    boot: Option<BootPartition>,
+    writable: bool,
+    snap: Snapshot,
+    settings: Settings,
+    settled: Vec<Plan>,
+}
+
+impl<'a> Transaction<'a> {
+    /// Takes the writer lock, reads the records and settles an interrupted operation.
+    pub fn begin(ctx: &'a Context) -> Result<Transaction<'a>> {
+        let lock = ctx.lock()?;
+        Transaction::open(ctx, Some(lock), true)
+    }
+
+    /// As [`Transaction::begin`], for a caller that holds the writer lock already (`stage`
+    /// holds it from its checks to its record).
+    pub fn begin_locked(ctx: &'a Context, _held: &WriterLock) -> Result<Transaction<'a>> {
+        Transaction::open(ctx, None, true)
+    }
+
+    /// Takes the writer lock and reads whatever records exist, for `init`: nothing is
+    /// settled, `init` starts over.
+    pub fn begin_init(ctx: &'a Context) -> Result<Transaction<'a>> {
+        let lock = ctx.lock()?;
+        Transaction::open(ctx, Some(lock), false)
+    }
+
+    fn open(ctx: &'a Context, lock: Option<WriterLock>, settled: bool) -> Result<Transaction<'a>> {
+        let booted = ctx.booted()?;
+        let boot = ctx.mount_boot(false)?;
+        let snap = read_snapshot(ctx, &boot, booted, settled)?;
+        let mut tx = Transaction {
+            ctx,
+            lock,
+            boot: Some(boot),
+            writable: false,
+            snap,
+            settings: settings(ctx),
+            settled: Vec::new(),
+        };
+        if settled {
+            tx.settle()?;
+        }
+        Ok(tx)
+    }
+
+    /// Brings the history up to the last operation, finishes or undoes an interrupted
+    /// operation and records a trial that ran out of tries.
+    fn settle(&mut self) -> Result<()> {
+        if let Some(st) = &self.snap.state {
+            let mut h = self.boot()?.store().history()?;
+            if state::with_last_operation(&mut h, st) {
+                let st = st.clone();
+                self.writable()?.store().catch_up_history(&st)?;
+            }
+        }
+        for plan in settle(&self.snap, &self.settings) {
+            tracing::warn!("{}", plan.message);
+            self.write(&plan)?;
+            run_hooks(self.ctx, &plan);
+            self.settled.push(plan);
+        }
+        Ok(())
+    }
+
+    fn boot(&self) -> Result<&BootPartition> {
+        self.boot
+            .as_ref()
+            .ok_or_else(|| Error::Internal("the boot partition is not mounted".into()))
+    }
+
+    fn writable(&mut self) -> Result<&BootPartition> {
+        if !self.writable {
+            let ro = self
+                .boot
+                .take()
+                .ok_or_else(|| Error::Internal("the boot partition is not mounted".into()))?;
+            self.boot = Some(ro.reopen_rw(self.ctx)?);
+            self.writable = true;
+        }
+        self.boot()
+    }
+
+    /// The records as read (and settled).
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snap
+    }
+
+    /// How abupdate reads them.
+    pub fn view(&self) -> View {
+        view(&self.snap)
+    }
+
+    /// Plan inputs besides the records.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// What settling did when the transaction began (finished, undone or recorded
+    /// operations), oldest first.
+    pub fn settled(&self) -> &[Plan] {
+        &self.settled
+    }
+
+    fn write(&mut self, plan: &Plan) -> Result<()> {
+        if plan.steps.is_empty() {
+            return Ok(());
+        }
+        let settings = crate::ops::menu_settings(self.ctx);
+        for step in &plan.steps {
+            let boot = self.writable()?;
+            match &step.write {
+                Write::State(st) => {
+                    let store = boot.store();
+                    store.save(st)?;
+                    store.catch_up_history(st)?;
+                }
+                Write::Grubenv(b) => boot.flow().write_state(b)?,
+                Write::Menu { entries, default } => {
+                    boot.flow().install_menu(entries, *default, &settings)?
+                }
+            }
+            failpoint(step.failpoint);
+            self.snap.apply(&step.write);
+        }
+        Ok(())
+    }
+
+    /// Applies `plan`, unmounts, releases the lock and runs the plan's hooks (a failing
+    /// hook is a warning).
+    pub fn apply(mut self, plan: Plan) -> Result<Plan> {
+        let ctx = self.ctx;
+        self.write(&plan)?;
+        self.close()?;
+        run_hooks(ctx, &plan);
+        Ok(plan)
+    }
+
+    /// Unmounts the boot partition and releases the lock, reporting failure.
+    pub fn close(mut self) -> Result<()> {
+        if let Some(boot) = self.boot.take() {
+            boot.close()?;
+        }
+        if let Some(lock) = self.lock.take() {
+            lock.release()?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs the plan's hooks; a hook that fails or cannot run is a warning.
+fn run_hooks(ctx: &Context, plan: &Plan) {
+    for h in &plan.hooks {
+        if let Err(e) = hooks::run(&ctx.cfg, h.point, &h.env) {
+            tracing::warn!(
+                "{} hooks after {}: {}",
+                h.point.dir_name(),
+                plan.op,
+                crate::error::chain(&e)
+            );
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! `abupdate rollback`: make the other good slot the default (or cancel a pending trial).
+
+use crate::context::Context;
+use crate::engine::{plan_rollback, Transaction};
+use crate::error::{Error, Result};
+
+use super::{finish_reboot, Outcome};
+
+/// Options of `rollback`.
+#[derive(Debug, Clone, Default)]
+pub struct RollbackOpts {
+    /// Do not reboot afterwards.
+    pub no_reboot: bool,
+}
+
+/// `abupdate rollback`.
+pub fn rollback(ctx: &Context, opts: &RollbackOpts) -> Result<Outcome> {
+    let tx = Transaction::begin(ctx)?;
+    let plan = match plan_rollback(tx.snapshot(), tx.settings(), None) {
+        Ok(plan) => plan,
+        // An interrupted rollback the transaction just finished is this one, run again.
+        Err(refused) => match tx.settled().iter().rev().find(|p| p.op == "rollback") {
+            Some(done) => {
+                let out = Outcome::of(done, !opts.no_reboot);
+                tx.close()?;
+                return finish_reboot(out);
+            }
+            None => return Err(Error::Refused(refused)),
+        },
+    };
+    finish_reboot(Outcome::of(&tx.apply(plan)?, !opts.no_reboot))
+}

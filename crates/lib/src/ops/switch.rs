@@ -1,0 +1,51 @@
+//! `abupdate switch`: boot the staged slot next, as a bounded trial.
+
+use crate::context::Context;
+use crate::engine::{plan_switch, Transaction};
+use crate::error::{Error, Result};
+use crate::hooks::{self, HookPoint};
+
+use super::{finish_reboot, Outcome};
+
+/// Options of `switch`.
+#[derive(Debug, Clone, Default)]
+pub struct SwitchOpts {
+    /// Do not reboot afterwards.
+    pub no_reboot: bool,
+    /// Trial tries (default from the config).
+    pub tries: Option<u32>,
+}
+
+/// `abupdate switch`: the pre-switch hooks run once the plan is known and may refuse it.
+pub fn switch(ctx: &Context, opts: &SwitchOpts) -> Result<Outcome> {
+    let tries = opts.tries.unwrap_or(ctx.cfg.trial.tries);
+    if !(1..=crate::config::MAX_TRIES).contains(&tries) {
+        return Err(Error::Refused(format!(
+            "--tries {tries} is not between 1 and {}",
+            crate::config::MAX_TRIES
+        )));
+    }
+    let tx = Transaction::begin(ctx)?;
+    let plan = plan_switch(tx.snapshot(), tx.settings(), tries).map_err(Error::Refused)?;
+    let booted = tx.snapshot().booted;
+    let target_os = plan
+        .slot
+        .and_then(|s| tx.snapshot().state.as_ref()?.slots.get(&s))
+        .map(|r| r.os.pretty_name.clone())
+        .unwrap_or_default();
+    if plan.steps.is_empty() {
+        return Ok(Outcome::of(&tx.apply(plan)?, false));
+    }
+    hooks::run(
+        &ctx.cfg,
+        HookPoint::PreSwitch,
+        &[
+            ("ABUPDATE_OP", "switch".into()),
+            ("ABUPDATE_BOOTED_SLOT", booted.as_str().into()),
+            ("ABUPDATE_TARGET_SLOT", booted.other().as_str().into()),
+            ("ABUPDATE_TARGET_OS", target_os),
+            ("ABUPDATE_TRIES", tries.to_string()),
+        ],
+    )?;
+    finish_reboot(Outcome::of(&tx.apply(plan)?, !opts.no_reboot))
+}
