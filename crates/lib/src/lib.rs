@@ -16,6 +16,7 @@ pub mod context;
 pub mod disk;
 pub mod error;
 pub mod fsinfo;
+pub mod fstab;
 pub mod hooks;
 pub mod manifest;
 pub mod ops;
