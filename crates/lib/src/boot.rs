@@ -234,7 +234,17 @@ impl BootFlow for Grub {
         };
         std::fs::create_dir_all(&self.grub_dir).map_err(Error::io("create", &self.grub_dir))?;
         if env_path.exists() {
-            self.write_state(&state)?;
+            // `init --force` mends a damaged block too, keeping what GRUB still reads.
+            let bytes = std::fs::read(&env_path).map_err(Error::io("read", &env_path))?;
+            let (mut env, _) = abupdate_grub::env::salvage(&bytes);
+            apply_state(&mut env, &state);
+            if bytes.len() != abupdate_grub::env::BLOCK_SIZE {
+                std::fs::remove_file(&env_path).map_err(Error::io("remove", &env_path))?;
+                abupdate_grub::env::create_env(&env_path, &env)
+            } else {
+                abupdate_grub::env::write_env_in_place(&env_path, &env)
+            }
+            .map_err(|e| Error::Grub(e.to_string()))?;
         } else {
             let mut env = GrubEnv::new();
             apply_state(&mut env, &state);

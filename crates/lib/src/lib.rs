@@ -20,6 +20,7 @@ pub mod fstab;
 pub mod hooks;
 pub mod manifest;
 pub mod ops;
+pub mod repair;
 pub mod slotfs;
 pub mod stage;
 pub mod state;
