@@ -70,25 +70,32 @@ fn block_body(len: usize) -> impl Strategy<Value = Vec<u8>> {
     })
 }
 
+/// A variable name GRUB can store, drawn as bytes and mapped (cheaper than a regex).
 fn var_name() -> impl Strategy<Value = String> {
-    "[A-Za-z_][A-Za-z0-9_]{0,15}"
+    const FIRST: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_";
+    const REST: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_0123456789";
+    (any::<u8>(), proptest::collection::vec(any::<u8>(), 0..16)).prop_map(|(f, rest)| {
+        std::iter::once(FIRST[usize::from(f) % FIRST.len()])
+            .chain(rest.into_iter().map(|b| REST[usize::from(b) % REST.len()]))
+            .map(char::from)
+            .collect()
+    })
 }
 
+/// A value biased towards what needs escaping (backslash, newline), any other character
+/// (NUL excepted, which GRUB cannot store) otherwise.
 fn var_value() -> impl Strategy<Value = String> {
-    proptest::collection::vec(
-        prop_oneof![
-            Just('\\'),
-            Just('\n'),
-            Just('='),
-            Just('#'),
-            Just(' '),
-            proptest::char::range('a', 'z'),
-            proptest::char::range('\u{1}', '\u{7f}'),
-            proptest::char::range('\u{80}', '\u{10ff}'),
-        ],
-        0..40,
-    )
-    .prop_map(|v| v.into_iter().collect())
+    proptest::collection::vec(any::<u32>(), 0..40).prop_map(|v| {
+        v.into_iter()
+            .map(|x| match x % 8 {
+                0 => '\\',
+                1 => '\n',
+                2 => '=',
+                3 => '#',
+                _ => char::from_u32(1 + x % 0x10ff).unwrap_or('x'),
+            })
+            .collect()
+    })
 }
 
 proptest! {
@@ -111,6 +118,12 @@ proptest! {
         }
     }
 
+}
+
+proptest! {
+    // Whole random blocks cost more to generate: fewer cases.
+    #![proptest_config(config(256))]
+
     #[test]
     fn any_block_body_never_panics(body in block_body(BLOCK_SIZE - HEADER.len())) {
         let mut block = HEADER.to_vec();
@@ -119,7 +132,7 @@ proptest! {
     }
 
     #[test]
-    fn any_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+    fn any_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..1100)) {
         check_block(&bytes);
     }
 

@@ -297,7 +297,8 @@ pub fn read_env_evidence(path: &Path) -> EnvEvidence {
     }
 }
 
-/// Gathers the evidence from the mounted boot partition at `boot_root` and the slots.
+/// Gathers the evidence from the mounted boot partition at `boot_root` and, when a record
+/// is damaged, from the slots.
 fn gather(ctx: &Context, boot_root: &Path) -> Result<Evidence> {
     let booted = ctx.booted()?;
     let dir = boot_root.join("abupdate");
@@ -318,7 +319,11 @@ fn gather(ctx: &Context, boot_root: &Path) -> Result<Evidence> {
     };
     let env = read_env_evidence(&crate::boot::Grub::new(boot_root).env_path());
     let mut slots = BTreeMap::new();
-    for s in SlotId::ALL {
+    // The slots are only read (mounted read-only) when there is something to rebuild.
+    let damaged = matches!(state, Record::Damaged(_))
+        || matches!(history, Record::Damaged(_))
+        || env.problem.is_some();
+    for s in SlotId::ALL.into_iter().filter(|_| damaged) {
         let found = match crate::ops::inspect_slot(ctx, s) {
             Ok(rec) => Some(rec),
             Err(e) => {

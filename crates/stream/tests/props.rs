@@ -27,7 +27,7 @@ fn is_digest(d: &str) -> bool {
 }
 
 proptest! {
-    #![proptest_config(config(512))]
+    #![proptest_config(config(256))]
 
     #[test]
     fn any_text_never_panics(text in any::<String>(), name in any::<String>()) {
