@@ -153,8 +153,13 @@ pub fn extract_tar_with_limits(
                 Error::ArchiveLimit {
                     entry: last.clone(),
                     reason: format!(
-                        "the headers of the entry after it (PAX records, long names, sparse \
-                         map) exceed {} bytes",
+                        "the headers (PAX records, long names, sparse map) of the {} entry \
+                         exceed {} bytes",
+                        if total == 0 && ex.report == ExtractReport::default() {
+                            "first"
+                        } else {
+                            "next"
+                        },
                         limits.max_header_bytes
                     ),
                 }
