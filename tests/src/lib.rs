@@ -9,6 +9,7 @@
 pub mod checks;
 pub mod disk;
 pub mod env;
+pub mod hostile;
 pub mod http;
 pub mod image;
 pub mod proc;

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use abupdate_tests::checks::{assert_slot_b_staged, slot_status, stage_args};
 use abupdate_tests::disk::unique;
+use abupdate_tests::hostile;
 use abupdate_tests::proc::run_ok;
 use abupdate_tests::{
     assert_unchanged, compress, make_image, serial, ChildGuard, Compression, HttpServer, Image,
@@ -471,6 +472,7 @@ fn two_stages_at_once() -> Result<()> {
         &srv.url("/slow.img.zst"),
         "--sha256",
         &zst.sha256,
+        "--allow-insecure-http",
     ]))?;
     srv.wait_stalled(Duration::from_secs(120))?;
     // The first stage is mid-transfer; it must hold the lock with its pid recorded.
@@ -501,5 +503,331 @@ fn two_stages_at_once() -> Result<()> {
     srv.release();
     first.wait()?.assert_ok();
     assert_slot_b_staged(&disk)?;
+    Ok(())
+}
+
+/// `stage --from-tar ARCHIVE --sha256 HEX`.
+fn tar_args(archive: &Path, sha256: &str) -> Vec<std::ffi::OsString> {
+    vec![
+        "stage".into(),
+        "--from-tar".into(),
+        archive.into(),
+        "--sha256".into(),
+        sha256.into(),
+    ]
+}
+
+/// Runs `args` under `/usr/bin/time`, prints its peak RSS and time, checks the failure with
+/// `check` and that A, data and boot are unchanged and B not staged.
+fn timed_unchanged(
+    disk: &TestDisk,
+    args: Vec<std::ffi::OsString>,
+    what: &str,
+    check: impl FnOnce(&Output),
+) -> Result<hostile::Timed> {
+    let before = disk.snapshot()?;
+    let mut cmd = disk.command("a");
+    cmd.args(args);
+    let t = hostile::timed(&cmd, &disk.dir().join("time.txt"))?;
+    eprintln!(
+        "{what}: exit {}, peak RSS {} MiB, {:.1} s",
+        t.output.code,
+        t.peak_rss_kib / 1024,
+        t.seconds
+    );
+    assert_ne!(t.output.code, 0, "{what}: expected failure:\n{}", t.output);
+    check(&t.output);
+    assert_unchanged(&before, &disk.snapshot()?, what);
+    let st = disk.status("a")?;
+    assert_ne!(slot_status(&st, "b")["state"], "staged", "{what}: {st:#}");
+    Ok(t)
+}
+
+/// Peak resident memory allowed for a stage whatever its input (fixed buffers only).
+const RSS_BOUND_KIB: u64 = 128 << 10;
+
+#[test]
+fn tar_with_a_1gib_pax_header() -> Result<()> {
+    let _s = serial();
+    let disk = TestDisk::new()?;
+    let bomb = hostile::pax_bomb(disk.dir(), 1 << 30)?;
+    eprintln!("pax bomb: {} bytes", bomb.len()?);
+    let t = timed_unchanged(
+        &disk,
+        tar_args(&bomb.path, &bomb.sha256),
+        "1 GiB PAX header",
+        |out| {
+            out.assert_code(4)
+                .assert_mentions_all(&["headers", "exceed 1048576 bytes"]);
+        },
+    )?;
+    assert!(
+        t.peak_rss_kib < RSS_BOUND_KIB,
+        "peak RSS {} KiB",
+        t.peak_rss_kib
+    );
+    Ok(())
+}
+
+#[test]
+fn tar_with_a_64gib_sparse_entry() -> Result<()> {
+    let _s = serial();
+    let disk = TestDisk::new()?;
+    let bomb = hostile::sparse_bomb(disk.dir(), 64 << 30)?;
+    eprintln!("sparse bomb: {} bytes", bomb.len()?);
+    for (what, sha, words) in [
+        (
+            "64 GiB sparse entry, wrong sha256",
+            "0".repeat(64),
+            ["sha256", "nothing was extracted"],
+        ),
+        (
+            "64 GiB sparse entry",
+            bomb.sha256.clone(),
+            ["68719476736 bytes", "free in the slot"],
+        ),
+    ] {
+        let t = timed_unchanged(&disk, tar_args(&bomb.path, &sha), what, |out| {
+            out.assert_code(4).assert_mentions_all(&words);
+        })?;
+        assert!(
+            t.peak_rss_kib < RSS_BOUND_KIB,
+            "peak RSS {} KiB",
+            t.peak_rss_kib
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn tar_hard_link_to_a_path_outside_the_archive() -> Result<()> {
+    let _s = serial();
+    let disk = TestDisk::new()?;
+    let mut tar = hostile::TarWriter::new();
+    tar.entry("./etc/", b'5', 0o755, "", b"");
+    tar.entry("./etc/shadow-copy", b'1', 0o644, "/etc/shadow", b"");
+    let archive = tar.finish(&disk.dir().join("hardlink.tar"))?;
+    run_unchanged(
+        &disk,
+        tar_args(&archive.path, &archive.sha256),
+        "absolute hard-link target",
+        |out| {
+            out.assert_code(4)
+                .assert_mentions_all(&["hard link", "/etc/shadow"]);
+        },
+    )?;
+    Ok(())
+}
+
+#[test]
+fn tar_with_xattrs_the_kernel_refuses() -> Result<()> {
+    let _s = serial();
+    let disk = TestDisk::new()?;
+    for (n, (key, value)) in [
+        ("SCHILY.xattr.nonamespace", &b"x"[..]),
+        ("SCHILY.xattr.system.posix_acl_access", &b"not an acl"[..]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut tar = hostile::TarWriter::new();
+        tar.pax(&[(key, value)]);
+        tar.entry("./file", b'0', 0o644, "", b"x\n");
+        let archive = tar.finish(&disk.dir().join(format!("xattr-{n}.tar")))?;
+        run_unchanged(
+            &disk,
+            tar_args(&archive.path, &archive.sha256),
+            key,
+            |out| {
+                out.assert_code(4).assert_mentions_all(&["xattr"]);
+            },
+        )?;
+    }
+    Ok(())
+}
+
+#[test]
+fn missing_sha256_is_a_usage_error() -> Result<()> {
+    let _s = serial();
+    let disk = TestDisk::new()?;
+    let image = image_for(&disk)?;
+    let path = image.path.to_string_lossy().into_owned();
+    for args in [vec!["stage", &path], vec!["stage", "--from-tar", &path]] {
+        run_unchanged(
+            &disk,
+            args.iter().map(Into::into).collect(),
+            "no --sha256",
+            |out| {
+                out.assert_code(2).assert_mentions_all(&["--sha256"]);
+            },
+        )?;
+    }
+    Ok(())
+}
+
+#[test]
+fn plain_http_needs_the_opt_in() -> Result<()> {
+    let _s = serial();
+    let disk = TestDisk::new()?;
+    let zst = compress(&image_for(&disk)?, Compression::Zstd)?;
+    let sums = disk.dir().join("SHA256SUMS");
+    fs::write(&sums, format!("{}  debian13.img.zst\n", zst.sha256))?;
+    let srv = HttpServer::start(
+        &[
+            ("/debian13.img.zst", zst.path.clone()),
+            ("/SHA256SUMS", sums),
+        ],
+        ServeOptions::default(),
+    )?;
+    let url = srv.url("/debian13.img.zst");
+    let sums_url = srv.url("/SHA256SUMS");
+    for (what, args) in [
+        ("http image", vec!["stage", &url, "--sha256", &zst.sha256]),
+        (
+            "http SHA256SUMS",
+            vec!["stage", &url, "--sha256-url", &sums_url],
+        ),
+        (
+            "http archive",
+            vec!["stage", "--from-tar", &url, "--sha256", &zst.sha256],
+        ),
+    ] {
+        run_unchanged(&disk, args.iter().map(Into::into).collect(), what, |out| {
+            out.assert_code(2)
+                .assert_mentions_all(&["plain http", "--allow-insecure-http"]);
+        })?;
+    }
+    assert!(
+        srv.requests().is_empty(),
+        "nothing may be requested over plain http without the opt-in: {:?}",
+        srv.requests()
+    );
+    Ok(())
+}
+
+#[test]
+fn config_values_that_would_break_grub_cfg_or_fstab() -> Result<()> {
+    let _s = serial();
+    let disk = TestDisk::new()?;
+    let before = disk.snapshot()?;
+    for (name, from, to, key) in [
+        (
+            "brace.yaml",
+            "kernel_cmdline: \"\"",
+            "kernel_cmdline: \"quiet {x}\"",
+            "kernel_cmdline",
+        ),
+        (
+            "tab.yaml",
+            "kernel_cmdline: \"\"",
+            "kernel_cmdline: \"quiet\\tsplash\"",
+            "kernel_cmdline",
+        ),
+        (
+            "newline.yaml",
+            "mountpoint: /data",
+            "mountpoint: \"/data\\nUUID=x / ext4 defaults 0 0\"",
+            "partitions.data.mountpoint",
+        ),
+        (
+            "unit.yaml",
+            "services: []",
+            "services: [\"ssh.service; reboot\"]",
+            "services[0]",
+        ),
+    ] {
+        let cfg = hostile::config_variant(&disk, name, from, to)?;
+        for args in [vec!["status"], vec!["switch", "--no-reboot"]] {
+            let out = disk.run_with_config(&cfg, &args)?;
+            out.assert_code(2)
+                .assert_mentions_all(&[name, key, "line ", "column "]);
+        }
+    }
+    assert_unchanged(&before, &disk.snapshot()?, "config value errors");
+    Ok(())
+}
+
+#[test]
+fn nul_byte_in_grubenv_padding_is_read_past_and_mended() -> Result<()> {
+    let _s = serial();
+    let disk = TestDisk::new()?;
+    let mut env = disk.grubenv_bytes()?;
+    env[1000] = 0;
+    hostile::damage_boot_file(&disk, "grub/grubenv", &env)?;
+    // status reads it as GRUB does and says GRUB could not save into it.
+    let before = disk.snapshot()?;
+    let out = disk.run(["status"])?;
+    out.assert_ok().assert_mentions_all(&["grubenv", "repair"]);
+    let out = disk.run(["repair", "--dry-run"])?;
+    out.assert_ok()
+        .assert_mentions_all(&["grubenv", "default slot a", "nothing was written"]);
+    assert_unchanged(&before, &disk.snapshot()?, "status and repair --dry-run");
+    // The next write of abupdate (here repair) rewrites the whole block.
+    disk.run(["repair"])?.assert_ok();
+    let mended = disk.grubenv_bytes()?;
+    assert_eq!(mended.len(), 1024);
+    assert!(!mended.contains(&0), "NUL byte left in grubenv");
+    assert_eq!(
+        disk.grubenv()?.get("ab_default").map(String::as_str),
+        Some("a")
+    );
+    let out = disk.run(["status"])?;
+    out.assert_ok();
+    assert!(!out.stderr.contains("warning"), "{out}");
+    Ok(())
+}
+
+#[test]
+fn damaged_records_are_explained_and_repaired() -> Result<()> {
+    let _s = serial();
+    let disk = TestDisk::new()?;
+    // A zero-filled grubenv and a truncated state.json: status explains, repair rebuilds.
+    hostile::damage_boot_file(&disk, "grub/grubenv", &[0u8; 1024])?;
+    hostile::damage_boot_file(
+        &disk,
+        "abupdate/state.json",
+        b"{\"schema_version\": 1, \"sl",
+    )?;
+    let before = disk.snapshot()?;
+    let out = disk.run(["status"])?;
+    out.assert_ok().assert_mentions_all(&[
+        "grub/grubenv",
+        "abupdate/state.json",
+        "abupdate repair",
+    ]);
+    let out = disk.run(["--json", "status"])?;
+    out.assert_ok();
+    assert_eq!(
+        out.json()?["damaged"].as_array().map(Vec::len),
+        Some(2),
+        "{out}"
+    );
+    for args in [vec!["commit"], vec!["switch", "--no-reboot"]] {
+        let out = disk.run(&args)?;
+        assert!(out.code != 0 && out.code != 1, "{args:?}: {out}");
+    }
+    assert_unchanged(&before, &disk.snapshot()?, "status on damaged records");
+    let out = disk.run(["repair"])?;
+    out.assert_ok()
+        .assert_mentions_all(&["rewrite state.json", "rewrite grubenv", "slot a good"]);
+    let st = disk.status("a")?;
+    assert_eq!(st["default"], "a", "{st:#}");
+    assert_eq!(slot_status(&st, "a")["state"], "good", "{st:#}");
+    // The damaged files are kept beside the new ones, and abupdate works again.
+    let m = disk.mount_boot()?;
+    assert!(m.path().join("abupdate/state.json.damaged").exists());
+    assert!(m.path().join("grub/grubenv.damaged").exists());
+    m.close()?;
+    let image = image_for(&disk)?;
+    disk.run(stage_args(&image.path, &image.sha256))?
+        .assert_ok();
+    assert_slot_b_staged(&disk)?;
+    // init --force also mends a damaged grubenv.
+    hostile::damage_boot_file(&disk, "grub/grubenv", &[0u8; 1024])?;
+    disk.run(["init", "--slot", "a", "--force"])?.assert_ok();
+    assert_eq!(
+        disk.grubenv()?.get("ab_default").map(String::as_str),
+        Some("a")
+    );
     Ok(())
 }

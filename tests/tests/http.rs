@@ -34,6 +34,7 @@ fn stage_http_resumes_after_dropped_connection() -> Result<()> {
         &srv.url("/debian13.img.zst"),
         "--sha256",
         &zst.sha256,
+        "--allow-insecure-http",
     ])?;
     let log = srv.requests();
     out.assert_ok();
@@ -73,6 +74,7 @@ fn stage_http_with_sha256_url() -> Result<()> {
         &srv.url("/debian13.img.gz"),
         "--sha256-url",
         &srv.url("/SHA256SUMS"),
+        "--allow-insecure-http",
     ])?
     .assert_ok();
     assert_slot_b_staged(&disk)?;
@@ -86,7 +88,13 @@ fn stage_http_404_fails_cleanly() -> Result<()> {
     let srv = HttpServer::start(&[], ServeOptions::default())?;
     let before = disk.snapshot()?;
     let url = srv.url("/missing.img.zst");
-    let out = disk.run(["stage", &url, "--sha256", &"0".repeat(64)])?;
+    let out = disk.run([
+        "stage",
+        &url,
+        "--sha256",
+        &"0".repeat(64),
+        "--allow-insecure-http",
+    ])?;
     assert!(
         out.code != 0 && out.code != 1,
         "expected a documented failure code:\n{out}"

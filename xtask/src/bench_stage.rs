@@ -149,12 +149,11 @@ pub fn run() -> Result<()> {
         ];
         for (label, source, sha) in sources {
             eprintln!("bench: round {round}/{RUNS}: {label}");
-            let m = timed(
-                abupdate_cmd(&bin, &config)
-                    .arg("stage")
-                    .arg(source)
-                    .args(["--sha256", sha]),
-            )
+            let m = timed(abupdate_cmd(&bin, &config).arg("stage").arg(source).args([
+                "--sha256",
+                sha,
+                "--allow-insecure-http",
+            ]))
             .with_context(|| label.to_owned())?;
             table.record(label, m, dd);
         }

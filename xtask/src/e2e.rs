@@ -398,7 +398,9 @@ impl Machine {
     }
 
     fn stage(&self, url: &str, sha: &str) -> Result<Duration> {
-        self.stage_with(&format!("stage http://10.0.2.100{url} --sha256 {sha}"))
+        self.stage_with(&format!(
+            "stage http://10.0.2.100{url} --sha256 {sha} --allow-insecure-http"
+        ))
     }
 
     /// Runs `abupdate ARGS` (a stage) in the background under [`STAGE_TIMEOUT`], showing the
@@ -607,7 +609,7 @@ fn powercut(env: &Env, m: &mut Machine) -> Result<()> {
         .with_context(|| format!("stat {}", env.imgs.trixie_zst.display()))?
         .len();
     let cmd = format!(
-        "abupdate stage http://10.0.2.100{TRIXIE_URL} --sha256 {}",
+        "abupdate stage http://10.0.2.100{TRIXIE_URL} --sha256 {} --allow-insecure-http",
         env.imgs.trixie_sha256
     );
     println!("     $ {cmd}   (power will be cut mid-write)");

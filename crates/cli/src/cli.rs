@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use abupdate_lib::context::Context;
 use abupdate_lib::disk::SlotId;
 use abupdate_lib::error::{Error, EXIT_OK, EXIT_USAGE};
-use abupdate_lib::ops;
 use abupdate_lib::stage::{self, Checksum, StageOpts, StageSource};
+use abupdate_lib::{ops, repair};
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
@@ -48,6 +48,17 @@ enum Cmd {
     /// Boot assessment (run by abupdate.service on every boot): commit a healthy trial slot,
     /// or return to the old one.
     Daemon,
+    /// Rewrite a damaged state.json, grubenv or history.json from what can still be read
+    /// (the slots' filesystems, os-release and kernels, what GRUB still reads of grubenv),
+    /// after saying what it will do.
+    Repair(RepairArgs),
+}
+
+#[derive(Debug, Args)]
+struct RepairArgs {
+    /// Say what is damaged and what would be rewritten; write nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Debug, Args)]
@@ -78,6 +89,10 @@ struct StageArgs {
     /// Print what would be done and write nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Accept plain-http URLs for the source and the checksum file (not authenticated:
+    /// only the sha256 protects the transfer); https only otherwise.
+    #[arg(long)]
+    allow_insecure_http: bool,
 }
 
 impl StageArgs {
@@ -89,7 +104,7 @@ impl StageArgs {
         };
         let need = |checksum: Option<Checksum>| {
             checksum.ok_or_else(|| {
-                Error::Refused("an image or archive needs --sha256 or --sha256-url".into())
+                Error::Usage("an image or archive needs --sha256 or --sha256-url".into())
             })
         };
         Ok(
@@ -105,7 +120,7 @@ impl StageArgs {
                 (None, None, Some(command), false) => StageSource::Bootstrap { command },
                 (None, None, None, true) => StageSource::Clone { run: self.run },
                 _ => {
-                    return Err(Error::Refused(
+                    return Err(Error::Usage(
                         "give one of SOURCE, --from-tar, --bootstrap or --clone".into(),
                     ))
                 }
@@ -176,8 +191,35 @@ fn print<T: Serialize + std::fmt::Display>(json: bool, value: &T) -> Result<(), 
     }
 }
 
+/// Prints the status; when a record on the boot partition cannot be read, says which one
+/// and what `abupdate repair` would do instead of failing, and warns about damage GRUB
+/// reads past (a grubenv it cannot save into).
 fn status(ctx: &Context, json: bool) -> Result<(), Error> {
-    print(json, &ops::status(ctx)?)
+    match ops::status(ctx) {
+        Ok(report) => {
+            print(json, &report)?;
+            let diag = repair::diagnose(ctx)?;
+            for d in &diag.damaged {
+                eprintln!(
+                    "abupdate: warning: {}: {} (`abupdate repair` rewrites it)",
+                    d.record, d.problem
+                );
+            }
+            Ok(())
+        }
+        Err(e) if repair::is_damage(&e) => {
+            let diag = repair::diagnose(ctx)?;
+            if diag.damaged.is_empty() {
+                return Err(e);
+            }
+            print(json, &diag)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn repair_cmd(ctx: &Context, json: bool, a: RepairArgs) -> Result<(), Error> {
+    print(json, &repair::repair(ctx, a.dry_run)?)
 }
 
 fn history(ctx: &Context, json: bool) -> Result<(), Error> {
@@ -186,7 +228,9 @@ fn history(ctx: &Context, json: bool) -> Result<(), Error> {
 
 fn stage(ctx: &Context, json: bool, a: StageArgs) -> Result<(), Error> {
     let dry_run = a.dry_run;
+    let allow_insecure_http = a.allow_insecure_http;
     let opts = StageOpts {
+        allow_insecure_http,
         source: a.into_source()?,
         dry_run,
         progress: !json || std::io::stderr().is_terminal(),
@@ -258,6 +302,7 @@ fn dispatch(opt: Opt) -> Result<(), Error> {
         Cmd::History => history(&ctx, json),
         Cmd::Init(a) => init(&ctx, json, a),
         Cmd::Daemon => daemon(&ctx, json),
+        Cmd::Repair(a) => repair_cmd(&ctx, json, a),
         Cmd::Manifest(_) => Err(Error::Internal(
             "manifest commands run without a context".into(),
         )),
@@ -393,6 +438,36 @@ mod tests {
                 no_reboot: true,
                 tries: Some(5)
             })
+        ));
+    }
+
+    #[test]
+    fn usage_errors_exit_2_and_repair_parses() {
+        let code = |args: &[&str]| match parse(args).map(|o| o.cmd) {
+            Ok(Cmd::Stage(a)) => a.into_source().err().map(|e| e.exit_code()),
+            _ => None,
+        };
+        assert_eq!(code(&["stage", "img.zst"]), Some(EXIT_USAGE));
+        assert_eq!(code(&["stage", "--from-tar", "r.tar"]), Some(EXIT_USAGE));
+        assert_eq!(code(&["stage", "img.zst", "--sha256", "ab"]), None);
+        let o = parse(&[
+            "stage",
+            "http://x/i.img",
+            "--sha256",
+            "ab",
+            "--allow-insecure-http",
+        ])
+        .expect("valid");
+        assert!(matches!(
+            o.cmd,
+            Cmd::Stage(StageArgs {
+                allow_insecure_http: true,
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse(&["repair", "--dry-run"]).expect("valid").cmd,
+            Cmd::Repair(RepairArgs { dry_run: true })
         ));
     }
 }

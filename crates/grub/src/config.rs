@@ -178,11 +178,7 @@ fn validate(cfg: &GrubConfig) -> Result<(), RenderError> {
             id: cfg.default_slot.clone(),
         });
     }
-    if let Some(ch) = cfg
-        .extra_cmdline
-        .chars()
-        .find(|&c| c != ' ' && !is_safe_word_char(c) && c != '=')
-    {
+    if let Some(ch) = cmdline_refusal(&cfg.extra_cmdline) {
         return Err(RenderError::InvalidCmdline {
             value: cfg.extra_cmdline.clone(),
             ch,
@@ -195,6 +191,15 @@ fn validate(cfg: &GrubConfig) -> Result<(), RenderError> {
         return Err(RenderError::ZeroSerialSpeed);
     }
     Ok(())
+}
+
+/// The first character of extra kernel arguments that GRUB's script would interpret, if
+/// any: only letters, digits, spaces and `._/+~@,:=-` are allowed. The configuration
+/// loader applies the same rule, so a bad value is refused where it is written.
+pub fn cmdline_refusal(cmdline: &str) -> Option<char> {
+    cmdline
+        .chars()
+        .find(|&c| c != ' ' && !is_safe_word_char(c) && c != '=')
 }
 
 fn validate_slot(slot: &MenuSlot) -> Result<(), RenderError> {

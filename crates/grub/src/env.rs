@@ -35,8 +35,9 @@ pub enum EnvError {
     /// The block does not start with [`HEADER`].
     #[error("not a GRUB environment block: missing header \"# GRUB Environment Block\"")]
     BadHeader,
-    /// The `#` padding at the end holds something else.
-    #[error("byte {offset}: garbage {byte:#04x} in the '#' padding")]
+    /// The `#` padding at the end holds something else: GRUB reads the block but its
+    /// `save_env` cannot write into it.
+    #[error("byte {offset}: {byte:#04x} in the '#' padding: GRUB can read the block but not save_env into it")]
     BadPadding {
         /// Where the first foreign byte is.
         offset: usize,
@@ -128,20 +129,12 @@ impl GrubEnv {
         while pos < block.len() {
             let rest = &block[pos..];
             if rest[0] == b'#' {
-                match rest.iter().position(|&b| b == b'\n') {
-                    // A comment line.
-                    Some(nl) => pos += nl + 1,
-                    // The padding: everything up to the end must be '#'.
-                    None => {
-                        if let Some(i) = rest.iter().position(|&b| b != b'#') {
-                            return Err(EnvError::BadPadding {
-                                offset: pos + i,
-                                byte: rest[i],
-                            });
-                        }
-                        break;
-                    }
-                }
+                // A comment line, or the padding: GRUB skips a line that starts with '#' up
+                // to its newline (a backslash escaping the next byte), or to the end of the
+                // block. Whatever the padding holds (a NUL byte, say) is read past, as
+                // GRUB's envblk.c does; [`save_env_problem`] says whether GRUB could still
+                // save into the block.
+                pos = next_line(block, pos);
                 continue;
             }
             let (name, value, len) = parse_entry(rest, pos)?;
@@ -206,6 +199,70 @@ impl GrubEnv {
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
+}
+
+/// The offset after the line that starts at `pos`, as GRUB's `find_next_line` finds it: a
+/// backslash skips the byte after it; no newline means the end of the block.
+fn next_line(block: &[u8], mut pos: usize) -> usize {
+    while pos < block.len() {
+        match block[pos] {
+            b'\\' => pos += 2,
+            b'\n' => return pos + 1,
+            _ => pos += 1,
+        }
+    }
+    block.len()
+}
+
+/// Why GRUB's `save_env` could not write into `block`, if it could not. GRUB finds the
+/// free space by walking back over the `#` padding and gives up unless the byte before it
+/// is the newline ending the last entry: a foreign byte in the padding (a NUL, say) leaves
+/// the block readable but makes `save_env` fail, so a trial could never spend a try.
+/// abupdate rewrites the whole block on its next write, which mends it.
+pub fn save_env_problem(block: &[u8]) -> Option<EnvError> {
+    if block.len() != BLOCK_SIZE {
+        return Some(EnvError::WrongSize { len: block.len() });
+    }
+    let end = block.iter().rposition(|&b| b != b'#')?;
+    if block[end] == b'\n' {
+        return None;
+    }
+    // GRUB stops at `end`: the byte before the padding is not a newline.
+    Some(EnvError::BadPadding {
+        offset: end,
+        byte: block[end],
+    })
+}
+
+/// Reads as many variables as GRUB would from a damaged block, and says what is wrong with
+/// it; never fails. Used to recover (`abupdate repair`): every variable GRUB's `load_env`
+/// would see is kept, later entries are not guessed at.
+pub fn salvage(block: &[u8]) -> (GrubEnv, Option<EnvError>) {
+    let problem = match GrubEnv::parse(block) {
+        Ok(env) => return (env, save_env_problem(block)),
+        Err(e) => e,
+    };
+    let mut env = GrubEnv::new();
+    if block.len() < HEADER.len() || !block.starts_with(HEADER) {
+        return (env, Some(problem));
+    }
+    let mut pos = HEADER.len();
+    while pos < block.len() {
+        if block[pos] == b'#' {
+            pos = next_line(block, pos);
+            continue;
+        }
+        match parse_entry(&block[pos..], pos) {
+            Ok((name, value, len)) => {
+                if env.get(&name).is_none() && check_name(&name).is_ok() {
+                    env.vars.push((name, value));
+                }
+                pos += len;
+            }
+            Err(_) => break,
+        }
+    }
+    (env, Some(problem))
 }
 
 /// Parses one `name=value\n` entry at the start of `rest` (which starts at byte `offset` of
@@ -482,15 +539,20 @@ mod tests {
         let mut zero = HEADER.to_vec();
         zero.resize(BLOCK_SIZE, 0);
         assert_eq!(GrubEnv::parse(&zero), Err(NulByte { offset: h }));
-        let mut garbage = block_with(b"k=v\n");
-        garbage[1000] = b'x';
-        assert_eq!(
-            GrubEnv::parse(&garbage),
-            Err(BadPadding {
-                offset: 1000,
-                byte: b'x'
-            })
-        );
+        // Garbage in the padding is read past, as GRUB does, but GRUB's save_env would
+        // fail: that is reported separately.
+        for byte in [b'x', 0] {
+            let mut garbage = block_with(b"k=v\n");
+            garbage[1000] = byte;
+            let env = GrubEnv::parse(&garbage).expect("GRUB reads past the padding");
+            assert_eq!(env.get("k"), Some("v"));
+            assert_eq!(
+                save_env_problem(&garbage),
+                Some(BadPadding { offset: 1000, byte })
+            );
+        }
+        assert_eq!(save_env_problem(&block_with(b"k=v\n")), None);
+        assert_eq!(save_env_problem(&block_with(b"")), None);
         assert_eq!(
             GrubEnv::parse(&block_with(b"k=v\nnoequals\n")),
             Err(MissingEquals { offset: h + 4 })
@@ -549,5 +611,20 @@ mod tests {
                 needed: BLOCK_SIZE + 1
             })
         );
+    }
+
+    #[test]
+    fn salvage_keeps_what_grub_reads() {
+        let mut block = block_with(b"ab_default=a\nother=1\nbroken");
+        block[BLOCK_SIZE - 1] = 0;
+        let (env, problem) = salvage(&block);
+        assert_eq!(env.get("ab_default"), Some("a"));
+        assert_eq!(env.get("other"), Some("1"));
+        assert!(problem.is_some());
+        let (env, problem) = salvage(&[0u8; BLOCK_SIZE]);
+        assert_eq!(env, GrubEnv::new());
+        assert_eq!(problem, Some(EnvError::BadHeader));
+        let (env, problem) = salvage(&block_with(b"k=v\n"));
+        assert_eq!((env.get("k"), problem), (Some("v"), None));
     }
 }

@@ -194,8 +194,16 @@ impl BootFlow for Grub {
             return abupdate_grub::env::create_env(&path, &env)
                 .map_err(Error::grub("create grubenv"));
         }
-        let mut env = self.read_env()?;
+        // A damaged block is mended (what `init --force` and `repair` rely on), keeping
+        // every variable GRUB still reads from it.
+        let bytes = std::fs::read(&path).map_err(Error::io("read", &path))?;
+        let (mut env, _) = abupdate_grub::env::salvage(&bytes);
         apply_state(&mut env, state);
+        if bytes.len() != abupdate_grub::env::BLOCK_SIZE {
+            std::fs::remove_file(&path).map_err(Error::io("remove", &path))?;
+            return abupdate_grub::env::create_env(&path, &env)
+                .map_err(Error::grub("recreate grubenv"));
+        }
         abupdate_grub::env::write_env_in_place(&path, &env).map_err(Error::grub("rewrite grubenv"))
     }
 

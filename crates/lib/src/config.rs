@@ -30,11 +30,13 @@ pub enum ConfigError {
         message: String,
     },
     /// A value is out of range or inconsistent.
-    #[error("config {}: {key}: {message}", path.display())]
+    #[error("config {}, line {}, column {}: {key}: {message}", path.display(), location.0, location.1)]
     Invalid {
         /// The config file.
         path: PathBuf,
-        /// The offending key, dotted.
+        /// 1-based line and column of the offending value (or of its key).
+        location: (usize, usize),
+        /// The offending key, dotted (`health.checks[1].timeout`).
         key: String,
         /// What is wrong.
         message: String,
@@ -199,6 +201,9 @@ pub struct Config {
     /// `post-commit.d`, `on-rollback.d`).
     #[serde(default = "default_hooks_dir")]
     pub hooks_dir: PathBuf,
+    /// Accept plain-http image and checksum URLs (with a warning); https only otherwise.
+    #[serde(default)]
+    pub allow_insecure_http: bool,
 }
 
 /// What the daemon does when a health check fails in a trial slot.
@@ -328,23 +333,37 @@ impl Config {
         Config::parse(&text, path)
     }
 
-    /// Parses and validates configuration text; `path` is only used in messages.
+    /// Parses and validates configuration text; `path` is only used in messages. Every
+    /// error names the line and column.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let cfg: Config = serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            location: e.location().map(|l| (l.line(), l.column())),
-            message: e.to_string(),
+        let cfg: Config = serde_yaml::from_str(text).map_err(|e| {
+            let message = e.to_string();
+            // The location is shown once, before the message.
+            let message = match message.rfind(" at line ") {
+                Some(i) if e.location().is_some() => message[..i].to_string(),
+                _ => message,
+            };
+            ConfigError::Parse {
+                path: path.to_owned(),
+                location: Some(e.location().map_or((1, 1), |l| (l.line(), l.column()))),
+                message,
+            }
         })?;
-        cfg.validate(path)?;
+        cfg.validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                path: path.to_owned(),
+                location: locate::locate(text, &key),
+                key,
+                message,
+            })?;
         Ok(cfg)
     }
 
-    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |key: &str, message: String| ConfigError::Invalid {
-            path: path.to_owned(),
-            key: key.to_owned(),
-            message,
-        };
+    /// Checks every value once, here at the edge, so that nothing later (grub.cfg, fstab, a
+    /// shell command, a unit name) meets a value it cannot hold. Returns the dotted key of
+    /// the first bad value and what is wrong with it.
+    fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |key: String, message: String| Err((key, message));
         let p = &self.partitions;
         let mut specs = vec![
             ("partitions.boot", &p.boot),
@@ -356,88 +375,137 @@ impl Config {
         }
         for (key, s) in &specs {
             match (&s.partlabel, &s.partuuid) {
-                (None, None) => return Err(invalid(key, "needs partlabel or partuuid".into())),
+                (None, None) => return bad(key.to_string(), "needs partlabel or partuuid".into()),
                 (Some(_), Some(_)) => {
-                    return Err(invalid(key, "give partlabel or partuuid, not both".into()))
+                    return bad(
+                        format!("{key}.partuuid"),
+                        "give partlabel or partuuid, not both".into(),
+                    )
                 }
                 (Some(l), None) if l.is_empty() || l.chars().count() > 36 => {
-                    return Err(invalid(
-                        key,
+                    return bad(
+                        format!("{key}.partlabel"),
                         format!("partlabel {l:?} must be 1-36 characters"),
-                    ))
+                    )
+                }
+                (Some(l), None) if l.chars().any(char::is_control) => {
+                    return bad(
+                        format!("{key}.partlabel"),
+                        format!("partlabel {l:?} holds a control character"),
+                    )
                 }
                 (None, Some(u)) if uuid::Uuid::parse_str(u).is_err() => {
-                    return Err(invalid(key, format!("partuuid {u:?} is not a UUID")))
+                    return bad(
+                        format!("{key}.partuuid"),
+                        format!("partuuid {u:?} is not a UUID"),
+                    )
                 }
                 _ => {}
             }
             if let Some(m) = &s.mountpoint {
-                if !m.is_absolute() {
-                    return Err(invalid(
-                        key,
-                        format!("mountpoint {} must be absolute", m.display()),
-                    ));
+                if let Err(why) = check_mountpoint(m) {
+                    return bad(
+                        format!("{key}.mountpoint"),
+                        format!("mountpoint {m:?} {why}"),
+                    );
                 }
             }
         }
         for (i, (ka, a)) in specs.iter().enumerate() {
             for (kb, b) in &specs[i + 1..] {
-                if a.partlabel.is_some() && a.partlabel == b.partlabel
-                    || a.partuuid.is_some() && a.partuuid == b.partuuid
-                {
-                    return Err(invalid(kb, format!("selects the same partition as {ka}")));
+                if a.partlabel.is_some() && a.partlabel == b.partlabel {
+                    return bad(
+                        format!("{kb}.partlabel"),
+                        format!("selects the same partition as {ka}"),
+                    );
+                }
+                if a.partuuid.is_some() && a.partuuid == b.partuuid {
+                    return bad(
+                        format!("{kb}.partuuid"),
+                        format!("selects the same partition as {ka}"),
+                    );
                 }
             }
         }
-        if p.slot_a.mountpoint.is_some() || p.slot_b.mountpoint.is_some() {
-            return Err(invalid(
-                "partitions.slot_a/slot_b",
-                "slots have no mountpoint: the root comes from the kernel command line".into(),
-            ));
+        for (key, s) in [
+            ("partitions.slot_a", &p.slot_a),
+            ("partitions.slot_b", &p.slot_b),
+        ] {
+            if s.mountpoint.is_some() {
+                return bad(
+                    format!("{key}.mountpoint"),
+                    "slots have no mountpoint: the root comes from the kernel command line".into(),
+                );
+            }
+        }
+        if let (Some(boot), Some(data)) = (Some(self.boot_mountpoint()), self.data_mountpoint()) {
+            if boot == data || boot == Path::new("/") || data == Path::new("/") {
+                return bad(
+                    "partitions.data.mountpoint".into(),
+                    format!(
+                        "boot ({}) and data ({}) need two mount points other than /",
+                        boot.display(),
+                        data.display()
+                    ),
+                );
+            }
         }
         if !(1..=MAX_TRIES).contains(&self.trial.tries) {
-            return Err(invalid(
-                "trial.tries",
+            return bad(
+                "trial.tries".into(),
                 format!("{} is not between 1 and {MAX_TRIES}", self.trial.tries),
-            ));
+            );
+        }
+        if self.trial.panic_seconds == 0 {
+            return bad(
+                "trial.panic_seconds".into(),
+                "must be at least 1: panic=0 makes a panicking trial hang instead of rebooting"
+                    .into(),
+            );
         }
         if let Some(s) = &self.grub.serial {
             const SPEEDS: [u32; 8] = [9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600];
             if !SPEEDS.contains(&s.speed) {
-                return Err(invalid(
-                    "grub.serial.speed",
+                return bad(
+                    "grub.serial.speed".into(),
                     format!("{} is not a standard baud rate", s.speed),
-                ));
+                );
             }
             if s.unit > 3 {
-                return Err(invalid(
-                    "grub.serial.unit",
-                    format!("{} is not 0-3", s.unit),
-                ));
+                return bad("grub.serial.unit".into(), format!("{} is not 0-3", s.unit));
             }
         }
-        if self
-            .kernel_cmdline
-            .contains(['\n', '\'', '"', '\\', '$', ';'])
-        {
-            return Err(invalid(
-                "kernel_cmdline",
-                "must not contain quotes, newlines, backslash, $ or ;".into(),
-            ));
+        if let Some(ch) = abupdate_grub::config::cmdline_refusal(&self.kernel_cmdline) {
+            return bad(
+                "kernel_cmdline".into(),
+                format!(
+                    "{ch:?} is not allowed: only letters, digits, spaces and ._/+~@,:=- reach \
+                     the kernel command line in grub.cfg"
+                ),
+            );
         }
         for (k, list) in [
             ("manifest.include", &self.manifest.include),
             ("manifest.exclude", &self.manifest.exclude),
             ("manifest.suggest_roots", &self.manifest.suggest_roots),
         ] {
-            for e in list.iter() {
+            for (i, e) in list.iter().enumerate() {
                 if !e.starts_with('/') || e.split('/').any(|c| c == "..") {
-                    return Err(invalid(
-                        k,
+                    return bad(
+                        format!("{k}[{i}]"),
                         format!("{e:?} must be an absolute path without '..'"),
-                    ));
+                    );
+                }
+                if e.chars().any(char::is_control) {
+                    return bad(
+                        format!("{k}[{i}]"),
+                        format!("{e:?} holds a control character"),
+                    );
                 }
             }
+        }
+        if self.health.deadline == 0 {
+            return bad("health.deadline".into(), "must be positive".into());
         }
         for (i, c) in self.health.checks.iter().enumerate() {
             let key = format!("health.checks[{i}]");
@@ -451,40 +519,60 @@ impl Config {
             .filter(|b| **b)
             .count();
             if n != 1 {
-                return Err(invalid(
-                    &key,
-                    "needs exactly one of unit, command, tcp, http".into(),
-                ));
+                return bad(key, "needs exactly one of unit, command, tcp, http".into());
             }
             if c.timeout == 0 || c.timeout > self.health.deadline {
-                return Err(invalid(
-                    &key,
+                return bad(
+                    format!("{key}.timeout"),
                     format!("timeout {} must be 1..=health.deadline", c.timeout),
-                ));
+                );
             }
-            if c.command.as_ref().is_some_and(|a| a.is_empty()) {
-                return Err(invalid(&key, "command is empty".into()));
+            if let Some(u) = &c.unit {
+                if let Err(why) = check_unit(u) {
+                    return bad(format!("{key}.unit"), format!("{u:?} {why}"));
+                }
+            }
+            if let Some(a) = &c.command {
+                if a.is_empty() || a[0].is_empty() {
+                    return bad(format!("{key}.command"), "command is empty".into());
+                }
+                if let Some(j) = a.iter().position(|arg| arg.contains('\0')) {
+                    return bad(format!("{key}.command[{j}]"), "holds a NUL byte".into());
+                }
             }
             if let Some(t) = &c.tcp {
                 if t.rsplit_once(':')
                     .and_then(|(_, p)| p.parse::<u16>().ok())
                     .is_none()
                 {
-                    return Err(invalid(&key, format!("tcp {t:?} is not host:port")));
+                    return bad(format!("{key}.tcp"), format!("tcp {t:?} is not host:port"));
                 }
             }
             if let Some(u) = &c.http {
-                if !(u.starts_with("http://") || u.starts_with("https://")) {
-                    return Err(invalid(&key, format!("http {u:?} is not an http(s) URL")));
+                let ok = reqwest::Url::parse(u)
+                    .is_ok_and(|url| matches!(url.scheme(), "http" | "https") && url.has_host());
+                if !ok {
+                    return bad(
+                        format!("{key}.http"),
+                        format!("http {u:?} is not an http(s) URL"),
+                    );
                 }
             }
         }
-        if self.health.deadline == 0 {
-            return Err(invalid("health.deadline", "must be positive".into()));
+        for (i, s) in self.services.iter().enumerate() {
+            if let Err(why) = check_unit(s) {
+                return bad(format!("services[{i}]"), format!("{s:?} {why}"));
+            }
         }
-        for s in &self.services {
-            if s.is_empty() || s.contains(['/', ' ']) {
-                return Err(invalid("services", format!("{s:?} is not a unit name")));
+        for (key, p) in [
+            ("lock_file", &self.lock_file),
+            ("hooks_dir", &self.hooks_dir),
+        ] {
+            if !p.is_absolute() || p.to_string_lossy().chars().any(char::is_control) {
+                return bad(
+                    key.into(),
+                    format!("{} must be an absolute path", p.display()),
+                );
             }
         }
         Ok(())
@@ -506,6 +594,362 @@ impl Config {
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_MOUNTPOINT))
         })
+    }
+}
+
+/// Why a boot or data mount point cannot be used, if it cannot: it must be absolute,
+/// normalized, and free of control characters (spaces are fine: fstab escapes them).
+fn check_mountpoint(m: &Path) -> Result<(), &'static str> {
+    let text = m.to_string_lossy();
+    if !m.is_absolute() {
+        Err("must be absolute")
+    } else if text.chars().any(char::is_control) {
+        Err("holds a control character (a newline or tab would break fstab)")
+    } else if text.split('/').any(|c| c == "." || c == "..") || text.contains("//") {
+        Err("must be a normalized path (no ., .. or //)")
+    } else if text.len() > 1 && text.ends_with('/') {
+        Err("must not end with /")
+    } else {
+        Ok(())
+    }
+}
+
+/// Why a systemd unit name cannot be used, if it cannot: `name.type`, of the characters
+/// systemd allows, passed as one argument to `systemctl`.
+fn check_unit(u: &str) -> Result<(), &'static str> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || ":-_.\\@".contains(c);
+    if u.is_empty() || u.len() > 255 {
+        Err("is not a unit name (1-255 characters)")
+    } else if u.starts_with('-') {
+        Err("is not a unit name (starts with '-')")
+    } else if !u.chars().all(allowed) {
+        Err("is not a unit name (letters, digits and :-_.\\@ only)")
+    } else if !u.contains('.') {
+        Err("is not a unit name (needs a type suffix such as .service)")
+    } else {
+        Ok(())
+    }
+}
+
+/// Finds where a dotted key path (`health.checks[1].timeout`) is written in YAML text, for
+/// the line and column of a value error. Understands what configuration files use: block
+/// mappings and sequences, one-line flow mappings and sequences, comments and quotes. A
+/// path it cannot follow to the end gives the deepest part it found, and the document start
+/// at worst, so every error has a location. Pure.
+mod locate {
+    /// One step of a key path.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Step<'a> {
+        Key(&'a str),
+        Index(usize),
+    }
+
+    /// Splits `a.b[2].c` into steps.
+    fn steps(path: &str) -> Vec<Step<'_>> {
+        let mut out = Vec::new();
+        for part in path.split('.') {
+            let (key, mut rest) = match part.find('[') {
+                Some(i) => (&part[..i], &part[i..]),
+                None => (part, ""),
+            };
+            if !key.is_empty() {
+                out.push(Step::Key(key));
+            }
+            while let Some(r) = rest.strip_prefix('[') {
+                let Some(end) = r.find(']') else { break };
+                if let Ok(i) = r[..end].parse() {
+                    out.push(Step::Index(i));
+                }
+                rest = &r[end + 1..];
+            }
+        }
+        out
+    }
+
+    /// A line without its comment, as (indent, content, column of content).
+    fn content(line: &str) -> &str {
+        let mut quote = None;
+        let mut prev_space = true;
+        for (i, c) in line.char_indices() {
+            match (quote, c) {
+                (None, '"' | '\'') => quote = Some(c),
+                (Some(q), c) if c == q => quote = None,
+                (None, '#') if prev_space => return line[..i].trim_end(),
+                _ => {}
+            }
+            prev_space = c == ' ' || c == '\t';
+        }
+        line.trim_end()
+    }
+
+    fn indent(line: &str) -> usize {
+        line.len() - line.trim_start_matches(' ').len()
+    }
+
+    /// Where a scope of the document is: lines `[from, to)` whose content starts at column
+    /// `col` or deeper, the first line possibly starting at `first_col` (after a `- `).
+    #[derive(Debug, Clone, Copy)]
+    struct Block {
+        from: usize,
+        to: usize,
+        first_col: usize,
+    }
+
+    /// Where the search is.
+    #[derive(Debug, Clone, Copy)]
+    enum At {
+        Block(Block),
+        /// A flow collection on one line starting at this byte column (`{` or `[`).
+        Flow(usize, usize),
+        /// A scalar: nothing deeper.
+        Scalar,
+    }
+
+    /// 1-based line and column of `path` in `text`.
+    pub(super) fn locate(text: &str, path: &str) -> (usize, usize) {
+        let lines: Vec<&str> = text.lines().collect();
+        let mut at = At::Block(Block {
+            from: 0,
+            to: lines.len(),
+            first_col: 0,
+        });
+        let mut found = first_content(&lines).unwrap_or((0, 0));
+        for step in steps(path) {
+            let next = match at {
+                At::Block(b) => in_block(&lines, b, &step),
+                At::Flow(line, col) => in_flow(lines[line], line, col, &step),
+                At::Scalar => None,
+            };
+            match next {
+                Some((pos, deeper)) => {
+                    found = pos;
+                    at = deeper;
+                }
+                None => break,
+            }
+        }
+        (found.0 + 1, found.1 + 1)
+    }
+
+    fn first_content(lines: &[&str]) -> Option<(usize, usize)> {
+        lines.iter().enumerate().find_map(|(i, l)| {
+            let c = content(l);
+            (!c.trim().is_empty() && !c.trim_start().starts_with("---")).then(|| (i, indent(c)))
+        })
+    }
+
+    /// The content of line `i` seen from column `from` (after a `- `), with its column.
+    fn view<'a>(lines: &[&'a str], b: Block, i: usize) -> Option<(&'a str, usize)> {
+        let c = content(lines[i]);
+        let start = if i == b.from { b.first_col } else { 0 };
+        let s = c.get(start..)?;
+        let trimmed = s.trim_start_matches(' ');
+        if trimmed.is_empty() {
+            return None;
+        }
+        Some((trimmed, start + s.len() - trimmed.len()))
+    }
+
+    /// The value after `key:` in `s` (which starts with the key), if `s` is that key.
+    fn after_key<'a>(s: &'a str, key: &str) -> Option<&'a str> {
+        let rest = s
+            .strip_prefix(key)
+            .or_else(|| s.strip_prefix(&format!("\"{key}\"")))
+            .or_else(|| s.strip_prefix(&format!("'{key}'")))?;
+        let rest = rest.trim_start_matches(' ').strip_prefix(':')?;
+        (rest.is_empty() || rest.starts_with(' ')).then_some(rest)
+    }
+
+    /// The lines of the block owned by an entry at line `i`, column `col`.
+    fn child_block(lines: &[&str], i: usize, col: usize, to: usize) -> usize {
+        (i + 1..to)
+            .find(|&j| {
+                let c = content(lines[j]);
+                !c.trim().is_empty() && indent(c) <= col
+            })
+            .unwrap_or(to)
+    }
+
+    /// What follows a key or a `- ` at (line, column `vcol`) with text `value`.
+    fn deeper(line: usize, vcol: usize, value: &str, end: usize) -> At {
+        let v = value.trim_start_matches(' ');
+        let col = vcol + value.len() - v.len();
+        if v.starts_with('{') || v.starts_with('[') {
+            At::Flow(line, col)
+        } else if v.is_empty() {
+            At::Block(Block {
+                from: line + 1,
+                to: end,
+                first_col: 0,
+            })
+        } else {
+            At::Scalar
+        }
+    }
+
+    fn in_block(lines: &[&str], b: Block, step: &Step<'_>) -> Option<((usize, usize), At)> {
+        // The column of this block's entries: that of its first line with content.
+        let (first, col) = (b.from..b.to).find_map(|i| view(lines, b, i).map(|(_, c)| (i, c)))?;
+        let mut index = 0;
+        for i in first..b.to {
+            let Some((s, c)) = view(lines, b, i) else {
+                continue;
+            };
+            if c < col {
+                break;
+            }
+            if c > col {
+                continue;
+            }
+            let end = child_block(lines, i, c, b.to);
+            match step {
+                Step::Key(key) => {
+                    if let Some(rest) = after_key(s, key) {
+                        let vcol = c + s.len() - rest.len();
+                        let pos = match rest.trim_start_matches(' ') {
+                            "" => (i, c),
+                            r => (i, vcol + rest.len() - r.len()),
+                        };
+                        return Some((pos, deeper(i, vcol, rest, end)));
+                    }
+                }
+                Step::Index(want) => {
+                    if let Some(rest) = s.strip_prefix('-') {
+                        if !(rest.is_empty() || rest.starts_with(' ')) {
+                            continue;
+                        }
+                        if index == *want {
+                            let vcol = c + 1;
+                            let r = rest.trim_start_matches(' ');
+                            if r.is_empty() {
+                                return Some(((i, c), deeper(i, vcol, rest, end)));
+                            }
+                            let item_col = vcol + rest.len() - r.len();
+                            let at = if r.starts_with('{') || r.starts_with('[') {
+                                At::Flow(i, item_col)
+                            } else if r.contains(": ") || r.ends_with(':') {
+                                At::Block(Block {
+                                    from: i,
+                                    to: end,
+                                    first_col: item_col,
+                                })
+                            } else {
+                                At::Scalar
+                            };
+                            return Some(((i, item_col), at));
+                        }
+                        index += 1;
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Splits the flow collection starting at byte `open` of `line` into its items:
+    /// (start column, text) each, and whether it is a mapping.
+    fn flow_items(line: &str, open: usize) -> (bool, Vec<(usize, &str)>) {
+        let bytes = line.as_bytes();
+        let map = bytes.get(open) == Some(&b'{');
+        let mut items = Vec::new();
+        let mut depth = 0usize;
+        let mut quote = None;
+        let mut start = open + 1;
+        for (i, &ch) in bytes.iter().enumerate().skip(open) {
+            match (quote, ch) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, b'"' | b'\'') => quote = Some(ch),
+                (None, b'{' | b'[') => depth += 1,
+                (None, b'}' | b']') => {
+                    depth -= 1;
+                    if depth == 0 {
+                        items.push((start, &line[start..i]));
+                        break;
+                    }
+                }
+                (None, b',') if depth == 1 => {
+                    items.push((start, &line[start..i]));
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        let items = items
+            .into_iter()
+            .filter_map(|(s, t)| {
+                let trimmed = t.trim_start();
+                (!trimmed.trim().is_empty()).then(|| (s + t.len() - trimmed.len(), trimmed))
+            })
+            .collect();
+        (map, items)
+    }
+
+    fn in_flow(
+        line: &str,
+        line_no: usize,
+        open: usize,
+        step: &Step<'_>,
+    ) -> Option<((usize, usize), At)> {
+        let (map, items) = flow_items(line, open);
+        let (col, rest) = match (map, step) {
+            (true, Step::Key(key)) => items.iter().find_map(|&(c, t)| {
+                after_key(t, key).map(|rest| (c + t.len() - rest.len(), rest))
+            })?,
+            (false, Step::Index(i)) => items.get(*i).map(|&(c, t)| (c, t))?,
+            _ => return None,
+        };
+        let v = rest.trim_start_matches(' ');
+        let vcol = col + rest.len() - v.len();
+        let at = if v.starts_with('{') || v.starts_with('[') {
+            At::Flow(line_no, vcol)
+        } else {
+            At::Scalar
+        };
+        Some(((line_no, vcol), at))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::locate;
+
+        const TEXT: &str = "\
+# comment
+partitions:
+  boot:   { partlabel: abboot, mountpoint: /boot/abboot }  # c
+  slot_a: { partlabel: root-a }
+  data:
+    partlabel: data
+    mountpoint: \"/da ta\"
+services: [ssh.service, \"a b\"]
+health:
+  checks:
+    - unit: ssh.service
+    - { tcp: \"127.0.0.1:22\", timeout: 5 }
+    - command:
+        - /bin/true
+      timeout: 9
+kernel_cmdline: \"quiet {x}\"
+";
+
+        #[test]
+        fn finds_keys_in_every_style() {
+            let at = |p: &str| locate(TEXT, p);
+            assert_eq!(at("partitions"), (2, 1));
+            assert_eq!(at("partitions.boot.mountpoint"), (3, 44));
+            assert_eq!(at("partitions.slot_a.partlabel"), (4, 24));
+            assert_eq!(at("partitions.data.mountpoint"), (7, 17));
+            assert_eq!(at("services[1]"), (8, 25));
+            assert_eq!(at("health.checks[0].unit"), (11, 13));
+            assert_eq!(at("health.checks[1].timeout"), (12, 39));
+            assert_eq!(at("health.checks[2].timeout"), (15, 16));
+            assert_eq!(at("health.checks[2].command[0]"), (14, 11));
+            assert_eq!(at("kernel_cmdline"), (16, 17));
+            // What cannot be found is placed at the deepest part that can.
+            assert_eq!(at("health.checks[7].unit"), (10, 3));
+            assert_eq!(at("nowhere"), (2, 1));
+            assert_eq!(locate("", "a.b"), (1, 1));
+        }
     }
 }
 
@@ -642,5 +1086,84 @@ trial: { tries: 2 }
                 .unwrap_or_default();
             assert!(e.contains(key), "{to}: {e}");
         }
+    }
+
+    #[test]
+    fn every_value_error_names_line_and_column() {
+        for (from, to, key, at) in [
+            ("tries: 2", "tries: 0", "trial.tries", "line 10, column 17"),
+            (
+                "{ partlabel: abboot }",
+                "{ partlabel: abboot, mountpoint: \"/bo\\tot\" }",
+                "partitions.boot.mountpoint",
+                "line 2, column 42",
+            ),
+        ] {
+            let e = parse(&GOOD.replace(from, to))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.contains(key) && e.contains(at), "{to}: {e}");
+        }
+        let cases = [
+            "kernel_cmdline: \"quiet {x}\"\n",
+            "kernel_cmdline: \"a\\tb\"\n",
+            "kernel_cmdline: \"$(reboot)\"\n",
+            "kernel_cmdline: \"a'b\"\n",
+        ];
+        for extra in cases {
+            let e = parse(&format!("{GOOD}{extra}"))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                e.contains("kernel_cmdline") && e.contains("line 11, column 17"),
+                "{extra}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn mountpoints_and_units_are_checked_where_written() {
+        let e = parse(&GOOD.replace("mountpoint: /srv", "mountpoint: \"/srv\\nUUID=x / ext4\""))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("partitions.data.mountpoint") && e.contains("line 5, column 40"),
+            "{e}"
+        );
+        // A space is fine: fstab escapes it.
+        let c = parse(&GOOD.replace("mountpoint: /srv", "mountpoint: \"/srv/my data\""))
+            .expect("valid");
+        assert_eq!(c.data_mountpoint(), Some(PathBuf::from("/srv/my data")));
+        for bad in ["\"-x.service\"", "nosuffix", "\"a;b.service\""] {
+            let e = parse(&GOOD.replace("[ssh.service]", &format!("[ssh.service, {bad}]")))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                e.contains("services[1]") && e.contains("line 8, column"),
+                "{bad}: {e}"
+            );
+        }
+        let e = parse(&GOOD.replace("/etc/hostname", "\"/etc/host\\nname\""))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("manifest.include[0]") && e.contains("line 7"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn insecure_http_is_an_explicit_key() {
+        assert!(!parse(GOOD).expect("valid").allow_insecure_http);
+        assert!(
+            parse(&format!("{GOOD}allow_insecure_http: true\n"))
+                .expect("valid")
+                .allow_insecure_http
+        );
     }
 }

@@ -115,10 +115,12 @@ pub fn keep_new_versions(
         ) == Verdict::ReleaseChanged
         {
             use std::os::unix::fs::PermissionsExt;
+            // The copy is root's, whoever owned the original: without the set-id and sticky
+            // bits, which would otherwise hand root's identity to whatever it holds.
             root.write_file(
                 &format!("{rel}{SUFFIX}"),
                 &content,
-                meta.permissions().mode() & 0o7777,
+                meta.permissions().mode() & 0o777,
             )?;
             kept.push(rel);
         }
@@ -176,8 +178,21 @@ mod tests {
             },
         )
         .expect("plan");
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let p = slot.path().join("etc/changed.conf");
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o6755)).expect("chmod");
+        }
         let root = SlotRoot::open(slot.path()).expect("open");
         let kept = keep_new_versions(host.path(), &plan, &root).expect("keep");
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(slot.path().join("etc/changed.conf.abupdate-new"))
+                .expect("stat")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o7777, 0o755, "set-id bits dropped: {mode:o}");
+        }
         assert_eq!(kept, vec!["/etc/changed.conf".to_string()]);
         assert_eq!(
             std::fs::read_to_string(slot.path().join("etc/changed.conf.abupdate-new"))

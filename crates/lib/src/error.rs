@@ -21,6 +21,9 @@ pub enum Error {
     /// The configuration file is invalid.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// The command line is incomplete or contradictory.
+    #[error("usage: {0}")]
+    Usage(String),
     /// The operation is not allowed in the current state.
     #[error("refused: {0}")]
     Refused(String),
@@ -128,13 +131,18 @@ impl Error {
     /// The documented process exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Config(_) => EXIT_USAGE,
+            Error::Config(_) | Error::Usage(_) => EXIT_USAGE,
             Error::Refused(_) => EXIT_REFUSED,
             Error::Lock(abupdate_utils::lock::LockError::Busy { .. }) => EXIT_REFUSED,
             Error::Verification(_) => EXIT_VERIFY,
             Error::Stream { source, .. } if source.is_verification_error() => EXIT_VERIFY,
             Error::Stream { source, .. } if source.kind() == abupdate_stream::ErrorKind::Input => {
                 EXIT_USAGE
+            }
+            Error::Stream { source, .. }
+                if source.kind() == abupdate_stream::ErrorKind::Refused =>
+            {
+                EXIT_REFUSED
             }
             Error::Tree {
                 source:
@@ -148,6 +156,7 @@ impl Error {
                 source:
                     abupdate_treecopy::Error::UnsafeArchiveEntry { .. }
                     | abupdate_treecopy::Error::UnsupportedArchiveEntry { .. }
+                    | abupdate_treecopy::Error::ArchiveLimit { .. }
                     | abupdate_treecopy::Error::Archive { .. },
                 ..
             } => EXIT_VERIFY,
@@ -189,5 +198,142 @@ impl Error {
     pub fn cmd(step: impl Into<String>) -> impl FnOnce(abupdate_utils::CmdError) -> Error {
         let step = step.into();
         move |source| Error::Cmd { step, source }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// README's exit-code table, row by row: (code, meaning).
+    fn readme_table() -> Vec<(i32, String)> {
+        let readme = include_str!("../../../README.md");
+        let section = readme
+            .split("## Exit codes")
+            .nth(1)
+            .expect("README has an Exit codes section");
+        section
+            .lines()
+            .skip_while(|l| !l.starts_with('|'))
+            .take_while(|l| l.starts_with('|'))
+            .filter_map(|l| {
+                let mut cells = l.trim_matches('|').split('|').map(str::trim);
+                let code = cells.next()?.parse().ok()?;
+                Some((code, cells.next()?.to_lowercase()))
+            })
+            .collect()
+    }
+
+    fn stream(e: abupdate_stream::Error) -> Error {
+        Error::Stream {
+            source_name: "x".into(),
+            source: e,
+        }
+    }
+
+    fn tree(e: abupdate_treecopy::Error) -> Error {
+        Error::Tree {
+            step: "extract",
+            source: e,
+        }
+    }
+
+    #[test]
+    fn readme_exit_codes_match_the_code() {
+        let table = readme_table();
+        let codes: Vec<i32> = table.iter().map(|(c, _)| *c).collect();
+        assert_eq!(
+            codes,
+            [
+                EXIT_OK,
+                EXIT_INTERNAL,
+                EXIT_USAGE,
+                EXIT_REFUSED,
+                EXIT_VERIFY,
+                EXIT_IO
+            ]
+        );
+        let meaning = |code: i32| table[code as usize].1.clone();
+        // Each documented kind of failure maps to the row that names it.
+        let p = std::path::PathBuf::from("x");
+        let cases: Vec<(Error, i32, &str)> = vec![
+            (Error::Internal("bug".into()), EXIT_INTERNAL, "internal"),
+            (Error::Usage("--sha256".into()), EXIT_USAGE, "usage"),
+            (
+                Error::Config(crate::config::ConfigError::Invalid {
+                    path: p.clone(),
+                    location: (1, 1),
+                    key: "k".into(),
+                    message: "m".into(),
+                }),
+                EXIT_USAGE,
+                "configuration",
+            ),
+            (
+                stream(abupdate_stream::Error::InsecureTransport { url: "u".into() }),
+                EXIT_USAGE,
+                "usage",
+            ),
+            (Error::Refused("mounted".into()), EXIT_REFUSED, "refused"),
+            (
+                stream(abupdate_stream::Error::Redirect {
+                    url: "u".into(),
+                    reason: "r".into(),
+                }),
+                EXIT_REFUSED,
+                "refused",
+            ),
+            (Error::Verification("sha".into()), EXIT_VERIFY, "checksum"),
+            (
+                stream(abupdate_stream::Error::SourceTooLarge {
+                    name: "n".into(),
+                    limit: 1,
+                    len: Some(2),
+                }),
+                EXIT_VERIFY,
+                "oversized",
+            ),
+            (
+                tree(abupdate_treecopy::Error::ArchiveLimit {
+                    entry: p.clone(),
+                    reason: "r".into(),
+                }),
+                EXIT_VERIFY,
+                "archive",
+            ),
+            (
+                tree(abupdate_treecopy::Error::UnsafeArchiveEntry {
+                    entry: p.clone(),
+                    reason: "r".into(),
+                }),
+                EXIT_VERIFY,
+                "outside the slot",
+            ),
+            (
+                tree(abupdate_treecopy::Error::UnsupportedArchiveEntry {
+                    entry: p.clone(),
+                    reason: "r".into(),
+                }),
+                EXIT_VERIFY,
+                "cannot extract",
+            ),
+            (
+                Error::Io {
+                    step: "read".into(),
+                    path: p,
+                    source: std::io::Error::other("x"),
+                },
+                EXIT_IO,
+                "i/o",
+            ),
+        ];
+        for (e, code, word) in cases {
+            assert_eq!(e.exit_code(), code, "{e}");
+            assert!(
+                meaning(code).contains(word),
+                "README row {code} ({}) should mention {word:?} for {e}",
+                meaning(code)
+            );
+        }
     }
 }

@@ -88,7 +88,13 @@ pub fn parse_os_release(text: &str) -> OsRelease {
             .and_then(|v| v.strip_suffix('"'))
             .or_else(|| v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
             .unwrap_or(v)
-            .replace("\\\"", "\"");
+            .replace("\\\"", "\"")
+            // Menu titles and messages are made of these: no control characters, and a
+            // bounded length, whatever the image says.
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .take(200)
+            .collect::<String>();
         match k {
             "NAME" => r.name = v,
             "VERSION" => r.version = v,

@@ -71,6 +71,9 @@ pub struct StageOpts {
     pub dry_run: bool,
     /// Show a progress bar / periodic lines.
     pub progress: bool,
+    /// Accept plain-http URLs (`--allow-insecure-http`; also the config's
+    /// `allow_insecure_http`), with a warning.
+    pub allow_insecure_http: bool,
 }
 
 /// What `stage` did (or, with `--dry-run`, would do).
@@ -248,7 +251,11 @@ impl SlotWriter<'_> {
     }
 }
 
-fn expected_sha256(checksum: &Checksum, src: &abupdate_stream::Source) -> Result<String> {
+fn expected_sha256(
+    checksum: &Checksum,
+    src: &abupdate_stream::Source,
+    open: &abupdate_stream::OpenOptions,
+) -> Result<String> {
     let serr = |name: &str| {
         let name = name.to_string();
         move |source| Error::Stream {
@@ -260,8 +267,7 @@ fn expected_sha256(checksum: &Checksum, src: &abupdate_stream::Source) -> Result
         Checksum::Hex(h) => abupdate_stream::parse_hex_sha256(h).map_err(serr("--sha256")),
         Checksum::SumsUrl(u) => {
             let sums = abupdate_stream::Source::parse(u).map_err(serr(u))?;
-            let text = abupdate_stream::fetch_text(&sums, &abupdate_stream::OpenOptions::default())
-                .map_err(serr(u))?;
+            let text = abupdate_stream::fetch_text(&sums, open).map_err(serr(u))?;
             let name = src.file_name().ok_or_else(|| {
                 Error::Refused(format!(
                     "cannot tell the file name of {} to look up in {u}",
@@ -273,19 +279,67 @@ fn expected_sha256(checksum: &Checksum, src: &abupdate_stream::Source) -> Result
     }
 }
 
-/// A downloaded source resolved before the lock is taken: what to open and what it must hash to.
+/// A downloaded source resolved before the lock is taken: what to open, how, and what it
+/// must hash to.
 struct Fetch {
     src: abupdate_stream::Source,
     expected: String,
+    /// Transport policy; the size bound is set once the target slot is known.
+    open: abupdate_stream::OpenOptions,
 }
 
-fn resolve_fetch(source: &str, checksum: &Checksum) -> Result<Fetch> {
+fn resolve_fetch(
+    source: &str,
+    checksum: &Checksum,
+    transport: abupdate_stream::Transport,
+) -> Result<Fetch> {
     let src = abupdate_stream::Source::parse(source).map_err(|e| Error::Stream {
         source_name: source.to_string(),
         source: e,
     })?;
-    let expected = expected_sha256(checksum, &src)?;
-    Ok(Fetch { src, expected })
+    let open = abupdate_stream::OpenOptions {
+        transport,
+        ..abupdate_stream::OpenOptions::default()
+    };
+    src.check_transport(transport).map_err(|e| Error::Stream {
+        source_name: source.to_string(),
+        source: e,
+    })?;
+    let expected = expected_sha256(checksum, &src, &open)?;
+    Ok(Fetch {
+        src,
+        expected,
+        open,
+    })
+}
+
+impl Fetch {
+    /// The open options for a source staged onto `part`: no source larger than the slot
+    /// (plus what compression can add to incompressible data) is read.
+    fn open_for(&self, part: &PartitionInfo) -> abupdate_stream::OpenOptions {
+        abupdate_stream::OpenOptions {
+            max_source_bytes: Some(part.size_bytes + part.size_bytes / 64 + (1 << 20)),
+            ..self.open.clone()
+        }
+    }
+
+    /// Verifies a local source's checksum before anything is made from it (a URL is hashed
+    /// while it streams into the invalidated slot instead).
+    fn verify_local(&self, part: &PartitionInfo) -> Result<()> {
+        if !self.src.is_local() {
+            return Ok(());
+        }
+        let (sha, _) = abupdate_stream::hash_source(&self.src, &self.open_for(part))
+            .map_err(stream_err(&self.src))?;
+        if sha != self.expected {
+            return Err(Error::Verification(format!(
+                "sha256 of {} is {sha}, expected {}; nothing was extracted",
+                self.src.display_name(),
+                self.expected
+            )));
+        }
+        Ok(())
+    }
 }
 
 fn stream_err(src: &abupdate_stream::Source) -> impl Fn(abupdate_stream::Error) -> Error + '_ {
@@ -387,7 +441,10 @@ fn plan_steps(
         "copy the manifest ({} entries) into the slot",
         ctx.cfg.manifest.include.len()
     ));
-    steps.push("write the slot's /etc/fstab (boot and data partitions by UUID)".into());
+    steps.push(
+        "write the slot's /etc/fstab (its root by PARTUUID, boot and data partitions by UUID)"
+            .into(),
+    );
     if !ctx.cfg.services.is_empty() {
         steps.push(format!("enable {}", ctx.cfg.services.join(", ")));
     }
@@ -398,9 +455,14 @@ fn plan_steps(
 /// `abupdate stage`.
 pub fn stage(ctx: &Context, opts: &StageOpts) -> Result<StageReport> {
     let booted = ctx.booted()?;
+    let transport = if opts.allow_insecure_http || ctx.cfg.allow_insecure_http {
+        abupdate_stream::Transport::AllowInsecureHttp
+    } else {
+        abupdate_stream::Transport::HttpsOnly
+    };
     let fetch = match &opts.source {
         StageSource::Image { source, checksum } | StageSource::Tar { source, checksum } => {
-            Some(resolve_fetch(source, checksum)?)
+            Some(resolve_fetch(source, checksum, transport)?)
         }
         _ => None,
     };
@@ -444,10 +506,7 @@ pub fn stage(ctx: &Context, opts: &StageOpts) -> Result<StageReport> {
     if opts.dry_run {
         open_target(&part).map(drop)?;
         if let Some(f) = &fetch {
-            let opened = f
-                .src
-                .open(&abupdate_stream::OpenOptions::default())
-                .map_err(stream_err(&f.src))?;
+            let opened = f.src.open(&f.open_for(&part)).map_err(stream_err(&f.src))?;
             report.source_bytes = opened.len().unwrap_or(0);
         }
         return Ok(report);
@@ -461,6 +520,9 @@ pub fn stage(ctx: &Context, opts: &StageOpts) -> Result<StageReport> {
         ("ABUPDATE_SHA256", report.sha256.clone()),
     ];
     crate::hooks::run(&ctx.cfg, crate::hooks::HookPoint::PreStage, &hook_env)?;
+    if let (StageSource::Tar { .. }, Some(f)) = (&opts.source, &fetch) {
+        f.verify_local(&part)?;
+    }
 
     let fs_uuid = uuid::Uuid::new_v4().hyphenated().to_string();
     // From here on the slot holds no valid filesystem until the guard is disarmed.
@@ -484,7 +546,7 @@ pub fn stage(ctx: &Context, opts: &StageOpts) -> Result<StageReport> {
         }
         (StageSource::Tar { .. }, Some(f)) => {
             let m = make_fresh_fs(&part, &fs_uuid)?;
-            extract_archive(f, m.path(), opts.progress, &mut report)?;
+            extract_archive(f, &part, m.path(), opts.progress, &mut report)?;
             failpoint("stage.after-write");
             m
         }
@@ -508,7 +570,7 @@ pub fn stage(ctx: &Context, opts: &StageOpts) -> Result<StageReport> {
     };
     failpoint("stage.after-fs-setup");
 
-    let rec = prepare(ctx, mount.path(), &fs_uuid, &mut report, &hook_env)?;
+    let rec = prepare(ctx, target, mount.path(), &fs_uuid, &mut report, &hook_env)?;
     mount.close()?;
     failpoint("stage.after-prepare");
     guard.disarm();
@@ -545,10 +607,7 @@ fn write_image(
     report: &mut StageReport,
 ) -> Result<()> {
     let serr = stream_err(&f.src);
-    let mut opened = f
-        .src
-        .open(&abupdate_stream::OpenOptions::default())
-        .map_err(&serr)?;
+    let mut opened = f.src.open(&f.open_for(part)).map_err(&serr)?;
     let compression = opened.compression().map_err(&serr)?;
     if compression == abupdate_stream::Compression::None {
         if let Some(len) = opened.len() {
@@ -627,21 +686,26 @@ fn make_fresh_fs(part: &PartitionInfo, fs_uuid: &str) -> Result<abupdate_utils::
 
 /// Streams a (compressed) tar archive into the mounted slot while hashing it: the download
 /// and decompression run in a thread that writes into a pipe the extractor reads.
-fn extract_archive(f: &Fetch, root: &Path, progress: bool, report: &mut StageReport) -> Result<()> {
+///
+/// Bounded before it is trusted: the source by the slot's size ([`Fetch::open_for`]), the
+/// decompressed stream by the partition's size, and the entries by the slot's free space
+/// and the header cap ([`abupdate_treecopy::extract_tar`]).
+fn extract_archive(
+    f: &Fetch,
+    part: &PartitionInfo,
+    root: &Path,
+    progress: bool,
+    report: &mut StageReport,
+) -> Result<()> {
     let serr = stream_err(&f.src);
-    let opened = f
-        .src
-        .open(&abupdate_stream::OpenOptions::default())
-        .map_err(&serr)?;
+    let opened = f.src.open(&f.open_for(part)).map_err(&serr)?;
+    let copy_opts = abupdate_stream::CopyOptions {
+        max_image_bytes: Some(part.size_bytes),
+    };
     let (mut reader, mut writer) = std::io::pipe().map_err(Error::io("create a pipe for", root))?;
     let copier = std::thread::spawn(move || {
         let mut progress = progress_for(progress, "stage");
-        let res = abupdate_stream::copy(
-            opened,
-            &mut writer,
-            &abupdate_stream::CopyOptions::default(),
-            progress.as_mut(),
-        );
+        let res = abupdate_stream::copy(opened, &mut writer, &copy_opts, progress.as_mut());
         drop(writer);
         res
     });
@@ -656,8 +720,17 @@ fn extract_archive(f: &Fetch, root: &Path, progress: bool, report: &mut StageRep
     let copied = copier
         .join()
         .map_err(|_| Error::Internal("the download thread panicked".into()))?;
-    let extracted = extracted.map_err(Error::tree("extract the archive into the new slot"))?;
-    let stats = copied.map_err(&serr)?;
+    // When the stream failed by itself (a size bound, a corrupt or broken source), the
+    // extractor only saw the pipe end early: the stream's error is the cause.
+    let (extracted, stats) = match (extracted, copied) {
+        (Err(_), Err(c)) if !matches!(c, abupdate_stream::Error::Write { .. }) => {
+            return Err(serr(c))
+        }
+        (extracted, copied) => (
+            extracted.map_err(Error::tree("extract the archive into the new slot"))?,
+            copied.map_err(&serr)?,
+        ),
+    };
     drained.map_err(Error::io("read the rest of", f.src.display_name()))?;
     if stats.source_sha256 != f.expected {
         return Err(Error::Verification(format!(
@@ -792,6 +865,7 @@ fn fsck(dev: &str) -> Result<()> {
 /// Prepares the mounted slot: manifest, fstab, services, post-stage hooks, kernel, OS.
 fn prepare(
     ctx: &Context,
+    target: SlotId,
     mnt: &Path,
     fs_uuid: &str,
     report: &mut StageReport,
@@ -814,7 +888,7 @@ fn prepare(
         tracing::warn!("manifest entry {missing} matches nothing on this host");
     }
 
-    write_fstab(ctx, &root)?;
+    crate::fstab::write_fstab(&ctx.cfg, &ctx.layout, target, &root)?;
 
     if !ctx.cfg.services.is_empty() {
         abupdate_utils::Cmd::new("systemctl")
@@ -854,112 +928,9 @@ fn prepare(
     })
 }
 
-/// Generates the slot's fstab lines for the shared partitions (pure).
-pub fn fstab_lines(boot: (&str, &Path), data: Option<(&str, &Path)>) -> String {
-    let mut s = String::from(
-        "# Written by abupdate stage. The root filesystem comes from the kernel command line\n\
-         # (root=PARTUUID=...); the boot and data partitions are shared by both slots.\n",
-    );
-    s.push_str(&format!(
-        "UUID={} {} auto defaults,nofail 0 2\n",
-        boot.0,
-        boot.1.display()
-    ));
-    if let Some((uuid, mp)) = data {
-        s.push_str(&format!(
-            "UUID={uuid} {} auto defaults,nofail 0 2\n",
-            mp.display()
-        ));
-    }
-    s
-}
-
-/// Keeps the image's own fstab lines except those for `/` and the shared mount points (pure).
-pub fn merge_fstab(image: &str, ours: &str, managed: &[&Path]) -> String {
-    let mut out = ours.to_string();
-    let kept: Vec<&str> = image
-        .lines()
-        .filter(|l| {
-            let t = l.trim();
-            if t.is_empty() || t.starts_with('#') {
-                return false;
-            }
-            let mp = t.split_whitespace().nth(1).unwrap_or("");
-            mp != "/" && !managed.iter().any(|m| Path::new(mp) == *m)
-        })
-        .collect();
-    if !kept.is_empty() {
-        out.push_str("# Kept from the image's fstab:\n");
-        for l in kept {
-            out.push_str(l);
-            out.push('\n');
-        }
-    }
-    out
-}
-
-fn write_fstab(ctx: &Context, root: &SlotRoot) -> Result<()> {
-    let uuid_of = |p: &PartitionInfo| -> Result<String> {
-        fsinfo::read_ext4_info(&p.device)
-            .map_err(Error::io("read superblock of", &p.device))?
-            .map(|i| i.uuid)
-            .ok_or_else(|| {
-                Error::Refused(format!(
-                    "{} holds no ext2/3/4 filesystem to put in fstab",
-                    p.device.display()
-                ))
-            })
-    };
-    let boot_mp = ctx.cfg.boot_mountpoint();
-    let boot_uuid = uuid_of(&ctx.layout.boot)?;
-    let data = match (&ctx.layout.data, ctx.cfg.data_mountpoint()) {
-        (Some(p), Some(mp)) => Some((uuid_of(p)?, mp)),
-        _ => None,
-    };
-    let ours = fstab_lines(
-        (&boot_uuid, &boot_mp),
-        data.as_ref().map(|(u, m)| (u.as_str(), m.as_path())),
-    );
-    let image = root.read_to_string("/etc/fstab")?.unwrap_or_default();
-    let mut managed = vec![boot_mp.as_path()];
-    if let Some((_, mp)) = &data {
-        managed.push(mp.as_path());
-    }
-    root.create_dir_all("/etc")?;
-    root.write_file(
-        "/etc/fstab",
-        merge_fstab(&image, &ours, &managed).as_bytes(),
-        0o644,
-    )?;
-    root.create_dir_all(&boot_mp.to_string_lossy())?;
-    if let Some((_, mp)) = &data {
-        root.create_dir_all(&mp.to_string_lossy())?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fstab_is_merged() {
-        let ours = fstab_lines(
-            ("B", Path::new("/boot/abboot")),
-            Some(("D", Path::new("/data"))),
-        );
-        assert!(ours.contains("UUID=B /boot/abboot auto"));
-        assert!(ours.contains("UUID=D /data auto"));
-        let image = "# comment\nUUID=x / ext4 errors=remount-ro 0 1\nUUID=y /data ext4 defaults 0 2\ntmpfs /tmp tmpfs defaults 0 0\n";
-        let m = merge_fstab(
-            image,
-            &ours,
-            &[Path::new("/boot/abboot"), Path::new("/data")],
-        );
-        assert!(m.contains("tmpfs /tmp"));
-        assert!(!m.contains("UUID=x /"));
-        assert!(!m.contains("UUID=y"));
-    }
 
     #[test]
     fn slot_writer_holds_back_the_head() {

@@ -139,6 +139,30 @@ pub enum Error {
         /// The cap in bytes.
         limit: u64,
     },
+    /// A plain `http://` URL without the operator's opt-in.
+    #[error("{url} is plain http, which is not authenticated: use https, or pass --allow-insecure-http (config: allow_insecure_http: true) to accept it")]
+    InsecureTransport {
+        /// The URL.
+        url: String,
+    },
+    /// A redirect that is not followed: from https to http, or one too many.
+    #[error("requesting {url}: {reason}")]
+    Redirect {
+        /// The URL first requested.
+        url: String,
+        /// Why the redirect was refused.
+        reason: String,
+    },
+    /// The source (its declared length, or the bytes read so far) is larger than allowed.
+    #[error("{name} is larger than the limit of {limit} bytes{}", len.map(|l| format!(" (its length is {l} bytes)")).unwrap_or_default())]
+    SourceTooLarge {
+        /// Display name of the source.
+        name: String,
+        /// The limit in bytes.
+        limit: u64,
+        /// The declared length, when it was the length that was refused.
+        len: Option<u64>,
+    },
     /// A small text file is not valid UTF-8.
     #[error("{name} is not UTF-8 text")]
     NotText {
@@ -157,8 +181,10 @@ pub enum ErrorKind {
     Io,
     /// The image itself is bad: corrupt or truncated compressed stream.
     Verification,
-    /// The decompressed image exceeds the size limit.
+    /// The decompressed image or the source exceeds the size limit.
     TooLarge,
+    /// Refused by the transport policy: a redirect from https to http, too many redirects.
+    Refused,
 }
 
 impl Error {
@@ -170,7 +196,9 @@ impl Error {
             | Error::ChecksumMissing { .. }
             | Error::ChecksumAmbiguous { .. }
             | Error::TextTooLarge { .. }
-            | Error::NotText { .. } => ErrorKind::Input,
+            | Error::NotText { .. }
+            | Error::InsecureTransport { .. } => ErrorKind::Input,
+            Error::Redirect { .. } => ErrorKind::Refused,
             Error::Open { .. }
             | Error::Read { .. }
             | Error::Http { .. }
@@ -179,7 +207,7 @@ impl Error {
             | Error::SourceChanged { .. }
             | Error::Write { .. } => ErrorKind::Io,
             Error::Decompress { .. } | Error::Truncated { .. } => ErrorKind::Verification,
-            Error::TooLarge { .. } => ErrorKind::TooLarge,
+            Error::TooLarge { .. } | Error::SourceTooLarge { .. } => ErrorKind::TooLarge,
         }
     }
 

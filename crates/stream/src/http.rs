@@ -5,10 +5,11 @@ use std::thread;
 
 use reqwest::blocking::{Client, Response};
 use reqwest::header::{HeaderMap, CONTENT_RANGE, ETAG, IF_RANGE, LAST_MODIFIED, RANGE};
+use reqwest::redirect;
 use reqwest::{StatusCode, Url};
 use tracing::warn;
 
-use crate::{Error, OpenOptions};
+use crate::{Error, OpenOptions, MAX_REDIRECTS};
 
 type Cause = Box<dyn std::error::Error + Send + Sync>;
 
@@ -42,6 +43,7 @@ impl HttpReader {
     /// Sends the first GET and checks for `200 OK`.
     pub(crate) fn open(url: Url, name: String, opts: &OpenOptions) -> Result<Self, Error> {
         let client = Client::builder()
+            .redirect(redirect::Policy::custom(redirect_policy))
             .timeout(opts.timeout)
             .connect_timeout(opts.timeout)
             .build()
@@ -54,6 +56,12 @@ impl HttpReader {
         let resp = loop {
             match client.get(url.clone()).send() {
                 Ok(r) => break r,
+                Err(e) if e.is_redirect() => {
+                    return Err(Error::Redirect {
+                        url: name,
+                        reason: chain(&e),
+                    })
+                }
                 Err(e) if failures < opts.max_retries => {
                     failures += 1;
                     warn!(url = %name, attempt = failures, max_retries = opts.max_retries,
@@ -170,7 +178,16 @@ impl HttpReader {
         if let Some(v) = self.if_range() {
             req = req.header(IF_RANGE, v);
         }
-        let mut resp = req.send().map_err(|e| ResumeError::Transient(e.into()))?;
+        let mut resp = req.send().map_err(|e| {
+            if e.is_redirect() {
+                ResumeError::Fatal(Error::Redirect {
+                    url: self.name.clone(),
+                    reason: chain(&e),
+                })
+            } else {
+                ResumeError::Transient(e.into())
+            }
+        })?;
         let status = resp.status();
         if status != StatusCode::PARTIAL_CONTENT && status != StatusCode::OK {
             return Err(ResumeError::Fatal(Error::HttpStatus {
@@ -265,6 +282,44 @@ impl HttpReader {
     }
 }
 
+/// Follows at most [`MAX_REDIRECTS`] redirects and never one from https to plain http
+/// (the first URL's scheme was checked against the transport policy; a redirect may not
+/// undo that).
+fn redirect_policy(attempt: redirect::Attempt<'_>) -> redirect::Action {
+    match redirect_refusal(attempt.previous(), attempt.url()) {
+        Some(reason) => attempt.error(reason),
+        None => attempt.follow(),
+    }
+}
+
+/// Why a redirect to `next` after the chain `previous` (first request first) is not
+/// followed, if it is not (pure).
+fn redirect_refusal(previous: &[Url], next: &Url) -> Option<String> {
+    if next.scheme() == "http" && previous.iter().any(|u| u.scheme() == "https") {
+        Some(format!(
+            "refused a redirect from https to plain http ({next})"
+        ))
+    } else if next.scheme() != "http" && next.scheme() != "https" {
+        Some(format!("refused a redirect to {next}: not http(s)"))
+    } else if previous.len() > MAX_REDIRECTS {
+        Some(format!("more than {MAX_REDIRECTS} redirects"))
+    } else {
+        None
+    }
+}
+
+/// An error and its causes on one line (the redirect policy's reason is a cause).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 /// A header's value as text, if present and visible ASCII.
 fn header(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
@@ -292,7 +347,28 @@ fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_content_range;
+    use super::{parse_content_range, redirect_refusal, Url, MAX_REDIRECTS};
+
+    #[test]
+    fn redirects() {
+        let u = |s: &str| Url::parse(s).unwrap();
+        let https = u("https://a.example/x");
+        let http = u("http://b.example/x");
+        assert!(redirect_refusal(std::slice::from_ref(&https), &http)
+            .unwrap()
+            .contains("https to plain http"));
+        assert!(redirect_refusal(&[http.clone(), https.clone()], &http).is_some());
+        assert_eq!(redirect_refusal(std::slice::from_ref(&https), &https), None);
+        assert_eq!(redirect_refusal(std::slice::from_ref(&http), &http), None);
+        assert_eq!(redirect_refusal(std::slice::from_ref(&http), &https), None);
+        assert!(redirect_refusal(std::slice::from_ref(&https), &u("file:///etc/passwd")).is_some());
+        let chain = vec![https.clone(); MAX_REDIRECTS];
+        assert_eq!(redirect_refusal(&chain, &https), None);
+        let chain = vec![https.clone(); MAX_REDIRECTS + 1];
+        assert!(redirect_refusal(&chain, &https)
+            .unwrap()
+            .contains("redirects"));
+    }
 
     #[test]
     fn content_range() {

@@ -21,5 +21,8 @@ pub use compression::{Compression, MAGIC_LEN};
 pub use copy::{copy, CopyOptions, CopyStats};
 pub use error::{Error, ErrorKind};
 pub use progress::{reporter, NoProgress, Progress};
-pub use source::{fetch_text, OpenOptions, OpenedSource, Source, TEXT_LIMIT};
+pub use source::{
+    fetch_text, hash_source, OpenOptions, OpenedSource, Source, Transport, MAX_REDIRECTS,
+    TEXT_LIMIT,
+};
 pub use sums::{parse_hex_sha256, parse_sha256sums};

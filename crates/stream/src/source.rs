@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use reqwest::Url;
+use sha2::{Digest, Sha256};
+use tracing::warn;
 
 use crate::compression::MAGIC_LEN;
 use crate::http::HttpReader;
@@ -23,9 +25,33 @@ enum SourceKind {
     Url(Url),
 }
 
-/// How to open a source: retry policy and network timeout (HTTP only).
+/// Which URLs a source may be fetched from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Transport {
+    /// https only (the default): a plain `http://` URL is refused.
+    #[default]
+    HttpsOnly,
+    /// Plain http allowed too, because the operator asked for it (`--allow-insecure-http`
+    /// or `allow_insecure_http: true`); a warning says the transfer is not authenticated.
+    AllowInsecureHttp,
+    /// Plain http allowed without a warning: the caller checks the bytes against hashes
+    /// from metadata whose signature it verified (a signed update channel).
+    SignedMetadata,
+}
+
+/// Most redirects followed for one request.
+pub const MAX_REDIRECTS: usize = 5;
+
+/// How to open a source: transport policy, size bound, retry policy and network timeout
+/// (HTTP only).
 #[derive(Debug, Clone)]
 pub struct OpenOptions {
+    /// Which URLs may be fetched. Whatever it says, a redirect from https to http is
+    /// refused, as is a chain of more than [`MAX_REDIRECTS`] redirects.
+    pub transport: Transport,
+    /// Largest source accepted, in bytes: a larger `Content-Length` or file size is refused
+    /// before reading, and a source that grows past it while being read fails there.
+    pub max_source_bytes: Option<u64>,
     /// How many times to reconnect after a failed request or a broken transfer before
     /// giving up. The count restarts whenever a reconnection delivers data.
     pub max_retries: u32,
@@ -38,6 +64,8 @@ pub struct OpenOptions {
 impl Default for OpenOptions {
     fn default() -> Self {
         OpenOptions {
+            transport: Transport::default(),
+            max_source_bytes: None,
             max_retries: 5,
             retry_delay: Duration::from_secs(2),
             timeout: Duration::from_secs(30),
@@ -101,10 +129,41 @@ impl Source {
         }
     }
 
+    /// Whether the source is a local path (not a URL).
+    pub fn is_local(&self) -> bool {
+        matches!(self.kind, SourceKind::Path(_))
+    }
+
+    /// Checks the URL's scheme against `transport`: `http://` needs
+    /// [`Transport::AllowInsecureHttp`] (then a warning is logged) or
+    /// [`Transport::SignedMetadata`]. Paths always pass.
+    pub fn check_transport(&self, transport: Transport) -> Result<(), Error> {
+        let SourceKind::Url(u) = &self.kind else {
+            return Ok(());
+        };
+        if u.scheme() != "http" {
+            return Ok(());
+        }
+        match transport {
+            Transport::HttpsOnly => Err(Error::InsecureTransport {
+                url: self.display_name(),
+            }),
+            Transport::AllowInsecureHttp => {
+                warn!(url = %self.display_name(),
+                    "plain http allowed by the operator: the transfer is not authenticated, \
+                     only the sha256 protects it");
+                Ok(())
+            }
+            Transport::SignedMetadata => Ok(()),
+        }
+    }
+
     /// Opens the source for reading. Files are opened and their length taken from their
-    /// metadata; URLs are requested with GET (transport failures are retried as
-    /// `opts` says) and their length taken from `Content-Length`.
+    /// metadata; URLs are checked against [`OpenOptions::transport`], requested with GET
+    /// (transport failures are retried as `opts` says) and their length taken from
+    /// `Content-Length`. A length above [`OpenOptions::max_source_bytes`] is refused here.
     pub fn open(&self, opts: &OpenOptions) -> Result<OpenedSource, Error> {
+        self.check_transport(opts.transport)?;
         let name = self.display_name();
         let (inner, len) = match &self.kind {
             SourceKind::Path(p) => {
@@ -123,9 +182,19 @@ impl Source {
                 (Inner::Http(Box::new(reader)), len)
             }
         };
+        if let (Some(len), Some(limit)) = (len, opts.max_source_bytes) {
+            if len > limit {
+                return Err(Error::SourceTooLarge {
+                    name,
+                    limit,
+                    len: Some(len),
+                });
+            }
+        }
         Ok(OpenedSource {
             name,
             file_name: self.file_name().unwrap_or_default(),
+            max_source_bytes: opts.max_source_bytes,
             len,
             inner,
             head: Vec::new(),
@@ -143,6 +212,7 @@ impl Source {
 pub struct OpenedSource {
     name: String,
     file_name: String,
+    max_source_bytes: Option<u64>,
     len: Option<u64>,
     inner: Inner,
     /// Bytes peeked by [`OpenedSource::compression`], served before `inner`'s.
@@ -229,6 +299,15 @@ impl OpenedSource {
             Inner::Http(h) => h.read(buf)?,
         };
         self.inner_pos += n as u64;
+        if let Some(limit) = self.max_source_bytes {
+            if self.inner_pos > limit {
+                return Err(Error::SourceTooLarge {
+                    name: self.name.clone(),
+                    limit,
+                    len: None,
+                });
+            }
+        }
         Ok(n)
     }
 }
@@ -268,6 +347,30 @@ pub fn fetch_text(src: &Source, opts: &OpenOptions) -> Result<String, Error> {
     String::from_utf8(data).map_err(|_| Error::NotText {
         name: src.display_name(),
     })
+}
+
+/// Reads the whole source once and returns its SHA-256 (lowercase hex) and length: how a
+/// local archive is verified before anything is extracted from it. Bounded like any read
+/// by [`OpenOptions::max_source_bytes`]; memory is one fixed buffer.
+pub fn hash_source(src: &Source, opts: &OpenOptions) -> Result<(String, u64), Error> {
+    let mut opened = src.open(opts)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = opened.read_source(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+    let hex = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok((hex, total))
 }
 
 /// Decodes `%XX` escapes; invalid escapes and non-UTF-8 results are kept as they are.
@@ -321,6 +424,49 @@ mod tests {
             Source::parse("http://[::1"),
             Err(Error::InvalidSource { .. })
         ));
+    }
+
+    #[test]
+    fn transport_policy() {
+        let http = Source::parse("http://10.0.2.100/x.img").unwrap();
+        let https = Source::parse("https://example.invalid/x.img").unwrap();
+        let path = Source::parse("/srv/x.img").unwrap();
+        assert!(matches!(
+            http.check_transport(Transport::HttpsOnly),
+            Err(Error::InsecureTransport { .. })
+        ));
+        assert!(http.check_transport(Transport::AllowInsecureHttp).is_ok());
+        assert!(http.check_transport(Transport::SignedMetadata).is_ok());
+        assert!(https.check_transport(Transport::HttpsOnly).is_ok());
+        assert!(path.check_transport(Transport::HttpsOnly).is_ok());
+        assert!(path.is_local() && !http.is_local());
+        let e = http
+            .check_transport(Transport::HttpsOnly)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--allow-insecure-http"), "{e}");
+    }
+
+    #[test]
+    fn size_bound_on_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f.img");
+        std::fs::write(&p, vec![1u8; 5000]).unwrap();
+        let src = Source::parse(p.to_str().unwrap()).unwrap();
+        let opts = |max| OpenOptions {
+            max_source_bytes: Some(max),
+            ..OpenOptions::default()
+        };
+        assert!(matches!(
+            src.open(&opts(4999)),
+            Err(Error::SourceTooLarge {
+                len: Some(5000),
+                ..
+            })
+        ));
+        let (hex, len) = hash_source(&src, &opts(5000)).unwrap();
+        assert_eq!(len, 5000);
+        assert_eq!(hex.len(), 64);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 
 use abupdate_stream::{
     copy, fetch_text, parse_sha256sums, CopyOptions, CopyStats, Error, ErrorKind, NoProgress,
-    Source, TEXT_LIMIT,
+    OpenOptions, Source, TEXT_LIMIT,
 };
 use common::{quick_opts, sample, sha256_hex, zstd, TestServer};
 
@@ -223,4 +223,48 @@ fn fetch_text_refuses_large_and_binary_files() {
     )
     .unwrap_err();
     assert!(matches!(err, Error::NotText { .. }), "{err:?}");
+}
+
+#[test]
+fn plain_http_needs_the_opt_in() {
+    let server = TestServer::start(sample(1000), None);
+    let src = Source::parse(&server.url("/a.img")).unwrap();
+    let err = src.open(&OpenOptions::default()).err().unwrap();
+    assert!(matches!(err, Error::InsecureTransport { .. }), "{err}");
+    assert_eq!(err.kind(), ErrorKind::Input);
+    assert!(server.seen().is_empty(), "nothing was requested");
+}
+
+#[test]
+fn redirect_chain_is_cut() {
+    let server = TestServer::start(sample(1000), None);
+    let src = Source::parse(&server.url("/loop/0")).unwrap();
+    let err = src.open(&quick_opts()).err().unwrap();
+    assert!(matches!(err, Error::Redirect { .. }), "{err}");
+    assert!(err.to_string().contains("redirects"), "{err}");
+    assert_eq!(err.kind(), ErrorKind::Refused);
+    // The first request and five redirects, no retry of a refused chain.
+    assert_eq!(server.seen().len(), 6, "{:?}", server.seen());
+}
+
+#[test]
+fn content_length_above_the_bound_is_refused_before_reading() {
+    let server = TestServer::start(sample(10_000), None);
+    let src = Source::parse(&server.url("/big.img")).unwrap();
+    let opts = OpenOptions {
+        max_source_bytes: Some(9_999),
+        ..quick_opts()
+    };
+    let err = src.open(&opts).err().unwrap();
+    assert!(
+        matches!(
+            err,
+            Error::SourceTooLarge {
+                len: Some(10_000),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(err.kind(), ErrorKind::TooLarge);
 }

@@ -19,7 +19,9 @@ mod tar;
 use std::io;
 use std::path::PathBuf;
 
-pub use self::tar::{extract_tar, ExtractReport};
+pub use self::tar::{
+    extract_tar, extract_tar_with_limits, ExtractReport, TarLimits, MAX_HEADER_BYTES,
+};
 pub use clone::{clone_tree, CloneOptions, CloneReport};
 pub use copy::{copy_into, CopyReport};
 pub use manifest::{glob_match, Manifest};
@@ -102,6 +104,16 @@ pub enum Error {
         /// The entry's path as written in the archive.
         entry: PathBuf,
         /// What is not supported.
+        reason: String,
+    },
+    /// The archive would make extraction do more than the slot can hold or than its bounds
+    /// allow (an entry or the sum of entries larger than the slot's free space, oversized
+    /// extended headers): refused before that content is read.
+    #[error("archive entry {}: {reason}", entry.display())]
+    ArchiveLimit {
+        /// The entry concerned (or the last one read before an oversized header).
+        entry: PathBuf,
+        /// Which bound, and the sizes.
         reason: String,
     },
     /// The archive could not be read (corrupt or truncated).

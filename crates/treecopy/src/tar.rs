@@ -6,7 +6,15 @@
 //! a `..` component, beneath a symlink, or a hard link whose target escapes the root or
 //! goes through a symlink is refused at that entry. The `tar` crate only parses; its
 //! `unpack` functions are never used.
+//!
+//! The work is bounded before anything is trusted ([`TarLimits`]): each entry's apparent
+//! size (holes of sparse entries included) and their sum are checked against the slot's
+//! free space before the entry's content is read, and the bytes the `tar` crate reads
+//! between two entries (headers, PAX and GNU long-name bodies, sparse maps, all of which it
+//! holds in memory) are capped at [`MAX_HEADER_BYTES`]; beyond either the archive is
+//! refused ([`Error::ArchiveLimit`]). Memory stays within fixed buffers and the cap.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs::File;
@@ -15,6 +23,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use ::tar::EntryType;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
@@ -28,6 +37,41 @@ use crate::{EntryKind, Error};
 const CHUNK: usize = 128 * 1024;
 /// Granularity at which all-zero runs of file content are left as holes.
 const HOLE_BLOCK: usize = 4096;
+
+/// Most bytes the archive may hold between two entries' contents: the next header and the
+/// extension headers describing it (PAX records, GNU long names, sparse maps). The `tar`
+/// crate keeps these in memory, so a larger one is refused rather than read.
+pub const MAX_HEADER_BYTES: u64 = 1 << 20;
+
+/// Longest xattr value Linux accepts (`XATTR_SIZE_MAX`).
+const XATTR_SIZE_MAX: usize = 64 * 1024;
+/// Longest xattr name Linux accepts (`XATTR_NAME_MAX`).
+const XATTR_NAME_MAX: usize = 255;
+
+/// Bounds on what one archive may make [`extract_tar_with_limits`] do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TarLimits {
+    /// Largest apparent size (holes included) of one entry's content.
+    pub max_entry_bytes: u64,
+    /// Largest sum of the entries' apparent sizes.
+    pub max_total_bytes: u64,
+    /// Most bytes read between two entries' contents (see [`MAX_HEADER_BYTES`]).
+    pub max_header_bytes: u64,
+}
+
+impl TarLimits {
+    /// The slot's free space (for the entries, each and in total) and [`MAX_HEADER_BYTES`].
+    pub fn for_slot(slot_root: &Path) -> Result<TarLimits, Error> {
+        let st = rustix::fs::statvfs(slot_root)
+            .map_err(|e| dest_err(slot_root, "statvfs (free space for the archive)", e))?;
+        let free = st.f_bavail.saturating_mul(st.f_frsize);
+        Ok(TarLimits {
+            max_entry_bytes: free,
+            max_total_bytes: free,
+            max_header_bytes: MAX_HEADER_BYTES,
+        })
+    }
+}
 
 /// What [`extract_tar`] wrote.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -60,7 +104,21 @@ pub struct ExtractReport {
 /// entry beneath a symlink, a hard link whose target has a `..` component or goes
 /// through a symlink. Entries before it may have been written: the caller treats the
 /// slot as invalid on any error.
+///
+/// Bounded by [`TarLimits::for_slot`]: the slot's free space and [`MAX_HEADER_BYTES`].
 pub fn extract_tar(reader: impl Read, slot_root: &Path) -> Result<ExtractReport, Error> {
+    let limits = TarLimits::for_slot(slot_root)?;
+    extract_tar_with_limits(reader, slot_root, &limits)
+}
+
+/// [`extract_tar`] with explicit bounds: an entry larger than `max_entry_bytes`, entries
+/// adding up to more than `max_total_bytes`, or more than `max_header_bytes` between two
+/// entries is [`Error::ArchiveLimit`], raised before that content is read.
+pub fn extract_tar_with_limits(
+    reader: impl Read,
+    slot_root: &Path,
+    limits: &TarLimits,
+) -> Result<ExtractReport, Error> {
     let root = rustix::fs::open(
         slot_root,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -74,21 +132,77 @@ pub fn extract_tar(reader: impl Read, slot_root: &Path) -> Result<ExtractReport,
         dirs: BTreeMap::new(),
         report: ExtractReport::default(),
     };
-    let mut archive = ::tar::Archive::new(reader);
+    let budget = Rc::new(Budget::default());
+    let mut archive = ::tar::Archive::new(Budgeted {
+        inner: reader,
+        budget: Rc::clone(&budget),
+    });
     let mut last = PathBuf::from("(start of archive)");
-    let entries = archive.entries().map_err(|source| Error::Archive {
+    let mut total = 0u64;
+    budget.limit(limits.max_header_bytes);
+    let mut entries = archive.entries().map_err(|source| Error::Archive {
         entry: last.clone(),
         step: "read the first header".to_owned(),
         source,
     })?;
-    for entry in entries {
-        let mut entry = entry.map_err(|source| Error::Archive {
+    loop {
+        budget.limit(limits.max_header_bytes);
+        let Some(entry) = entries.next() else { break };
+        let mut entry = entry.map_err(|source| {
+            if budget.exceeded.get() {
+                Error::ArchiveLimit {
+                    entry: last.clone(),
+                    reason: format!(
+                        "the headers (PAX records, long names, sparse map) of the {} entry \
+                         exceed {} bytes",
+                        if total == 0 && ex.report == ExtractReport::default() {
+                            "first"
+                        } else {
+                            "next"
+                        },
+                        limits.max_header_bytes
+                    ),
+                }
+            } else {
+                Error::Archive {
+                    entry: last.clone(),
+                    step: "read the header after this entry".to_owned(),
+                    source,
+                }
+            }
+        })?;
+        budget.unlimited();
+        last = PathBuf::from(OsStr::from_bytes(&entry.path_bytes()));
+        let size = entry.size();
+        if size > limits.max_entry_bytes {
+            return Err(Error::ArchiveLimit {
+                entry: last,
+                reason: format!(
+                    "declares {size} bytes of content (holes included), more than the {} bytes \
+                     free in the slot",
+                    limits.max_entry_bytes
+                ),
+            });
+        }
+        total = total.saturating_add(size);
+        if total > limits.max_total_bytes {
+            return Err(Error::ArchiveLimit {
+                entry: last,
+                reason: format!(
+                    "brings the archive's content to {total} bytes (holes included), more than \
+                     the {} bytes free in the slot",
+                    limits.max_total_bytes
+                ),
+            });
+        }
+        ex.extract_entry(&mut entry, &last)?;
+        // Whatever the entry left unread (the data of a link or directory entry) is read
+        // here, bounded by its size, not by the header budget of the next entry.
+        io::copy(&mut entry, &mut io::sink()).map_err(|source| Error::Archive {
             entry: last.clone(),
-            step: "read the header after this entry".to_owned(),
+            step: "skip the rest of the entry's data".to_owned(),
             source,
         })?;
-        last = PathBuf::from(OsStr::from_bytes(&entry.path_bytes()));
-        ex.extract_entry(&mut entry, &last)?;
     }
     ex.finish_dirs()?;
     rustix::fs::syncfs(&ex.root).map_err(|e| dest_err(slot_root, "syncfs", e))?;
@@ -217,7 +331,7 @@ impl Extractor<'_> {
                 })?;
                 let file = File::from(fd);
                 let bytes = write_holey(entry, &file, raw, &display)?;
-                apply_fd_meta(file.as_fd(), &meta, &display)?;
+                apply_fd_meta(file.as_fd(), &meta, &display).map_err(|e| kernel_refused(e, raw))?;
                 self.report.files += 1;
                 self.report.bytes += bytes;
             }
@@ -226,14 +340,14 @@ impl Extractor<'_> {
                 create_replacing(parent, name, rel, &display, "create symlink", || {
                     rustix::fs::symlinkat(&target, parent, name)
                 })?;
-                apply_at_meta(parent, name, &meta, &display)?;
+                apply_at_meta(parent, name, &meta, &display).map_err(|e| kernel_refused(e, raw))?;
                 self.report.symlinks += 1;
             }
             Action::Node(ft) => {
                 create_replacing(parent, name, rel, &display, "create node (mknodat)", || {
                     rustix::fs::mknodat(parent, name, ft, Mode::from_raw_mode(0o600), meta.rdev)
                 })?;
-                apply_at_meta(parent, name, &meta, &display)?;
+                apply_at_meta(parent, name, &meta, &display).map_err(|e| kernel_refused(e, raw))?;
                 self.report.special += 1;
             }
             Action::Hardlink => {
@@ -255,8 +369,17 @@ impl Extractor<'_> {
                     });
                 };
                 let target_parent_rel = target.parent().unwrap_or(Path::new(""));
+                let not_extracted = || Error::UnsafeArchiveEntry {
+                    entry: raw.to_owned(),
+                    reason: format!(
+                        "hard link target {} is not an entry extracted before it (targets are \
+                         taken inside the slot, a leading `/` included)",
+                        raw_target.display()
+                    ),
+                };
                 let target_parent = self.open_existing(target_parent_rel).map_err(|e| {
                     match (e, self.first_symlink(target_parent_rel)) {
+                        (Errno::NOENT, _) => not_extracted(),
                         (Errno::LOOP | Errno::NOTDIR, Some(link)) => Error::UnsafeArchiveEntry {
                             entry: raw.to_owned(),
                             reason: format!(
@@ -275,6 +398,19 @@ impl Extractor<'_> {
                         ),
                     }
                 })?;
+                match rustix::fs::statat(&target_parent, target_name, AtFlags::SYMLINK_NOFOLLOW) {
+                    Err(Errno::NOENT) => return Err(not_extracted()),
+                    Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+                        return Err(Error::UnsafeArchiveEntry {
+                            entry: raw.to_owned(),
+                            reason: format!(
+                                "hard link target {} is a directory",
+                                raw_target.display()
+                            ),
+                        })
+                    }
+                    _ => {}
+                }
                 let step = format!("hard link to {}", in_slot(&target).display());
                 create_replacing(parent, name, rel, &display, &step, || {
                     rustix::fs::linkat(&target_parent, target_name, parent, name, AtFlags::empty())
@@ -505,6 +641,15 @@ fn entry_meta<R: Read>(
             })?;
             let key = ext.key_bytes();
             if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+                check_xattr(name, ext.value_bytes()).map_err(|reason| {
+                    Error::UnsupportedArchiveEntry {
+                        entry: raw.to_owned(),
+                        reason: format!(
+                            "xattr {:?} cannot be set: {reason}",
+                            String::from_utf8_lossy(name)
+                        ),
+                    }
+                })?;
                 xattrs.push((name.to_vec(), ext.value_bytes().to_vec()));
             } else if key == b"mtime" {
                 mtime = pax_time(ext.value_bytes()).ok_or_else(|| bad_time(raw, "mtime"))?;
@@ -546,6 +691,57 @@ fn entry_meta<R: Read>(
         xattrs,
         link_target,
     })
+}
+
+/// An xattr the kernel refuses (bad value, unsupported name) is the archive's fault.
+fn kernel_refused(e: Error, raw: &Path) -> Error {
+    match e {
+        Error::Destination { step, source, .. }
+            if step.starts_with("set xattr")
+                && [Errno::INVAL, Errno::NOTSUP, Errno::RANGE, Errno::TOOBIG]
+                    .iter()
+                    .any(|errno| source.raw_os_error() == Some(errno.raw_os_error())) =>
+        {
+            Error::UnsupportedArchiveEntry {
+                entry: raw.to_owned(),
+                reason: format!("the kernel refuses its {step}: {source}"),
+            }
+        }
+        e => e,
+    }
+}
+
+/// Checks an archived xattr as the kernel would, so that a bad one is the archive's fault
+/// (exit 4), not an I/O error: a known namespace and a name after it, the kernel's length
+/// limits, and a well-formed POSIX ACL for `system.posix_acl_*`.
+fn check_xattr(name: &[u8], value: &[u8]) -> Result<(), String> {
+    const NAMESPACES: [&[u8]; 4] = [b"user.", b"trusted.", b"security.", b"system."];
+    let Some(ns) = NAMESPACES.iter().find(|ns| name.starts_with(ns)) else {
+        return Err("its name has no user., trusted., security. or system. namespace".into());
+    };
+    if name.len() == ns.len() || name.contains(&0) {
+        return Err("its name is empty after the namespace or holds a NUL byte".into());
+    }
+    if name.len() > XATTR_NAME_MAX {
+        return Err(format!("its name is longer than {XATTR_NAME_MAX} bytes"));
+    }
+    if value.len() > XATTR_SIZE_MAX {
+        return Err(format!("its value is longer than {XATTR_SIZE_MAX} bytes"));
+    }
+    if name == b"system.posix_acl_access" || name == b"system.posix_acl_default" {
+        // struct posix_acl_xattr_header (u32 version 2), then 8-byte entries.
+        let ok = value.len() >= 4
+            && (value.len() - 4).is_multiple_of(8)
+            && value[..4] == 2u32.to_le_bytes();
+        if !ok {
+            return Err("its value is not a POSIX ACL in the kernel's xattr format".into());
+        }
+    } else if name.starts_with(b"system.") {
+        return Err(
+            "only system.posix_acl_access and system.posix_acl_default are extracted".into(),
+        );
+    }
+    Ok(())
 }
 
 fn bad_time(raw: &Path, field: &str) -> Error {
@@ -640,6 +836,50 @@ fn read_full(src: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
+/// How many bytes the archive reader may still deliver before the next entry's content.
+#[derive(Debug, Default)]
+struct Budget {
+    left: Cell<Option<u64>>,
+    exceeded: Cell<bool>,
+}
+
+impl Budget {
+    fn limit(&self, bytes: u64) {
+        self.left.set(Some(bytes));
+    }
+
+    fn unlimited(&self) {
+        self.left.set(None);
+    }
+}
+
+/// The archive's reader, failing once the [`Budget`] is spent.
+struct Budgeted<R> {
+    inner: R,
+    budget: Rc<Budget>,
+}
+
+impl<R: Read> Read for Budgeted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = match self.budget.left.get() {
+            None => buf.len(),
+            Some(0) if !buf.is_empty() => {
+                self.budget.exceeded.set(true);
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "extended headers exceed the limit",
+                ));
+            }
+            Some(left) => buf.len().min(usize::try_from(left).unwrap_or(usize::MAX)),
+        };
+        let n = self.inner.read(&mut buf[..want])?;
+        if let Some(left) = self.budget.left.get() {
+            self.budget.left.set(Some(left - n as u64));
+        }
+        Ok(n)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -666,5 +906,56 @@ mod tests {
         assert_eq!(n("./"), Ok(PathBuf::new()));
         assert!(n("../evil").is_err());
         assert!(n("a/../../b").is_err());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            cases: 1024,
+            failure_persistence: Some(Box::new(
+                proptest::test_runner::FileFailurePersistence::Direct(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/../../tests/corpus/proptest/tar-planner.txt"
+                )),
+            )),
+            ..proptest::test_runner::Config::default()
+        })]
+
+        /// The entry planner never yields a path that resolves outside the slot: what it
+        /// accepts is relative, without `.`, `..` or empty components, and stays beneath
+        /// the root once joined to it.
+        #[test]
+        fn planned_paths_stay_inside(
+            parts in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just(b"..".to_vec()),
+                    proptest::strategy::Just(b".".to_vec()),
+                    proptest::strategy::Just(Vec::new()),
+                    proptest::collection::vec(proptest::prelude::any::<u8>(), 1..6),
+                ],
+                0..8,
+            ),
+            absolute in proptest::prelude::any::<bool>(),
+        ) {
+            let mut raw = if absolute { b"/".to_vec() } else { Vec::new() };
+            raw.extend(parts.join(&b'/'));
+            let raw = PathBuf::from(OsStr::from_bytes(&raw));
+            match normalize(&raw) {
+                Ok(rel) => {
+                    proptest::prop_assert!(rel.is_relative(), "{rel:?}");
+                    for c in rel.components() {
+                        proptest::prop_assert!(
+                            matches!(c, std::path::Component::Normal(_)),
+                            "{raw:?} gave {rel:?}"
+                        );
+                    }
+                    let root = Path::new("/slot");
+                    proptest::prop_assert!(root.join(&rel).starts_with(root));
+                }
+                Err(Error::UnsafeArchiveEntry { .. }) => {
+                    proptest::prop_assert!(raw.as_os_str().as_bytes().split(|b| *b == b'/').any(|c| c == b".."));
+                }
+                Err(e) => proptest::prop_assert!(false, "unexpected {e}"),
+            }
+        }
     }
 }

@@ -8,7 +8,7 @@ use std::os::unix::fs::{lchown, symlink, FileExt, FileTypeExt, MetadataExt, Perm
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use abupdate_treecopy::{extract_tar, Error, ExtractReport};
+use abupdate_treecopy::{extract_tar, extract_tar_with_limits, Error, ExtractReport, TarLimits};
 use tar::EntryType;
 
 mod common;
@@ -264,6 +264,13 @@ impl Raw {
         self
     }
 
+    fn pax(&mut self, records: &[(&str, &[u8])]) -> &mut Self {
+        self.0
+            .append_pax_extensions(records.iter().copied())
+            .expect("pax");
+        self
+    }
+
     fn finish(&mut self) -> Vec<u8> {
         self.0.finish().expect("finish");
         std::mem::replace(&mut self.0, tar::Builder::new(Vec::new()))
@@ -454,4 +461,146 @@ fn text_acl_records_are_refused_with_advice() {
         other => panic!("expected UnsupportedArchiveEntry for ./acl, got {other:?}"),
     }
     assert!(!root.join("acl").exists());
+}
+
+fn limits(entry: u64, total: u64, header: u64) -> TarLimits {
+    TarLimits {
+        max_entry_bytes: entry,
+        max_total_bytes: total,
+        max_header_bytes: header,
+    }
+}
+
+fn expect_limit(result: Result<ExtractReport, Error>, entry: &str, words: &str) {
+    match result {
+        Err(Error::ArchiveLimit { entry: e, reason }) => {
+            assert_eq!(e, Path::new(entry), "{reason}");
+            assert!(reason.contains(words), "{reason}");
+        }
+        other => panic!("expected ArchiveLimit at {entry}, got {other:?}"),
+    }
+}
+
+#[test]
+fn entries_and_headers_are_bounded_before_they_are_read() {
+    let dir = scratch();
+    let archive = Raw::new()
+        .entry("small", EntryType::Regular, "", &[1u8; 1000])
+        .entry("big", EntryType::Regular, "", &[2u8; 5000])
+        .entry("after", EntryType::Regular, "", b"never\n")
+        .finish();
+    let root = dir.path().join("each");
+    fs::create_dir(&root).expect("mkdir");
+    expect_limit(
+        extract_tar_with_limits(&archive[..], &root, &limits(4096, 1 << 20, 1 << 20)),
+        "big",
+        "free in the slot",
+    );
+    assert!(root.join("small").exists() && !root.join("big").exists());
+    let root = dir.path().join("total");
+    fs::create_dir(&root).expect("mkdir");
+    expect_limit(
+        extract_tar_with_limits(&archive[..], &root, &limits(1 << 20, 5500, 1 << 20)),
+        "big",
+        "6000 bytes",
+    );
+    // PAX records larger than the header budget are refused before the tar crate holds them.
+    let big_value = vec![b'x'; 64 << 10];
+    let archive = Raw::new()
+        .entry("first", EntryType::Regular, "", b"1\n")
+        .pax(&[("comment", &big_value)])
+        .entry("second", EntryType::Regular, "", b"2\n")
+        .finish();
+    let root = dir.path().join("header");
+    fs::create_dir(&root).expect("mkdir");
+    expect_limit(
+        extract_tar_with_limits(&archive[..], &root, &limits(1 << 20, 1 << 20, 16 << 10)),
+        "first",
+        "exceed 16384 bytes",
+    );
+    assert!(!root.join("second").exists());
+    // Within the budget the same archive extracts.
+    let root = dir.path().join("fits");
+    fs::create_dir(&root).expect("mkdir");
+    extract_tar_with_limits(&archive[..], &root, &limits(1 << 20, 1 << 20, 1 << 20))
+        .expect("extract");
+    assert_eq!(fs::read(root.join("second")).expect("read"), b"2\n");
+}
+
+#[test]
+fn sparse_entries_count_their_holes() {
+    let dir = scratch();
+    let src = dir.path().join("src");
+    fs::create_dir(&src).expect("mkdir");
+    let f = File::create(src.join("sparse")).expect("create");
+    f.write_all_at(b"start", 0).expect("write");
+    f.set_len(8 << 30).expect("set_len");
+    let archive = dir.path().join("sparse.tar");
+    run(
+        "tar",
+        &[
+            "--format=gnu",
+            "--sparse",
+            "-C",
+            s(&src),
+            "-cf",
+            s(&archive),
+            "sparse",
+        ],
+    );
+    assert!(fs::metadata(&archive).expect("stat").len() < 64 << 10);
+    let root = dir.path().join("root");
+    fs::create_dir(&root).expect("mkdir");
+    let started = std::time::Instant::now();
+    expect_limit(
+        extract_tar_with_limits(
+            File::open(&archive).expect("open"),
+            &root,
+            &limits(1 << 30, 1 << 30, 1 << 20),
+        ),
+        "sparse",
+        "8589934592 bytes",
+    );
+    assert!(!root.join("sparse").exists(), "refused before it was made");
+    eprintln!("refused in {:?}", started.elapsed());
+}
+
+#[test]
+fn hard_link_to_a_path_not_in_the_archive_is_bad_input() {
+    let dir = scratch();
+    let root = dir.path().join("root");
+    fs::create_dir(&root).expect("mkdir");
+    for target in ["/etc/passwd", "etc/passwd", "/"] {
+        let archive = Raw::new()
+            .entry("etc/", EntryType::Directory, "", b"")
+            .entry("stolen", EntryType::Link, target, b"")
+            .finish();
+        expect_unsafe(extract_tar(&archive[..], &root), "stolen");
+        assert!(!root.join("stolen").exists());
+    }
+}
+
+#[test]
+fn xattrs_the_kernel_would_refuse_are_bad_input() {
+    let dir = scratch();
+    for (name, value) in [
+        ("SCHILY.xattr.nonamespace", &b"v"[..]),
+        ("SCHILY.xattr.user.", &b"v"[..]),
+        ("SCHILY.xattr.system.posix_acl_access", &b"garbage"[..]),
+        ("SCHILY.xattr.system.nfs4_acl", &b"x"[..]),
+    ] {
+        let root = dir.path().join(format!("root-{}", name.replace('.', "_")));
+        fs::create_dir(&root).expect("mkdir");
+        let archive = Raw::new()
+            .pax(&[(name, value)])
+            .entry("file", EntryType::Regular, "", b"x\n")
+            .finish();
+        match extract_tar(&archive[..], &root) {
+            Err(Error::UnsupportedArchiveEntry { entry, reason }) => {
+                assert_eq!(entry, Path::new("file"), "{name}");
+                assert!(reason.contains("xattr"), "{name}: {reason}");
+            }
+            other => panic!("{name}: expected UnsupportedArchiveEntry, got {other:?}"),
+        }
+    }
 }

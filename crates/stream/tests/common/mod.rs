@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use abupdate_stream::OpenOptions;
+use abupdate_stream::{OpenOptions, Transport};
 use sha2::{Digest, Sha256};
 
 /// What one request asked for.
@@ -116,7 +116,15 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
             .as_ref()
             .map(|e| format!("ETag: {e}\r\n"))
             .unwrap_or_default();
-        let (status, head, body) = if path == "/missing" {
+        let (status, head, body) = if let Some(n) = path.strip_prefix("/loop/") {
+            // A redirect chain: /loop/N redirects to /loop/N+1, for ever.
+            let next = n.parse::<u32>().unwrap_or(0) + 1;
+            (
+                302,
+                format!("HTTP/1.1 302 Found\r\nLocation: /loop/{next}\r\nContent-Length: 0\r\n"),
+                Vec::new(),
+            )
+        } else if path == "/missing" {
             (
                 404,
                 "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n".to_string(),
@@ -175,6 +183,8 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
 /// Fast retries for tests.
 pub fn quick_opts() -> OpenOptions {
     OpenOptions {
+        transport: Transport::AllowInsecureHttp,
+        max_source_bytes: None,
         max_retries: 3,
         retry_delay: Duration::from_millis(10),
         timeout: Duration::from_secs(10),
