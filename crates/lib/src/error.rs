@@ -87,6 +87,14 @@ pub enum Error {
     /// An invariant was violated (a bug).
     #[error("internal error: {0}")]
     Internal(String),
+    /// GRUB's boot code (core image, boot.img) is not what it must be.
+    #[error("{context}: {source}")]
+    BootCode {
+        /// What was being done.
+        context: String,
+        /// What is wrong with the image.
+        source: crate::bootchain::ChainError,
+    },
 }
 
 /// Result with the library's error.
@@ -128,6 +136,7 @@ impl Error {
                 | abupdate_suggest::Error::BadExclude { .. },
             ) => EXIT_USAGE,
             Error::Internal(_) => EXIT_INTERNAL,
+            Error::BootCode { .. } => EXIT_VERIFY,
             _ => EXIT_IO,
         }
     }

@@ -263,7 +263,7 @@ pub fn menu_settings(ctx: &Context) -> MenuSettings {
 }
 
 /// Menu entries for every slot that has a usable record.
-fn menu_entries(ctx: &Context, st: &State, facts: &state::Facts) -> Vec<MenuEntry> {
+pub fn menu_entries(ctx: &Context, st: &State, facts: &state::Facts) -> Vec<MenuEntry> {
     SlotId::ALL
         .iter()
         .filter(|&&id| facts.state(id) != SlotState::Empty)
@@ -330,6 +330,7 @@ pub fn init(ctx: &Context, slot: SlotId, force: bool) -> Result<Outcome> {
         )));
     }
     let rec = inspect_slot(ctx, slot)?;
+    let chain = crate::bootchain::plan(ctx)?;
     let boot = boot.reopen_rw(ctx)?;
     let store = boot.store();
     let mut st = State::default();
@@ -344,9 +345,13 @@ pub fn init(ctx: &Context, slot: SlotId, force: bool) -> Result<Outcome> {
     }];
     boot.flow()
         .initialize(&entries, slot, &menu_settings(ctx))?;
+    let chain = chain
+        .map(|c| crate::bootchain::install(ctx, &boot, &c, slot))
+        .transpose()?;
     let msg = format!(
-        "boot partition set up: slot {slot} ({}) is the good default",
-        rec.os.pretty_name
+        "boot partition set up: slot {slot} ({}) is the good default{}",
+        rec.os.pretty_name,
+        chain.map(|c| format!("; {c}")).unwrap_or_default()
     );
     store.record(&mut st, OpRecord::new("init", true, Some(slot), &msg))?;
     boot.close()?;

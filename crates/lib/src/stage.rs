@@ -826,6 +826,7 @@ fn prepare(
     }
 
     write_fstab(ctx, &root)?;
+    crate::bootchain::prepare_slot(ctx, &root)?;
 
     if !ctx.cfg.services.is_empty() {
         abupdate_utils::Cmd::new("systemctl")
