@@ -229,14 +229,38 @@ fn guard_debian(root: &SlotRoot, place: &Place<'_>, report: &mut GuardReport) ->
     )
 }
 
-/// Whether this process runs in a chroot: its `/` is not PID 1's (as systemd decides it).
-/// Unknown (no `/proc`) counts as a chroot, where nothing must be changed.
+/// Whether this process runs in a chroot: its `/` is not PID 1's, as systemd decides it
+/// (`/proc/1/root`); where that link cannot be read (containers), by the device of PID 1's
+/// root mount ([`pid1_root_differs`]). Unknown (no `/proc`) counts as a chroot, where
+/// nothing must be changed.
 pub fn in_chroot() -> bool {
     use std::os::unix::fs::MetadataExt;
-    match (std::fs::metadata("/"), std::fs::metadata("/proc/1/root/")) {
-        (Ok(a), Ok(b)) => (a.dev(), a.ino()) != (b.dev(), b.ino()),
-        _ => true,
+    let Ok(ours) = std::fs::metadata("/") else {
+        return true;
+    };
+    if let Ok(pid1) = std::fs::metadata("/proc/1/root/") {
+        return (ours.dev(), ours.ino()) != (pid1.dev(), pid1.ino());
     }
+    let dev = ours.dev();
+    std::fs::read_to_string("/proc/1/mountinfo")
+        .ok()
+        .and_then(|text| {
+            pid1_root_differs(
+                &text,
+                nix::sys::stat::major(dev) as u32,
+                nix::sys::stat::minor(dev) as u32,
+            )
+        })
+        .unwrap_or(true)
+}
+
+/// Whether PID 1's root mount (the last mount on `/` in its mountinfo) is another device
+/// than `major:minor`; `None` if the mountinfo lists no root mount (pure).
+pub fn pid1_root_differs(mountinfo: &str, major: u32, minor: u32) -> Option<bool> {
+    abupdate_utils::mountinfo::parse(mountinfo)
+        .into_iter()
+        .rfind(|m| m.mount_point == Path::new("/"))
+        .map(|m| (m.major, m.minor) != (major, minor))
 }
 
 #[cfg(test)]
@@ -283,6 +307,27 @@ mod tests {
             );
         }
         assert!(KERNEL_HOOK.contains("abupdate refresh-menu --hook"));
+    }
+
+    #[test]
+    fn chroot_by_the_device_of_pid1_root() {
+        let info = "27 1 254:0 / / rw,relatime - ext4 /dev/vda rw\n\
+                    22 27 0:21 / /proc rw,relatime - proc proc rw\n\
+                    31 27 8:3 / /run/abupdate/mnt-x rw - ext4 /dev/sda3 rw\n";
+        assert_eq!(
+            pid1_root_differs(info, 254, 0),
+            Some(false),
+            "the host's root"
+        );
+        assert_eq!(
+            pid1_root_differs(info, 8, 3),
+            Some(true),
+            "chrooted in a mounted slot"
+        );
+        // A later mount on / hides the first one.
+        let stacked = format!("{info}40 27 8:2 / / rw - ext4 /dev/sda2 rw\n");
+        assert_eq!(pid1_root_differs(&stacked, 8, 2), Some(false));
+        assert_eq!(pid1_root_differs("", 8, 2), None);
     }
 
     #[test]
