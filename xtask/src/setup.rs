@@ -25,6 +25,11 @@ pub const HOST_PACKAGES: &[&str] = &[
     "acl",
     "attr",
     "xz-utils",
+    // The boot chain abupdate init installs (UEFI GRUB, signed shim and GRUB) and OVMF.
+    "grub-efi-amd64-bin",
+    "ovmf",
+    "shim-signed",
+    "grub-efi-amd64-signed",
 ];
 
 fn installed(pkg: &str) -> bool {

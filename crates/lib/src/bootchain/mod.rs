@@ -1005,6 +1005,41 @@ mod tests {
     }
 
     #[test]
+    fn config_keys() {
+        let base = "partitions:\n  boot: { partlabel: abboot }\n  slot_a: { partlabel: root-a }\n  slot_b: { partlabel: root-b }\n";
+        let parse = |extra: &str| {
+            crate::config::Config::parse(&format!("{base}{extra}"), Path::new("t.yaml"))
+        };
+        let c = parse("").expect("defaults");
+        assert!(c.bootchain.install && c.bootchain.nvram);
+        assert_eq!(c.bootchain.efi_loader, EfiLoader::Auto);
+        assert_eq!(c.bootchain.efi_vendor, "debian");
+        let c = parse("bootchain: { efi_loader: signed, esp: { partlabel: esp }, nvram: false }\n")
+            .expect("valid");
+        assert_eq!(c.bootchain.efi_loader, EfiLoader::Signed);
+        assert_eq!(
+            c.bootchain.esp.and_then(|e| e.partlabel).as_deref(),
+            Some("esp")
+        );
+        for (bad, key) in [
+            ("bootchain: { efi_vendor: \"../x\" }\n", "bootchain.efi_vendor"),
+            ("bootchain: { esp: { partlabel: a, partuuid: 5e1f0000-0000-4000-8000-000000000001 } }\n", "bootchain.esp"),
+            ("bootchain: { bios_boot: { partuuid: nope } }\n", "bootchain.bios_boot"),
+            ("bootchain: { esp: { partlabel: esp, mountpoint: /boot/efi } }\n", "bootchain.esp"),
+        ] {
+            let e = parse(bad).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
+        let e = parse("bootchain: { efi_loader: maybe }\n")
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            e.unwrap_or_default().contains("line 5"),
+            "unknown variant located"
+        );
+    }
+
+    #[test]
     fn reports_say_what_happened() {
         let r = ChainReport {
             written: vec!["core.img (/dev/sda1)".into()],
