@@ -331,7 +331,13 @@ fn plan_uefi(ctx: &Context, p: FwPartition) -> Result<UefiPlan> {
         let out = Cmd::new("efibootmgr")
             .arg("-v")
             .run()
-            .map_err(Error::cmd("list the NVRAM boot entries (efibootmgr -v)"))?;
+            .map_err(|e| match e {
+                abupdate_utils::CmdError::Spawn { source, .. } => Error::Refused(format!(
+                    "running on UEFI firmware, abupdate adds an NVRAM boot entry with efibootmgr: \
+                 {source} (apt-get install efibootmgr, or set bootchain.nvram: false)"
+                )),
+                e => Error::cmd("list the NVRAM boot entries (efibootmgr -v)")(e),
+            })?;
         let plan = efi::plan_nvram(
             &efi::parse_efibootmgr(&out.stdout_str()),
             &p.partuuid,
