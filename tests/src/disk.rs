@@ -311,6 +311,7 @@ impl TestDisk {
              kernel_cmdline: \"\"\n\
              grub: {{ timeout: 1, serial: {{ enabled: true, unit: 0, speed: 115200 }} }}\n\
              trial: {{ tries: 3, panic_seconds: 5 }}\n\
+             bootchain: {{ install: false }}\n\
              lock_file: {lock}\n",
             disk = self.loopdev.path().display(),
             lock = self.lock_file.display(),

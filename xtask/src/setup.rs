@@ -28,6 +28,11 @@ pub const HOST_PACKAGES: &[&str] = &[
     "ansible-core",
     "ipmitool",
     "openipmi",
+    // The boot chain abupdate init installs (UEFI GRUB, signed shim and GRUB) and OVMF.
+    "grub-efi-amd64-bin",
+    "ovmf",
+    "shim-signed",
+    "grub-efi-amd64-signed",
 ];
 
 fn installed(pkg: &str) -> bool {

@@ -4,6 +4,7 @@ use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
+use abupdate_lib::bootchain;
 use abupdate_lib::context::Context;
 use abupdate_lib::disk::SlotId;
 use abupdate_lib::error::{Error, EXIT_OK, EXIT_USAGE};
@@ -52,6 +53,25 @@ enum Cmd {
     /// (the slots' filesystems, os-release and kernels, what GRUB still reads of grubenv),
     /// after saying what it will do.
     Repair(RepairArgs),
+    /// Prove with GRUB's own filesystem code that the boot chain can boot a slot.
+    Verify(VerifyArgs),
+    /// Point the booted slot's menu entry at its newest kernel (run by the kernel hooks).
+    RefreshMenu(RefreshMenuArgs),
+}
+
+#[derive(Debug, Args)]
+struct VerifyArgs {
+    /// The slot to check (default: every slot with something to boot).
+    #[arg(long, value_parser = parse_slot)]
+    slot: Option<SlotId>,
+}
+
+#[derive(Debug, Args)]
+struct RefreshMenuArgs {
+    /// Run from a kernel hook: a chroot, a system that is not an abupdate slot or a missing
+    /// configuration is not an error.
+    #[arg(long)]
+    hook: bool,
 }
 
 #[derive(Debug, Args)]
@@ -166,11 +186,18 @@ struct RollbackArgs {
 #[derive(Debug, Args)]
 struct InitArgs {
     /// The slot that holds the running, good system.
-    #[arg(long, value_parser = parse_slot)]
-    slot: SlotId,
+    #[arg(long, value_parser = parse_slot, required_unless_present = "chain_only")]
+    slot: Option<SlotId>,
     /// Overwrite an existing setup.
     #[arg(long)]
     force: bool,
+    /// Print what would be written and write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Only (re)install the boot chain (boot code, ESP) from the running system's GRUB on a
+    /// boot partition that is already set up.
+    #[arg(long, conflicts_with_all = ["slot", "force"])]
+    chain_only: bool,
 }
 
 fn parse_slot(s: &str) -> Result<SlotId, String> {
@@ -263,7 +290,36 @@ fn rollback(ctx: &Context, json: bool, a: RollbackArgs) -> Result<(), Error> {
 }
 
 fn init(ctx: &Context, json: bool, a: InitArgs) -> Result<(), Error> {
-    print(json, &ops::init(ctx, a.slot, a.force)?)
+    if a.chain_only {
+        return print(json, &bootchain::reinstall(ctx)?);
+    }
+    let slot = a
+        .slot
+        .ok_or_else(|| Error::Refused("init needs --slot a|b".into()))?;
+    if a.dry_run {
+        return print(json, &bootchain::init_plan(ctx, slot)?);
+    }
+    print(json, &ops::init(ctx, slot, a.force)?)
+}
+
+fn verify(ctx: &Context, json: bool, a: VerifyArgs) -> Result<(), Error> {
+    let report = bootchain::verify::verify(ctx, a.slot)?;
+    print(json, &report)?;
+    if report.ok {
+        Ok(())
+    } else {
+        Err(Error::Verification(report.failures()))
+    }
+}
+
+fn refresh_menu(config: &std::path::Path, json: bool, a: RefreshMenuArgs) -> Result<(), Error> {
+    let ctx = match Context::open(config) {
+        Ok(c) => Some(c),
+        // The kernel hooks run on every kernel change, also where abupdate is not set up.
+        Err(_) if a.hook => None,
+        Err(e) => return Err(e),
+    };
+    print(json, &bootchain::refresh_menu(ctx.as_ref(), a.hook)?)
 }
 
 fn daemon(ctx: &Context, json: bool) -> Result<(), Error> {
@@ -292,6 +348,9 @@ fn dispatch(opt: Opt) -> Result<(), Error> {
     if let Cmd::Manifest(ManifestCmd::Suggest(a)) = opt.cmd {
         return manifest_suggest(&opt.config, json, a);
     }
+    if let Cmd::RefreshMenu(a) = opt.cmd {
+        return refresh_menu(&opt.config, json, a);
+    }
     let ctx = Context::open(&opt.config)?;
     match opt.cmd {
         Cmd::Status => status(&ctx, json),
@@ -303,8 +362,9 @@ fn dispatch(opt: Opt) -> Result<(), Error> {
         Cmd::Init(a) => init(&ctx, json, a),
         Cmd::Daemon => daemon(&ctx, json),
         Cmd::Repair(a) => repair_cmd(&ctx, json, a),
-        Cmd::Manifest(_) => Err(Error::Internal(
-            "manifest commands run without a context".into(),
+        Cmd::Verify(a) => verify(&ctx, json, a),
+        Cmd::Manifest(_) | Cmd::RefreshMenu(_) => Err(Error::Internal(
+            "manifest and refresh-menu commands open their context themselves".into(),
         )),
     }
 }
@@ -426,11 +486,33 @@ mod tests {
         assert!(matches!(
             o.cmd,
             Cmd::Init(InitArgs {
-                slot: SlotId::A,
-                force: false
+                slot: Some(SlotId::A),
+                force: false,
+                dry_run: false,
+                chain_only: false,
             })
         ));
         assert!(parse(&["init", "--slot", "c"]).is_err());
+        assert!(parse(&["init"]).is_err(), "init needs --slot");
+        assert!(matches!(
+            parse(&["init", "--chain-only"]).map(|o| o.cmd),
+            Ok(Cmd::Init(InitArgs {
+                slot: None,
+                chain_only: true,
+                ..
+            }))
+        ));
+        assert!(parse(&["init", "--chain-only", "--slot", "a"]).is_err());
+        assert!(matches!(
+            parse(&["verify", "--slot", "b"]).map(|o| o.cmd),
+            Ok(Cmd::Verify(VerifyArgs {
+                slot: Some(SlotId::B)
+            }))
+        ));
+        assert!(matches!(
+            parse(&["refresh-menu", "--hook"]).map(|o| o.cmd),
+            Ok(Cmd::RefreshMenu(RefreshMenuArgs { hook: true }))
+        ));
         let o = parse(&["switch", "--no-reboot", "--tries", "5"]).expect("valid");
         assert!(matches!(
             o.cmd,

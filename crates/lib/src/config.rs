@@ -204,6 +204,105 @@ pub struct Config {
     /// Accept plain-http image and checksum URLs (with a warning); https only otherwise.
     #[serde(default)]
     pub allow_insecure_http: bool,
+    /// GRUB's boot code and EFI system partition, installed by `init`.
+    #[serde(default)]
+    pub bootchain: BootChainConfig,
+}
+
+/// Which GRUB image the EFI system partition gets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EfiLoader {
+    /// `signed` when the running system has the distribution's signed shim and GRUB, else
+    /// `unsigned`.
+    #[default]
+    Auto,
+    /// The distribution's signed shim and GRUB, unchanged (Secure Boot), with a stub config.
+    Signed,
+    /// A GRUB image built with `grub-mkimage` from the running system's modules.
+    Unsigned,
+}
+
+/// The boot chain `init` installs: GRUB's BIOS boot code and the EFI system partition.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootChainConfig {
+    /// Install GRUB's boot code (`false`: the operator installs GRUB, abupdate writes only
+    /// grub.cfg and grubenv).
+    #[serde(default = "yes")]
+    pub install: bool,
+    /// The BIOS boot partition; default: the GPT entry of the BIOS boot type.
+    pub bios_boot: Option<PartitionSpec>,
+    /// The EFI system partition; default: the GPT entry of the ESP type.
+    pub esp: Option<PartitionSpec>,
+    /// The GRUB image the ESP gets.
+    #[serde(default)]
+    pub efi_loader: EfiLoader,
+    /// The distribution's directory under `\EFI\` (`debian`, `ubuntu`, ...).
+    #[serde(default = "default_efi_vendor")]
+    pub efi_vendor: String,
+    /// Add an NVRAM boot entry with `efibootmgr` when running on UEFI firmware.
+    #[serde(default = "yes")]
+    pub nvram: bool,
+}
+
+impl Default for BootChainConfig {
+    fn default() -> Self {
+        BootChainConfig {
+            install: true,
+            bios_boot: None,
+            esp: None,
+            efi_loader: EfiLoader::default(),
+            efi_vendor: default_efi_vendor(),
+            nvram: true,
+        }
+    }
+}
+
+fn default_efi_vendor() -> String {
+    "debian".into()
+}
+
+impl BootChainConfig {
+    fn validate(&self) -> Result<(), (String, String)> {
+        let invalid = |key: &str, message: String| (key.to_owned(), message);
+        for (key, spec) in [
+            ("bootchain.bios_boot", &self.bios_boot),
+            ("bootchain.esp", &self.esp),
+        ] {
+            let Some(s) = spec else { continue };
+            match (&s.partlabel, &s.partuuid) {
+                (Some(_), None) | (None, Some(_)) => {}
+                _ => {
+                    return Err(invalid(
+                        key,
+                        "needs partlabel or partuuid (one of them)".into(),
+                    ))
+                }
+            }
+            if let Some(u) = &s.partuuid {
+                if uuid::Uuid::parse_str(u).is_err() {
+                    return Err(invalid(key, format!("partuuid {u:?} is not a UUID")));
+                }
+            }
+            if s.mountpoint.is_some() {
+                return Err(invalid(key, "takes no mountpoint".into()));
+            }
+        }
+        let v = &self.efi_vendor;
+        if v.is_empty()
+            || v.len() > 32
+            || !v
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(invalid(
+                "bootchain.efi_vendor",
+                format!("{v:?} must be 1-32 letters, digits, '-' or '_'"),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// What the daemon does when a health check fails in a trial slot.
@@ -575,6 +674,7 @@ impl Config {
                 );
             }
         }
+        self.bootchain.validate()?;
         Ok(())
     }
 

@@ -204,7 +204,7 @@ fn read_gpt(disk: &Path) -> Result<Vec<GptEntry>> {
     Ok(out)
 }
 
-fn logical_block_size(disk: &Path) -> gpt::disk::LogicalBlockSize {
+pub(crate) fn logical_block_size(disk: &Path) -> gpt::disk::LogicalBlockSize {
     let name = disk
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -237,7 +237,7 @@ fn partition_info(disk: &Path, e: &GptEntry) -> Result<PartitionInfo> {
 
 /// The device node of partition `number` of `disk`, found through sysfs
 /// (`/sys/class/block/<disk>/<part>/partition`), so sdXN, vdXN, nvme0n1pN and loopNpM all work.
-fn partition_node(disk: &Path, number: u32) -> Result<PathBuf> {
+pub(crate) fn partition_node(disk: &Path, number: u32) -> Result<PathBuf> {
     let real = std::fs::canonicalize(disk).map_err(Error::io("resolve", disk))?;
     let name = real
         .file_name()

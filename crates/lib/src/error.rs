@@ -106,6 +106,14 @@ pub enum Error {
     /// An invariant was violated (a bug).
     #[error("internal error: {0}")]
     Internal(String),
+    /// GRUB's boot code (core image, boot.img) is not what it must be.
+    #[error("{context}: {source}")]
+    BootCode {
+        /// What was being done.
+        context: String,
+        /// What is wrong with the image.
+        source: crate::bootchain::ChainError,
+    },
 }
 
 /// An error and its causes in one line, each cause once (a cause whose text the line
@@ -171,6 +179,7 @@ impl Error {
             // A slot record GRUB's script cannot hold (a title or path from the image).
             Error::Render(_) => EXIT_VERIFY,
             Error::Internal(_) | Error::Encode { .. } => EXIT_INTERNAL,
+            Error::BootCode { .. } => EXIT_VERIFY,
             _ => EXIT_IO,
         }
     }

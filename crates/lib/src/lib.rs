@@ -10,6 +10,7 @@
 
 pub mod assess;
 pub mod boot;
+pub mod bootchain;
 pub mod chroot;
 pub mod config;
 pub mod conflicts;

@@ -427,8 +427,7 @@ pub fn repair(ctx: &Context, dry_run: bool) -> Result<RepairReport> {
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent).map_err(Error::io("create", parent))?;
             }
-            abupdate_grub::env::create_env(&path, env)
-                .map_err(Error::grub("repair grubenv"))?;
+            abupdate_grub::env::create_env(&path, env).map_err(Error::grub("repair grubenv"))?;
         }
     }
     let mut st = match (&plan.state, &ev.state) {

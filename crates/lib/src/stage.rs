@@ -889,6 +889,7 @@ fn prepare(
     }
 
     crate::fstab::write_fstab(&ctx.cfg, &ctx.layout, target, &root)?;
+    crate::bootchain::prepare_slot(ctx, &root)?;
 
     if !ctx.cfg.services.is_empty() {
         abupdate_utils::Cmd::new("systemctl")

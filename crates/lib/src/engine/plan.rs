@@ -125,6 +125,12 @@ pub const INIT_AFTER_GRUBENV: &str = "init.after-grubenv";
 pub const INIT_AFTER_MENU: &str = "init.after-menu";
 /// `init`: the state is recorded.
 pub const INIT_AFTER_STATE: &str = "init.after-state";
+/// `init`: the history names the boot chain installed after the records.
+pub const INIT_AFTER_CHAIN: &str = "init.after-chain";
+/// `refresh-menu`: grub.cfg boots the booted slot's newest kernel.
+pub const REFRESH_MENU_AFTER_MENU: &str = "refresh-menu.after-menu";
+/// `refresh-menu`: the slot's record names that kernel.
+pub const REFRESH_MENU_AFTER_STATE: &str = "refresh-menu.after-state";
 
 /// Every failpoint of the engine's plans, in plan order. A failpoint fires wherever its
 /// write happens: in the operation itself, or when the next run finishes it. (`stage` has
@@ -152,6 +158,9 @@ pub const FAILPOINTS: &[&str] = &[
     INIT_AFTER_GRUBENV,
     INIT_AFTER_MENU,
     INIT_AFTER_STATE,
+    INIT_AFTER_CHAIN,
+    REFRESH_MENU_AFTER_MENU,
+    REFRESH_MENU_AFTER_STATE,
 ];
 
 #[cfg(test)]
@@ -160,7 +169,7 @@ mod tests {
     use std::path::Path;
 
     /// Every failpoint (the plans' and the `failpoint("…")` calls in the sources) is
-    /// documented in README.md and used by `tests/tests/failpoints.rs`.
+    /// documented in README.md and used by `tests/tests/failpoints.rs` (or `bootchain.rs`).
     #[test]
     fn every_failpoint_is_documented_and_tested() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -190,12 +199,14 @@ mod tests {
             names.len() > FAILPOINTS.len(),
             "stage's failpoints: {names:?}"
         );
-        let (readme, tests) = (read("README.md"), read("tests/tests/failpoints.rs"));
+        // The boot chain's failpoints need a disk with firmware partitions: bootchain.rs.
+        let readme = read("README.md");
+        let tests = read("tests/tests/failpoints.rs") + &read("tests/tests/bootchain.rs");
         for n in &names {
             assert!(readme.contains(&format!("`{n}`")), "README.md lacks {n}");
             assert!(
                 tests.contains(&format!("\"{n}\"")),
-                "failpoints.rs lacks {n}"
+                "neither failpoints.rs nor bootchain.rs uses {n}"
             );
         }
     }

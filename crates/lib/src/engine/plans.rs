@@ -695,3 +695,87 @@ pub fn plan_staged(
         hooks: Vec::new(),
     })
 }
+
+/// A history line about work done outside the records (the boot chain `init` installed):
+/// state.json's last operation, nothing else.
+pub fn plan_note(
+    snap: &Snapshot,
+    set: &Settings,
+    op: &'static str,
+    slot: Option<SlotId>,
+    message: String,
+    failpoint: &'static str,
+) -> Result<Plan, Refusal> {
+    let mut st = state(snap)?.clone();
+    st.last_operation = Some(OpRecord::at(&set.now, op, true, slot, &message));
+    Ok(Plan {
+        op,
+        slot,
+        steps: vec![write_state(st, failpoint)],
+        message,
+        reboot: false,
+        hooks: Vec::new(),
+    })
+}
+
+/// `refresh-menu`: slot `slot`'s menu entry and record boot `kernel` and `initrd` (the
+/// newest kernel in its `/boot`). grub.cfg first: after a kernel package's removal the file
+/// the old entry named is gone already; a cut before the state write is redone by the next
+/// refresh, which still sees the old kernel in the record. The menu keeps the slots and
+/// default it lists.
+pub fn plan_refresh_menu(
+    snap: &Snapshot,
+    set: &Settings,
+    slot: SlotId,
+    kernel: String,
+    initrd: Option<String>,
+    message: String,
+) -> Result<Plan, Refusal> {
+    let mut st = state(snap)?.clone();
+    let rec = st
+        .slots
+        .get_mut(&slot)
+        .ok_or_else(|| format!("slot {slot} has no record: run `abupdate init`"))?;
+    rec.kernel = kernel;
+    rec.initrd = initrd;
+    let listed: Vec<SlotId> = match &snap.menu {
+        Some(m) => m
+            .slots
+            .iter()
+            .filter_map(|(s, _)| SlotId::parse(s))
+            .collect(),
+        None => vec![slot],
+    };
+    let default = snap
+        .menu
+        .as_ref()
+        .and_then(|m| SlotId::parse(&m.default_slot))
+        .or(view(snap).default)
+        .unwrap_or(slot);
+    let entries = SlotId::ALL
+        .into_iter()
+        .filter(|s| *s == slot || listed.contains(s))
+        .filter_map(|s| menu_entry(&st, set, s))
+        .collect();
+    st.last_operation = Some(OpRecord::at(
+        &set.now,
+        "refresh-menu",
+        true,
+        Some(slot),
+        &message,
+    ));
+    Ok(Plan {
+        op: "refresh-menu",
+        slot: Some(slot),
+        steps: vec![
+            Step {
+                write: Write::Menu { entries, default },
+                failpoint: REFRESH_MENU_AFTER_MENU,
+            },
+            write_state(st, REFRESH_MENU_AFTER_STATE),
+        ],
+        message,
+        reboot: false,
+        hooks: Vec::new(),
+    })
+}

@@ -198,6 +198,29 @@ impl<'a> Transaction<'a> {
         Ok(plan)
     }
 
+    /// Applies `plan`, then, with the lock still held and the boot partition mounted
+    /// read-write, runs `then` (work outside the records, such as installing GRUB's boot
+    /// code) and applies the plan it returns on the records as they now are. Hooks run at
+    /// the end, as with [`Transaction::apply`].
+    pub fn apply_then<F>(mut self, plan: Plan, then: F) -> Result<(Plan, Option<Plan>)>
+    where
+        F: FnOnce(&BootPartition, &Snapshot, &Settings) -> Result<Option<Plan>>,
+    {
+        let ctx = self.ctx;
+        self.write(&plan)?;
+        self.writable()?;
+        let next = then(self.boot()?, &self.snap, &self.settings)?;
+        if let Some(next) = &next {
+            self.write(next)?;
+        }
+        self.close()?;
+        run_hooks(ctx, &plan);
+        if let Some(next) = &next {
+            run_hooks(ctx, next);
+        }
+        Ok((plan, next))
+    }
+
     /// Unmounts the boot partition and releases the lock, reporting failure.
     pub fn close(mut self) -> Result<()> {
         if let Some(boot) = self.boot.take() {

@@ -2,7 +2,7 @@
 
 use crate::context::{mount_private, Context};
 use crate::disk::SlotId;
-use crate::engine::{plan_init, Transaction};
+use crate::engine::{plan_init, plan_note, Transaction, INIT_AFTER_CHAIN};
 use crate::error::{Error, Result};
 use crate::fsinfo;
 use crate::slotfs::{find_kernel, SlotRoot};
@@ -53,6 +53,29 @@ pub fn init(ctx: &Context, slot: SlotId, force: bool) -> Result<Outcome> {
         )));
     }
     let rec = inspect_slot(ctx, slot)?;
+    let chain = crate::bootchain::plan(ctx)?;
     let plan = plan_init(tx.snapshot(), tx.settings(), slot, rec, force).map_err(Error::Refused)?;
-    Ok(Outcome::of(&tx.apply(plan)?, false))
+    let Some(chain) = chain else {
+        return Ok(Outcome::of(&tx.apply(plan)?, false));
+    };
+    // The records first, then the boot code that reads them: a cut in between leaves the
+    // old boot code booting `slot` through the new grub.cfg (`init --chain-only` finishes).
+    let (plan, note) = tx.apply_then(plan, |boot, snap, set| {
+        let report = crate::bootchain::install(ctx, boot, &chain, slot)?;
+        plan_note(
+            snap,
+            set,
+            "init",
+            Some(slot),
+            format!("boot chain: {report}"),
+            INIT_AFTER_CHAIN,
+        )
+        .map(Some)
+        .map_err(Error::Refused)
+    })?;
+    let mut out = Outcome::of(&plan, false);
+    if let Some(note) = note {
+        out.message = format!("{}; {}", out.message, note.message);
+    }
+    Ok(out)
 }
