@@ -146,7 +146,12 @@ impl Error {
                 abupdate_stream::ErrorKind::Io => ErrorKind::Io,
                 _ => ErrorKind::Input,
             },
-            Error::Publish { .. } => ErrorKind::Io,
+            Error::Publish { source, .. } => match **source {
+                tough::error::Error::SigningKeysNotFound { .. }
+                | tough::error::Error::KeyUnrecognized { .. }
+                | tough::error::Error::KeyRejected { .. } => ErrorKind::Input,
+                _ => ErrorKind::Io,
+            },
             Error::PinnedRoot { .. } | Error::Key { .. } | Error::Invalid(_) => ErrorKind::Input,
             Error::NoSuchRelease { .. } | Error::NothingOffered { .. } | Error::Held { .. } => {
                 ErrorKind::Refused

@@ -275,6 +275,19 @@ fn sign_and_write(
     expiries: &Expiries,
     keys: &Keys,
 ) -> Result<(), Error> {
+    let staging = sign(dir, targets, add, versions, expiries, keys)?;
+    install(dir, &staging)
+}
+
+/// Signs targets, snapshot and timestamp into a staging directory inside the channel.
+fn sign(
+    dir: &Path,
+    targets: Option<Signed<Targets>>,
+    add: Option<(TargetName, Target)>,
+    versions: [u64; 3],
+    expiries: &Expiries,
+    keys: &Keys,
+) -> Result<tempfile::TempDir, Error> {
     let md = metadata_dir(dir);
     let root_path = md.join("root.json");
     let now = Timestamp::now();
@@ -325,7 +338,13 @@ fn sign_and_write(
             .await
             .map_err(perr("write the signed metadata"))
     })?;
-    // Versioned files first; timestamp.json, which points at them, last.
+    Ok(staging)
+}
+
+/// Moves signed metadata from `staging` into the channel: versioned files first,
+/// timestamp.json, which points at them, last.
+fn install(dir: &Path, staging: &tempfile::TempDir) -> Result<(), Error> {
+    let md = metadata_dir(dir);
     let mut names: Vec<String> = std::fs::read_dir(staging.path())
         .map_err(Error::io("read", staging.path()))?
         .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
@@ -648,13 +667,14 @@ pub fn publish(
         name.clone()
     };
     let path = dir.join("targets").join(file);
-    copy_durably(&opts.image, &path)?;
     let versions = [
         cur.targets.signed.version.get() + 1,
         cur.snapshot_version + 1,
         cur.timestamp.signed.version.get() + 1,
     ];
-    sign_and_write(
+    // Sign first (a missing key fails before anything is written), then the release file,
+    // then the metadata that lists it.
+    let staging = sign(
         dir,
         Some(cur.targets),
         Some((target_name, target)),
@@ -662,6 +682,8 @@ pub fn publish(
         expiries,
         keys,
     )?;
+    copy_durably(&opts.image, &path)?;
+    install(dir, &staging)?;
     Ok(PublishReport {
         name,
         path,

@@ -199,6 +199,9 @@ pub struct Config {
     /// `post-commit.d`, `on-rollback.d`).
     #[serde(default = "default_hooks_dir")]
     pub hooks_dir: PathBuf,
+    /// The signed release channel and the daemon's update policy.
+    #[serde(default)]
+    pub update: Option<abupdate_channel::UpdateConfig>,
 }
 
 /// What the daemon does when a health check fails in a trial slot.
@@ -336,6 +339,7 @@ impl Config {
             message: e.to_string(),
         })?;
         cfg.validate(path)?;
+        cfg.validate_update(path)?;
         Ok(cfg)
     }
 
@@ -509,6 +513,20 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Checks the `update:` section (the channel crate knows its rules).
+    fn validate_update(&self, path: &Path) -> Result<(), ConfigError> {
+        match &self.update {
+            Some(u) => u.validate().map_err(|(key, message)| ConfigError::Invalid {
+                path: path.to_owned(),
+                key: format!("update.{key}"),
+                message,
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -642,5 +660,43 @@ trial: { tries: 2 }
                 .unwrap_or_default();
             assert!(e.contains(key), "{to}: {e}");
         }
+    }
+
+    #[test]
+    fn update_section() {
+        let c = parse(&format!(
+            "{GOOD}update:\n  channel: https://updates.example/stable\n  switch: window\n  window: \"Sat *-*-* 02:00..04:00\"\n"
+        ))
+        .expect("valid");
+        assert!(c.update.is_some_and(|u| u.window.is_some()));
+        assert!(parse(GOOD).expect("valid").update.is_none());
+        let bad_window = parse(&format!(
+            "{GOOD}update:\n  channel: https://updates.example/s\n  window: \"Sat 2:00..04:00\"\n"
+        ))
+        .expect_err("bad window");
+        let line = GOOD.lines().count() + 3;
+        assert!(
+            matches!(&bad_window, ConfigError::Parse { location: Some((l, _)), message, .. } if *l == line && message.contains("is not a time")),
+            "{bad_window}"
+        );
+        let e = parse(&format!(
+            "{GOOD}update:\n  channel: https://updates.example/s\n  switch: window\n"
+        ))
+        .expect_err("no window");
+        assert!(e.to_string().contains("update.window"), "{e}");
+        let e = parse(&format!(
+            "{GOOD}update:\n  channel: https://updates.example/s\n  colour: blue\n"
+        ))
+        .expect_err("unknown key");
+        assert!(
+            matches!(
+                e,
+                ConfigError::Parse {
+                    location: Some(_),
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 }

@@ -84,6 +84,9 @@ pub enum Error {
         /// Why it cannot be used.
         reason: String,
     },
+    /// The release channel refused its metadata or a release, or could not be reached.
+    #[error(transparent)]
+    Channel(Box<abupdate_channel::Error>),
     /// An invariant was violated (a bug).
     #[error("internal error: {0}")]
     Internal(String),
@@ -91,6 +94,12 @@ pub enum Error {
 
 /// Result with the library's error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<abupdate_channel::Error> for Error {
+    fn from(e: abupdate_channel::Error) -> Error {
+        Error::Channel(Box::new(e))
+    }
+}
 
 impl Error {
     /// The documented process exit code for this error.
@@ -127,6 +136,12 @@ impl Error {
                 abupdate_suggest::Error::BadScanRoot { .. }
                 | abupdate_suggest::Error::BadExclude { .. },
             ) => EXIT_USAGE,
+            Error::Channel(e) => match e.kind() {
+                abupdate_channel::ErrorKind::Verification => EXIT_VERIFY,
+                abupdate_channel::ErrorKind::Refused => EXIT_REFUSED,
+                abupdate_channel::ErrorKind::Input => EXIT_USAGE,
+                abupdate_channel::ErrorKind::Io => EXIT_IO,
+            },
             Error::Internal(_) => EXIT_INTERNAL,
             _ => EXIT_IO,
         }

@@ -22,5 +22,6 @@ pub mod ops;
 pub mod slotfs;
 pub mod stage;
 pub mod state;
+pub mod update;
 
 pub use error::{Error, Result};

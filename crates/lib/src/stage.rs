@@ -31,6 +31,13 @@ pub enum Checksum {
     Hex(String),
     /// URL or path of a SHA256SUMS-style file naming the source.
     SumsUrl(String),
+    /// A release of the signed channel: its signed sha256 and exact length.
+    Signed {
+        /// The sha256 from the channel's targets metadata (lowercase hex).
+        sha256: String,
+        /// The length from the same metadata; reading stops there.
+        length: u64,
+    },
 }
 
 /// Where the new slot's content comes from.
@@ -258,6 +265,9 @@ fn expected_sha256(checksum: &Checksum, src: &abupdate_stream::Source) -> Result
     };
     match checksum {
         Checksum::Hex(h) => abupdate_stream::parse_hex_sha256(h).map_err(serr("--sha256")),
+        Checksum::Signed { sha256, .. } => {
+            abupdate_stream::parse_hex_sha256(sha256).map_err(serr("the channel's metadata"))
+        }
         Checksum::SumsUrl(u) => {
             let sums = abupdate_stream::Source::parse(u).map_err(serr(u))?;
             let text = abupdate_stream::fetch_text(&sums, &abupdate_stream::OpenOptions::default())
@@ -277,6 +287,17 @@ fn expected_sha256(checksum: &Checksum, src: &abupdate_stream::Source) -> Result
 struct Fetch {
     src: abupdate_stream::Source,
     expected: String,
+    /// The exact source length, for a signed channel release.
+    length: Option<u64>,
+}
+
+impl Fetch {
+    fn copy_options(&self, max_image_bytes: Option<u64>) -> abupdate_stream::CopyOptions {
+        abupdate_stream::CopyOptions {
+            max_image_bytes,
+            source_len: self.length,
+        }
+    }
 }
 
 fn resolve_fetch(source: &str, checksum: &Checksum) -> Result<Fetch> {
@@ -285,7 +306,15 @@ fn resolve_fetch(source: &str, checksum: &Checksum) -> Result<Fetch> {
         source: e,
     })?;
     let expected = expected_sha256(checksum, &src)?;
-    Ok(Fetch { src, expected })
+    let length = match checksum {
+        Checksum::Signed { length, .. } => Some(*length),
+        _ => None,
+    };
+    Ok(Fetch {
+        src,
+        expected,
+        length,
+    })
 }
 
 fn stream_err(src: &abupdate_stream::Source) -> impl Fn(abupdate_stream::Error) -> Error + '_ {
@@ -581,9 +610,7 @@ fn write_image(
         offset: 0,
     };
     let mut progress = progress_for(progress, "stage");
-    let copy_opts = abupdate_stream::CopyOptions {
-        max_image_bytes: Some(part.size_bytes),
-    };
+    let copy_opts = f.copy_options(Some(part.size_bytes));
     let stats =
         abupdate_stream::copy(opened, &mut writer, &copy_opts, progress.as_mut()).map_err(&serr)?;
     if stats.source_sha256 != f.expected {
@@ -644,15 +671,11 @@ fn extract_archive(f: &Fetch, root: &Path, progress: bool, report: &mut StageRep
         .src
         .open(&abupdate_stream::OpenOptions::default())
         .map_err(&serr)?;
+    let copy_opts = f.copy_options(None);
     let (mut reader, mut writer) = std::io::pipe().map_err(Error::io("create a pipe for", root))?;
     let copier = std::thread::spawn(move || {
         let mut progress = progress_for(progress, "stage");
-        let res = abupdate_stream::copy(
-            opened,
-            &mut writer,
-            &abupdate_stream::CopyOptions::default(),
-            progress.as_mut(),
-        );
+        let res = abupdate_stream::copy(opened, &mut writer, &copy_opts, progress.as_mut());
         drop(writer);
         res
     });
