@@ -111,20 +111,8 @@ pub struct UpdateConfig {
     #[serde(default)]
     pub switch: SwitchMode,
     /// The maintenance window, in the host's time zone.
-    #[serde(default, with = "window_opt")]
+    #[serde(default)]
     pub window: Option<Window>,
-}
-
-mod window_opt {
-    use serde::{Deserialize, Deserializer};
-
-    use crate::window::Window;
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Window>, D::Error> {
-        Option::<String>::deserialize(d)?
-            .map(|s| Window::parse(&s).map_err(serde::de::Error::custom))
-            .transpose()
-    }
 }
 
 impl UpdateConfig {

@@ -230,10 +230,10 @@ struct StageArgs {
     #[arg(long, conflicts_with_all = ["sha256", "sha256_url"])]
     channel: bool,
     /// With --channel: this release instead of the offered one.
-    #[arg(long, requires = "channel")]
+    #[arg(long, conflicts_with_all = ["source", "from_tar", "bootstrap", "clone"])]
     version: Option<Version>,
     /// With --channel: stage a release that is not newer than the running one.
-    #[arg(long, requires = "channel")]
+    #[arg(long, conflicts_with_all = ["source", "from_tar", "bootstrap", "clone"])]
     allow_downgrade: bool,
 }
 
