@@ -168,15 +168,20 @@ fn read_boot(ctx: &Context, booted: SlotId) -> Result<(Datastore, Option<String>
     Ok((seen, sha))
 }
 
-/// Whether `new` differs from `old` in more than the clock file.
+/// Whether `new` records other metadata than `old`: the clock file aside, and comparing JSON
+/// by value (tough serializes maps in no fixed order, so equal metadata may differ in bytes).
 fn worth_writing(old: &Datastore, new: &Datastore) -> bool {
-    let strip = |d: &Datastore| {
+    let meaning = |d: &Datastore| {
         d.iter()
             .filter(|(k, _)| k.as_str() != CLOCK_FILE)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect::<Datastore>()
+            .map(|(k, v)| {
+                let value = serde_json::from_slice::<serde_json::Value>(v)
+                    .unwrap_or_else(|_| serde_json::Value::from(v.clone()));
+                (k.clone(), value)
+            })
+            .collect::<std::collections::BTreeMap<_, _>>()
     };
-    strip(old) != strip(new)
+    meaning(old) != meaning(new)
 }
 
 /// Writes the datastore to the boot partition durably, under the writer lock. When another
@@ -465,4 +470,38 @@ pub fn update(ctx: &Context, opts: &UpdateOpts) -> Result<UpdateReport> {
         },
     )?);
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(files: &[(&str, &str)]) -> Datastore {
+        files
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn only_new_metadata_is_worth_a_write() {
+        let old = store(&[
+            ("timestamp.json", r#"{"a":1,"b":{"x":1,"y":2}}"#),
+            (CLOCK_FILE, r#""2026-01-01T00:00:00Z""#),
+        ]);
+        // Same meaning, other key order and a later clock: no write.
+        let same = store(&[
+            ("timestamp.json", r#"{"b":{"y":2,"x":1},"a":1}"#),
+            (CLOCK_FILE, r#""2026-01-02T00:00:00Z""#),
+        ]);
+        assert!(!worth_writing(&old, &same));
+        let newer = store(&[("timestamp.json", r#"{"a":2,"b":{"x":1,"y":2}}"#)]);
+        assert!(worth_writing(&old, &newer));
+        let more = store(&[
+            ("timestamp.json", r#"{"a":1,"b":{"x":1,"y":2}}"#),
+            ("snapshot.json", "{}"),
+        ]);
+        assert!(worth_writing(&old, &more));
+        assert!(worth_writing(&Datastore::new(), &old));
+    }
 }
