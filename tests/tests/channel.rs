@@ -123,9 +123,9 @@ fn assert_no_filesystem_on_b(disk: &TestDisk) -> Result<()> {
     Ok(())
 }
 
-/// A compressed release image for this disk.
-fn release_image(disk: &TestDisk, name: &str, random_bytes: usize) -> Result<Image> {
-    let raw = make_image(
+/// A raw release image for this disk.
+fn raw_release_image(disk: &TestDisk, name: &str, random_bytes: usize) -> Result<Image> {
+    make_image(
         disk.dir(),
         &ImageSpec {
             name,
@@ -133,8 +133,15 @@ fn release_image(disk: &TestDisk, name: &str, random_bytes: usize) -> Result<Ima
             random_bytes,
             ..Default::default()
         },
-    )?;
-    compress(&raw, Compression::Zstd)
+    )
+}
+
+/// A compressed release image for this disk.
+fn release_image(disk: &TestDisk, name: &str, random_bytes: usize) -> Result<Image> {
+    compress(
+        &raw_release_image(disk, name, random_bytes)?,
+        Compression::Zstd,
+    )
 }
 
 /// What a refused channel must leave as it was: slot A, data, boot, GPT, and slot B.
@@ -297,7 +304,9 @@ fn channel_target_with_wrong_hash_or_length_is_refused() -> Result<()> {
     let _s = serial();
     let disk = TestDisk::new()?;
     let ch = Channel::init(disk.dir(), "channel")?;
-    let image = release_image(&disk, "debian13.img", 1 << 20)?;
+    // Raw, so that a changed byte reaches the signed-digest check (a zstd stream's own
+    // checksum would catch it first).
+    let image = raw_release_image(&disk, "debian13.img", 1 << 20)?;
     ch.publish(&image, "13.0.0")?;
     let target = ch.target_file(&image);
     let good = fs::read(&target)?;
