@@ -4,11 +4,15 @@ use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
+use abupdate_channel::publish::{Expiries, Expiry, Keys, PublishOptions};
+use abupdate_channel::wave::Wave;
+use abupdate_channel::{SourceKind, Version};
 use abupdate_lib::bootchain;
 use abupdate_lib::context::Context;
 use abupdate_lib::disk::SlotId;
 use abupdate_lib::error::{Error, EXIT_OK, EXIT_USAGE};
 use abupdate_lib::stage::{self, Checksum, StageOpts, StageSource};
+use abupdate_lib::update;
 use abupdate_lib::{ops, repair};
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
@@ -57,6 +61,13 @@ enum Cmd {
     Verify(VerifyArgs),
     /// Point the booted slot's menu entry at its newest kernel (run by the kernel hooks).
     RefreshMenu(RefreshMenuArgs),
+    /// What the signed release channel offers this host now, and why newer releases wait.
+    Check,
+    /// Check the channel, stage the offered release and switch to it (for scripts and timers).
+    Update(UpdateArgs),
+    /// Operator side of the channel: create it, publish releases, re-sign, rotate keys.
+    #[command(subcommand)]
+    Release(ReleaseCmd),
 }
 
 #[derive(Debug, Args)]
@@ -82,7 +93,144 @@ struct RepairArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("what").required(true).args(["source", "from_tar", "bootstrap", "clone"])))]
+struct UpdateArgs {
+    /// Switch but do not reboot.
+    #[arg(long)]
+    no_reboot: bool,
+    /// Boot attempts the new slot gets (default from the config).
+    #[arg(long)]
+    tries: Option<u32>,
+}
+
+#[derive(Debug, Subcommand)]
+enum ReleaseCmd {
+    /// Create an empty channel in DIR; key files that do not exist are generated (Ed25519).
+    Init(ReleaseInitArgs),
+    /// Add a release to the channel in DIR, re-sign and bump its metadata.
+    Publish(Box<PublishArgs>),
+    /// Re-sign timestamp.json with a new version and expiry (only the timestamp key needed).
+    Refresh(RefreshArgs),
+    /// Trust a new timestamp key: a new root version signed with the root key, then re-sign.
+    RotateTimestampKey(RotateArgs),
+}
+
+#[derive(Debug, Args)]
+struct ChannelKeyArgs {
+    /// The channel directory (metadata/ and targets/).
+    #[arg(long, value_name = "DIR")]
+    channel: PathBuf,
+    /// Private key that signs root, targets and snapshot (PKCS#8 PEM or DER).
+    #[arg(long, value_name = "KEY")]
+    key: PathBuf,
+    /// Private key that signs the timestamp (default: --key).
+    #[arg(long, value_name = "KEY")]
+    timestamp_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct ExpiryArgs {
+    /// Expiry of targets and snapshot: a duration (365d) or an RFC 3339 time.
+    #[arg(long, value_name = "WHEN", default_value = "365d")]
+    expires: Expiry,
+    /// Expiry of the timestamp: a duration (7d) or an RFC 3339 time.
+    #[arg(long, value_name = "WHEN", default_value = "7d")]
+    timestamp_expires: Expiry,
+    /// Expiry of a new root version: a duration or an RFC 3339 time.
+    #[arg(long, value_name = "WHEN", default_value = "1826d")]
+    root_expires: Expiry,
+}
+
+impl ExpiryArgs {
+    fn expiries(&self) -> Expiries {
+        Expiries {
+            root: self.root_expires,
+            targets: self.expires,
+            timestamp: self.timestamp_expires,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct ReleaseInitArgs {
+    #[command(flatten)]
+    keys: ChannelKeyArgs,
+    #[command(flatten)]
+    expiry: ExpiryArgs,
+}
+
+#[derive(Debug, Args)]
+struct PublishArgs {
+    /// The filesystem image (.img, .zst, .xz, .gz) or tar archive of the release.
+    image: PathBuf,
+    #[command(flatten)]
+    keys: ChannelKeyArgs,
+    /// Release version (MAJOR.MINOR.PATCH).
+    #[arg(long)]
+    version: Version,
+    /// OS name shown to hosts (os-release NAME).
+    #[arg(long)]
+    os_name: String,
+    /// OS version shown to hosts (os-release VERSION_ID).
+    #[arg(long)]
+    os_version: String,
+    /// Target name (default: the file name).
+    #[arg(long)]
+    name: Option<String>,
+    /// image or tar (default: from the file name).
+    #[arg(long, value_parser = parse_kind)]
+    kind: Option<SourceKind>,
+    /// Bytes the slot must hold (default: the uncompressed size).
+    #[arg(long, value_name = "BYTES")]
+    required_space: Option<u64>,
+    /// A wave, AFTER:PERCENT (e.g. 0h:10 24h:50 72h:100): that share of the fleet may start
+    /// by then. Repeat it; the last share is 100.
+    #[arg(long = "wave", value_name = "AFTER:PERCENT")]
+    waves: Vec<Wave>,
+    /// Hosts must run at least this release to be offered this one.
+    #[arg(long, value_name = "VERSION")]
+    min_running_version: Option<Version>,
+    #[command(flatten)]
+    expiry: ExpiryArgs,
+}
+
+#[derive(Debug, Args)]
+struct RefreshArgs {
+    /// The channel directory.
+    #[arg(long, value_name = "DIR")]
+    channel: PathBuf,
+    /// The timestamp key.
+    #[arg(long, value_name = "KEY")]
+    key: PathBuf,
+    /// Expiry: a duration (7d) or an RFC 3339 time.
+    #[arg(long, value_name = "WHEN", default_value = "7d")]
+    timestamp_expires: Expiry,
+}
+
+#[derive(Debug, Args)]
+struct RotateArgs {
+    /// The channel directory.
+    #[arg(long, value_name = "DIR")]
+    channel: PathBuf,
+    /// The root key (it also signs targets and snapshot).
+    #[arg(long, value_name = "KEY")]
+    key: PathBuf,
+    /// The new timestamp key (generated if the file does not exist).
+    #[arg(long, value_name = "KEY")]
+    new_key: PathBuf,
+    #[command(flatten)]
+    expiry: ExpiryArgs,
+}
+
+fn parse_kind(s: &str) -> Result<SourceKind, String> {
+    match s {
+        "image" => Ok(SourceKind::Image),
+        "tar" => Ok(SourceKind::Tar),
+        _ => Err(format!("{s:?} is not image or tar")),
+    }
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["source", "from_tar", "bootstrap", "clone", "channel"])))]
 struct StageArgs {
     /// Path or http(s) URL of a raw ext4 image, optionally .zst, .xz or .gz.
     source: Option<String>,
@@ -113,6 +261,15 @@ struct StageArgs {
     /// only the sha256 protects the transfer); https only otherwise.
     #[arg(long)]
     allow_insecure_http: bool,
+    /// The release the signed channel (config update:) offers, verified from the pinned root.
+    #[arg(long, conflicts_with_all = ["sha256", "sha256_url"])]
+    channel: bool,
+    /// With --channel: this release instead of the offered one.
+    #[arg(long, conflicts_with_all = ["source", "from_tar", "bootstrap", "clone"])]
+    version: Option<Version>,
+    /// With --channel: stage a release that is not newer than the running one.
+    #[arg(long, conflicts_with_all = ["source", "from_tar", "bootstrap", "clone"])]
+    allow_downgrade: bool,
 }
 
 impl StageArgs {
@@ -253,16 +410,91 @@ fn history(ctx: &Context, json: bool) -> Result<(), Error> {
     print(json, &ops::history(ctx)?)
 }
 
+fn progress(json: bool) -> bool {
+    !json || std::io::stderr().is_terminal()
+}
+
 fn stage(ctx: &Context, json: bool, a: StageArgs) -> Result<(), Error> {
+    if a.channel {
+        let opts = update::ChannelStageOpts {
+            version: a.version,
+            allow_downgrade: a.allow_downgrade,
+            dry_run: a.dry_run,
+            progress: progress(json),
+        };
+        return print(json, &update::stage_from_channel(ctx, &opts)?);
+    }
     let dry_run = a.dry_run;
     let allow_insecure_http = a.allow_insecure_http;
     let opts = StageOpts {
         allow_insecure_http,
         source: a.into_source()?,
         dry_run,
-        progress: !json || std::io::stderr().is_terminal(),
+        progress: progress(json),
     };
     print(json, &stage::stage(ctx, &opts)?)
+}
+
+fn check(ctx: &Context, json: bool) -> Result<(), Error> {
+    print(json, &update::check(ctx)?)
+}
+
+fn update(ctx: &Context, json: bool, a: UpdateArgs) -> Result<(), Error> {
+    let opts = update::UpdateOpts {
+        no_reboot: a.no_reboot,
+        tries: a.tries,
+        progress: progress(json),
+    };
+    print(json, &update::update(ctx, &opts)?)
+}
+
+fn keys(k: &ChannelKeyArgs) -> Keys {
+    Keys {
+        key: k.key.clone(),
+        timestamp_key: k.timestamp_key.clone(),
+    }
+}
+
+fn release(json: bool, cmd: ReleaseCmd) -> Result<(), Error> {
+    use abupdate_channel::publish;
+    match cmd {
+        ReleaseCmd::Init(a) => print(
+            json,
+            &publish::init(&a.keys.channel, &keys(&a.keys), &a.expiry.expiries())?,
+        ),
+        ReleaseCmd::Publish(a) => {
+            let a = *a;
+            let opts = PublishOptions {
+                image: a.image,
+                name: a.name,
+                version: a.version,
+                os_name: a.os_name,
+                os_version: a.os_version,
+                kind: a.kind,
+                required_bytes: a.required_space,
+                waves: a.waves,
+                min_running_version: a.min_running_version,
+            };
+            print(
+                json,
+                &publish::publish(&a.keys.channel, &opts, &keys(&a.keys), &a.expiry.expiries())?,
+            )
+        }
+        ReleaseCmd::Refresh(a) => print(
+            json,
+            &publish::refresh(&a.channel, &a.key, a.timestamp_expires)?,
+        ),
+        ReleaseCmd::RotateTimestampKey(a) => {
+            let k = Keys {
+                key: a.key,
+                timestamp_key: None,
+            };
+            print(
+                json,
+                &publish::rotate_timestamp_key(&a.channel, &k, &a.new_key, &a.expiry.expiries())?,
+            )
+        }
+    }
 }
 
 fn switch(ctx: &Context, json: bool, a: SwitchArgs) -> Result<(), Error> {
@@ -345,14 +577,15 @@ fn manifest_suggest(config: &std::path::Path, json: bool, a: SuggestArgs) -> Res
 
 fn dispatch(opt: Opt) -> Result<(), Error> {
     let json = opt.json;
-    if let Cmd::Manifest(ManifestCmd::Suggest(a)) = opt.cmd {
-        return manifest_suggest(&opt.config, json, a);
-    }
-    if let Cmd::RefreshMenu(a) = opt.cmd {
-        return refresh_menu(&opt.config, json, a);
-    }
+    let cmd = match opt.cmd {
+        Cmd::Manifest(ManifestCmd::Suggest(a)) => return manifest_suggest(&opt.config, json, a),
+        Cmd::RefreshMenu(a) => return refresh_menu(&opt.config, json, a),
+        // The operator's commands run anywhere, without a host configuration.
+        Cmd::Release(r) => return release(json, r),
+        cmd => cmd,
+    };
     let ctx = Context::open(&opt.config)?;
-    match opt.cmd {
+    match cmd {
         Cmd::Status => status(&ctx, json),
         Cmd::Stage(a) => stage(&ctx, json, a),
         Cmd::Switch(a) => switch(&ctx, json, a),
@@ -363,8 +596,10 @@ fn dispatch(opt: Opt) -> Result<(), Error> {
         Cmd::Daemon => daemon(&ctx, json),
         Cmd::Repair(a) => repair_cmd(&ctx, json, a),
         Cmd::Verify(a) => verify(&ctx, json, a),
-        Cmd::Manifest(_) | Cmd::RefreshMenu(_) => Err(Error::Internal(
-            "manifest and refresh-menu commands open their context themselves".into(),
+        Cmd::Check => check(&ctx, json),
+        Cmd::Update(a) => update(&ctx, json, a),
+        Cmd::Manifest(_) | Cmd::RefreshMenu(_) | Cmd::Release(_) => Err(Error::Internal(
+            "manifest, refresh-menu and release commands open their context themselves".into(),
         )),
     }
 }
@@ -467,6 +702,96 @@ mod tests {
         ));
         let o = parse(&["stage", "img", "--sha256", "ab", "--dry-run"]).expect("valid");
         assert!(matches!(o.cmd, Cmd::Stage(StageArgs { dry_run: true, .. })));
+    }
+
+    #[test]
+    fn channel_verbs() {
+        let o = parse(&[
+            "stage",
+            "--channel",
+            "--version",
+            "13.1.0",
+            "--allow-downgrade",
+        ])
+        .expect("valid");
+        assert!(matches!(
+            o.cmd,
+            Cmd::Stage(StageArgs { channel: true, allow_downgrade: true, version: Some(ref v), .. }) if v.to_string() == "13.1.0"
+        ));
+        assert!(
+            parse(&["stage", "--version", "1.0.0", "img"]).is_err(),
+            "--version needs --channel"
+        );
+        assert!(
+            parse(&["stage", "--channel", "img"]).is_err(),
+            "two sources"
+        );
+        assert!(parse(&["stage", "--channel", "--sha256", "ab"]).is_err());
+        assert!(
+            parse(&["stage", "--channel", "--version", "13"]).is_err(),
+            "not semver"
+        );
+        assert!(matches!(
+            parse(&["check", "--json"]).expect("valid").cmd,
+            Cmd::Check
+        ));
+        assert!(matches!(
+            parse(&["update", "--no-reboot"]).expect("valid").cmd,
+            Cmd::Update(UpdateArgs {
+                no_reboot: true,
+                ..
+            })
+        ));
+        let o = parse(&[
+            "release",
+            "publish",
+            "t.img.zst",
+            "--channel",
+            "/srv/ch",
+            "--key",
+            "k.pem",
+            "--version",
+            "13.1.0",
+            "--os-name",
+            "Debian GNU/Linux",
+            "--os-version",
+            "13",
+            "--wave",
+            "0h:10",
+            "--wave",
+            "1d:100",
+            "--timestamp-expires",
+            "2030-01-01T00:00:00Z",
+        ])
+        .expect("valid");
+        let Cmd::Release(ReleaseCmd::Publish(p)) = o.cmd else {
+            panic!("not release publish");
+        };
+        assert_eq!(p.waves.len(), 2);
+        assert!(matches!(p.expiry.timestamp_expires, Expiry::At(_)));
+        assert!(matches!(p.expiry.expires, Expiry::In(_)));
+        assert!(parse(&[
+            "release",
+            "publish",
+            "t.img",
+            "--channel",
+            "c",
+            "--key",
+            "k",
+            "--version",
+            "1.0.0",
+            "--os-name",
+            "x",
+            "--os-version",
+            "1",
+            "--wave",
+            "soon"
+        ])
+        .is_err());
+        assert!(
+            parse(&["release", "init", "--channel", "c"]).is_err(),
+            "needs --key"
+        );
     }
 
     #[test]

@@ -207,6 +207,9 @@ pub struct Config {
     /// GRUB's boot code and EFI system partition, installed by `init`.
     #[serde(default)]
     pub bootchain: BootChainConfig,
+    /// The signed release channel and the daemon's update policy.
+    #[serde(default)]
+    pub update: Option<abupdate_channel::UpdateConfig>,
 }
 
 /// Which GRUB image the EFI system partition gets.
@@ -675,6 +678,10 @@ impl Config {
             }
         }
         self.bootchain.validate()?;
+        if let Some(u) = &self.update {
+            u.validate()
+                .map_err(|(key, message)| (format!("update.{key}"), message))?;
+        }
         Ok(())
     }
 
@@ -1264,6 +1271,45 @@ trial: { tries: 2 }
             parse(&format!("{GOOD}allow_insecure_http: true\n"))
                 .expect("valid")
                 .allow_insecure_http
+        );
+    }
+
+    #[test]
+    fn update_section() {
+        let c = parse(&format!(
+            "{GOOD}update:\n  channel: https://updates.example/stable\n  switch: window\n  window: \"Sat *-*-* 02:00..04:00\"\n"
+        ))
+        .expect("valid");
+        assert!(c.update.is_some_and(|u| u.window.is_some()));
+        assert!(parse(GOOD).expect("valid").update.is_none());
+        let bad_window = parse(&format!(
+            "{GOOD}update:\n  channel: https://updates.example/s\n  window: \"Sat 2:00..04:00\"\n"
+        ))
+        .expect_err("bad window");
+        // The line and column are those of the update: section's mapping.
+        let section = GOOD.lines().count() + 1;
+        assert!(
+            matches!(&bad_window, ConfigError::Parse { location: Some((l, _)), message, .. } if *l > section && message.contains("window \"Sat 2:00..04:00\": \"2:00\" is not a time")),
+            "{bad_window}"
+        );
+        let e = parse(&format!(
+            "{GOOD}update:\n  channel: https://updates.example/s\n  switch: window\n"
+        ))
+        .expect_err("no window");
+        assert!(e.to_string().contains("update.window"), "{e}");
+        let e = parse(&format!(
+            "{GOOD}update:\n  channel: https://updates.example/s\n  colour: blue\n"
+        ))
+        .expect_err("unknown key");
+        assert!(
+            matches!(
+                e,
+                ConfigError::Parse {
+                    location: Some(_),
+                    ..
+                }
+            ),
+            "{e}"
         );
     }
 }

@@ -103,6 +103,9 @@ pub enum Error {
         /// The encoder's error.
         source: serde_json::Error,
     },
+    /// The release channel refused its metadata or a release, or could not be reached.
+    #[error(transparent)]
+    Channel(Box<abupdate_channel::Error>),
     /// An invariant was violated (a bug).
     #[error("internal error: {0}")]
     Internal(String),
@@ -134,6 +137,12 @@ pub fn chain(e: &dyn std::error::Error) -> String {
 
 /// Result with the library's error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<abupdate_channel::Error> for Error {
+    fn from(e: abupdate_channel::Error) -> Error {
+        Error::Channel(Box::new(e))
+    }
+}
 
 impl Error {
     /// The documented process exit code for this error.
@@ -180,6 +189,12 @@ impl Error {
             Error::Render(_) => EXIT_VERIFY,
             Error::Internal(_) | Error::Encode { .. } => EXIT_INTERNAL,
             Error::BootCode { .. } => EXIT_VERIFY,
+            Error::Channel(e) => match e.kind() {
+                abupdate_channel::ErrorKind::Verification => EXIT_VERIFY,
+                abupdate_channel::ErrorKind::Refused => EXIT_REFUSED,
+                abupdate_channel::ErrorKind::Input => EXIT_USAGE,
+                abupdate_channel::ErrorKind::Io => EXIT_IO,
+            },
             _ => EXIT_IO,
         }
     }

@@ -27,5 +27,6 @@ pub mod repair;
 pub mod slotfs;
 pub mod stage;
 pub mod state;
+pub mod update;
 
 pub use error::{Error, Result};

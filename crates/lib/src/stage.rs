@@ -31,6 +31,13 @@ pub enum Checksum {
     Hex(String),
     /// URL or path of a SHA256SUMS-style file naming the source.
     SumsUrl(String),
+    /// A release of the signed channel: its signed sha256 and exact length.
+    Signed {
+        /// The sha256 from the channel's targets metadata (lowercase hex).
+        sha256: String,
+        /// The length from the same metadata; reading stops there.
+        length: u64,
+    },
 }
 
 /// Where the new slot's content comes from.
@@ -265,6 +272,9 @@ fn expected_sha256(
     };
     match checksum {
         Checksum::Hex(h) => abupdate_stream::parse_hex_sha256(h).map_err(serr("--sha256")),
+        Checksum::Signed { sha256, .. } => {
+            abupdate_stream::parse_hex_sha256(sha256).map_err(serr("the channel's metadata"))
+        }
         Checksum::SumsUrl(u) => {
             let sums = abupdate_stream::Source::parse(u).map_err(serr(u))?;
             let text = abupdate_stream::fetch_text(&sums, open).map_err(serr(u))?;
@@ -286,6 +296,8 @@ struct Fetch {
     expected: String,
     /// Transport policy; the size bound is set once the target slot is known.
     open: abupdate_stream::OpenOptions,
+    /// The exact source length, for a signed channel release.
+    length: Option<u64>,
 }
 
 fn resolve_fetch(
@@ -306,14 +318,28 @@ fn resolve_fetch(
         source: e,
     })?;
     let expected = expected_sha256(checksum, &src, &open)?;
+    let length = match checksum {
+        Checksum::Signed { length, .. } => Some(*length),
+        _ => None,
+    };
     Ok(Fetch {
         src,
         expected,
         open,
+        length,
     })
 }
 
 impl Fetch {
+    /// The copy options for a source staged onto `part`: the image no larger than the
+    /// slot, and a signed release exactly as long as signed.
+    fn copy_options(&self, part: &PartitionInfo) -> abupdate_stream::CopyOptions {
+        abupdate_stream::CopyOptions {
+            max_image_bytes: Some(part.size_bytes),
+            source_len: self.length,
+        }
+    }
+
     /// The open options for a source staged onto `part`: no source larger than the slot
     /// (plus what compression can add to incompressible data) is read.
     fn open_for(&self, part: &PartitionInfo) -> abupdate_stream::OpenOptions {
@@ -455,7 +481,20 @@ fn plan_steps(
 /// `abupdate stage`.
 pub fn stage(ctx: &Context, opts: &StageOpts) -> Result<StageReport> {
     let booted = ctx.booted()?;
-    let transport = if opts.allow_insecure_http || ctx.cfg.allow_insecure_http {
+    let signed = matches!(
+        &opts.source,
+        StageSource::Image {
+            checksum: Checksum::Signed { .. },
+            ..
+        } | StageSource::Tar {
+            checksum: Checksum::Signed { .. },
+            ..
+        }
+    );
+    // A channel release is checked against signed length and hash: plain http carries it.
+    let transport = if signed {
+        abupdate_stream::Transport::SignedMetadata
+    } else if opts.allow_insecure_http || ctx.cfg.allow_insecure_http {
         abupdate_stream::Transport::AllowInsecureHttp
     } else {
         abupdate_stream::Transport::HttpsOnly
@@ -629,9 +668,7 @@ fn write_image(
         offset: 0,
     };
     let mut progress = progress_for(progress, "stage");
-    let copy_opts = abupdate_stream::CopyOptions {
-        max_image_bytes: Some(part.size_bytes),
-    };
+    let copy_opts = f.copy_options(part);
     let stats =
         abupdate_stream::copy(opened, &mut writer, &copy_opts, progress.as_mut()).map_err(&serr)?;
     if stats.source_sha256 != f.expected {
@@ -699,9 +736,7 @@ fn extract_archive(
 ) -> Result<()> {
     let serr = stream_err(&f.src);
     let opened = f.src.open(&f.open_for(part)).map_err(&serr)?;
-    let copy_opts = abupdate_stream::CopyOptions {
-        max_image_bytes: Some(part.size_bytes),
-    };
+    let copy_opts = f.copy_options(part);
     let (mut reader, mut writer) = std::io::pipe().map_err(Error::io("create a pipe for", root))?;
     let copier = std::thread::spawn(move || {
         let mut progress = progress_for(progress, "stage");

@@ -18,6 +18,10 @@ pub struct CopyOptions {
     /// Largest decompressed image accepted (the target partition's size). Exceeding it is
     /// [`Error::TooLarge`], raised before any byte past the limit reaches the sink.
     pub max_image_bytes: Option<u64>,
+    /// The exact length of the source (a signed target's length). A source that announces
+    /// another length is refused before a byte is read; reading stops at this length, and a
+    /// source with fewer or more bytes is [`Error::WrongLength`].
+    pub source_len: Option<u64>,
 }
 
 /// What [`copy`] read and wrote.
@@ -46,8 +50,17 @@ pub fn copy(
     opts: &CopyOptions,
     progress: &mut dyn Progress,
 ) -> Result<CopyStats, Error> {
-    let compression = src.compression()?;
     let name = src.name().to_string();
+    if let (Some(expected), Some(announced)) = (opts.source_len, src.len()) {
+        if announced != expected {
+            return Err(Error::WrongLength {
+                name,
+                expected,
+                actual: Some(announced),
+            });
+        }
+    }
+    let compression = src.compression()?;
     progress.start(src.len());
     let source_done = Cell::new(0u64);
     let mut reader = HashingReader {
@@ -55,6 +68,7 @@ pub fn copy(
         hasher: Sha256::new(),
         done: &source_done,
         error: None,
+        limit: opts.source_len,
     };
     let mut writer = ImageWriter {
         sink,
@@ -71,6 +85,20 @@ pub fn copy(
         progress,
     );
     if let Err(failure) = pumped {
+        // A compressed stream cut at the signed length looks truncated to the decoder; say
+        // what it is when the source goes on.
+        if let Some(expected) = opts.source_len {
+            let mut probe = [0u8; 1];
+            if source_done.get() == expected
+                && matches!(reader.src.read_source(&mut probe), Ok(n) if n > 0)
+            {
+                return Err(Error::WrongLength {
+                    name,
+                    expected,
+                    actual: None,
+                });
+            }
+        }
         return Err(match failure {
             PumpError::Done(e) => e,
             PumpError::Decoder(e) => match reader.error.take() {
@@ -94,9 +122,21 @@ pub fn copy(
     let before = source_done.get();
     while reader.read_source(&mut buf)? > 0 {}
     let trailing = source_done.get() - before;
-    if trailing > 0 {
+    if trailing > 0 && opts.source_len.is_none() {
         warn!(source = %name, bytes = trailing, format = %compression,
             "ignoring data after the end of the compressed stream");
+    }
+    if let Some(expected) = opts.source_len {
+        let done = source_done.get();
+        // One byte past the limit tells a longer source from an exact one.
+        let more = reader.src.read_source(&mut buf[..1])? > 0;
+        if done != expected || more {
+            return Err(Error::WrongLength {
+                name,
+                expected,
+                actual: (!more).then_some(done),
+            });
+        }
     }
     writer.sink.flush().map_err(|source| Error::Write {
         offset: writer.done,
@@ -172,10 +212,23 @@ struct HashingReader<'a> {
     hasher: Sha256,
     done: &'a Cell<u64>,
     error: Option<Error>,
+    /// Source bytes not to read past.
+    limit: Option<u64>,
 }
 
 impl HashingReader<'_> {
     fn read_source(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
+        let buf = match self.limit {
+            Some(limit) => {
+                let left = limit.saturating_sub(self.done.get());
+                let take = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+                &mut buf[..take]
+            }
+            None => buf,
+        };
+        if buf.is_empty() {
+            return Ok(0);
+        }
         let n = self.src.read_source(buf)?;
         self.hasher.update(&buf[..n]);
         self.done.set(self.done.get() + n as u64);

@@ -119,6 +119,16 @@ pub enum Error {
         /// Why it was rejected.
         reason: String,
     },
+    /// The source is not exactly as long as its signed length says.
+    #[error("{name} is {} bytes long, but its signed length is {expected}", actual.map(|a| a.to_string()).unwrap_or_else(|| "more than that".into()))]
+    WrongLength {
+        /// Display name of the source.
+        name: String,
+        /// The signed length.
+        expected: u64,
+        /// What the source has (announced or read); `None` when it has more bytes.
+        actual: Option<u64>,
+    },
     /// The checksum file has no entry for the image.
     #[error("no SHA-256 entry for {file_name:?} in the checksum file")]
     ChecksumMissing {
@@ -206,7 +216,9 @@ impl Error {
             | Error::BadResume { .. }
             | Error::SourceChanged { .. }
             | Error::Write { .. } => ErrorKind::Io,
-            Error::Decompress { .. } | Error::Truncated { .. } => ErrorKind::Verification,
+            Error::Decompress { .. } | Error::Truncated { .. } | Error::WrongLength { .. } => {
+                ErrorKind::Verification
+            }
             Error::TooLarge { .. } | Error::SourceTooLarge { .. } => ErrorKind::TooLarge,
         }
     }

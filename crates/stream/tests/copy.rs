@@ -194,6 +194,7 @@ fn too_large_fires_before_the_limit_is_passed() {
             let mut sink = CountingSink(0);
             let opts = CopyOptions {
                 max_image_bytes: Some(limit),
+                ..Default::default()
             };
             let err = copy(src, &mut sink, &opts, &mut NoProgress).unwrap_err();
             assert!(
@@ -212,6 +213,7 @@ fn too_large_fires_before_the_limit_is_passed() {
             &path,
             &CopyOptions {
                 max_image_bytes: Some(image.len() as u64),
+                ..Default::default()
             },
         );
         assert_eq!(res.unwrap().image_bytes, image.len() as u64);
@@ -318,4 +320,74 @@ fn opened_source_reads_peeked_bytes() {
     let mut all = Vec::new();
     src.read_to_end(&mut all).unwrap();
     assert_eq!(all, data);
+}
+
+#[test]
+fn signed_length_is_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = sample(3 << 20);
+    for (name, published) in [("s.img", image.clone()), ("s.img.zst", zstd(&image))] {
+        let path = write_file(dir.path(), name, &published);
+        let len = published.len() as u64;
+        let exact = |n: u64| CopyOptions {
+            source_len: Some(n),
+            ..Default::default()
+        };
+        // The right length copies as without a limit.
+        let (res, out) = copy_path(&path, &exact(len));
+        assert_eq!(res.unwrap().source_sha256, sha256_hex(&published), "{name}");
+        assert_eq!(out, image, "{name}");
+        // A file whose size differs is refused before anything reaches the sink.
+        for wrong in [len - 1, len + 1] {
+            let (res, out) = copy_path(&path, &exact(wrong));
+            let err = res.unwrap_err();
+            assert!(
+                matches!(err, Error::WrongLength { expected, actual: Some(a), .. } if expected == wrong && a == len),
+                "{name}: {err:?}"
+            );
+            assert_eq!(err.kind(), ErrorKind::Verification);
+            assert!(out.is_empty(), "{name}: wrote {} bytes", out.len());
+        }
+    }
+}
+
+#[test]
+fn reading_stops_at_the_signed_length() {
+    // A source of unknown length (a FIFO) that is longer than its signed length: the copy
+    // reads no further than one byte past it and fails.
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let image = sample(1 << 20);
+    let mut longer = image.clone();
+    longer.extend_from_slice(&sample(1 << 20));
+    let writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            let mut f = std::fs::OpenOptions::new().write(true).open(fifo).unwrap();
+            // The reader stops early; a broken pipe is the expected end.
+            let _ = f.write_all(&longer);
+        })
+    };
+    let src = Source::parse(fifo.to_str().unwrap())
+        .unwrap()
+        .open(&OpenOptions::default())
+        .unwrap();
+    assert_eq!(src.len(), None);
+    let mut sink = CountingSink(0);
+    let opts = CopyOptions {
+        source_len: Some(image.len() as u64),
+        ..Default::default()
+    };
+    let err = copy(src, &mut sink, &opts, &mut NoProgress).unwrap_err();
+    writer.join().unwrap();
+    assert!(
+        matches!(err, Error::WrongLength { actual: None, .. }),
+        "{err:?}"
+    );
+    assert_eq!(sink.0, image.len() as u64, "wrote past the signed length");
 }
