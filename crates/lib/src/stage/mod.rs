@@ -1,28 +1,40 @@
-//! `abupdate stage`: stream an image onto the spare slot, verify it, give the filesystem its
-//! own identity, and prepare the slot (manifest, fstab, services, kernel, version record).
+//! `abupdate stage`: fill the spare slot from a source, give the filesystem its own
+//! identity, and prepare the slot (manifest, fstab, services, kernel, version record).
+//!
+//! One module per kind of source, each a [`SlotSource`] ([`image`], [`tar`], [`bootstrap`],
+//! [`clone`]), all chosen in [`source_for`] and run through the same steps here: lock,
+//! checks, the pre-stage hooks, the slot's head invalidated ([`target::HeadGuard`]), the
+//! source fills the slot and hands back its mounted filesystem, [`prepare`], then
+//! [`record_staged`] on the boot partition. [`target`] holds the target partition and
+//! its writer.
 //!
 //! The slot's first [`HEAD_LEN`] bytes (which hold the ext4 superblock) are zeroed before
 //! anything else and written last, only once the checksum matched: a stage that fails or is
 //! cut short leaves a slot without a filesystem, which `status` shows as empty. The boot
 //! partition is written only when the stage succeeded.
 
-use std::fs::File;
-use std::io::Write;
-use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+mod bootstrap;
+mod clone;
+mod fetch;
+mod image;
+mod tar;
+mod target;
 
+use std::path::Path;
+use std::time::Instant;
+
+use abupdate_utils::mount::TempMount;
 use serde::Serialize;
 
-use crate::chroot::Chroot;
-use crate::context::{failpoint, load_all, mount_private, Context};
+use crate::context::{failpoint, load_all, Context};
 use crate::disk::{PartitionInfo, SlotId};
 use crate::error::{Error, Result};
 use crate::fsinfo;
 use crate::slotfs::{find_kernel, SlotRoot};
 use crate::state::{self, OpRecord, SlotRecord, SlotState};
 
-/// Bytes at the start of the slot held back until the image is verified.
-pub const HEAD_LEN: usize = 64 * 1024;
+pub use clone::CLONE_ROOT_ENV;
+pub use target::{WriteStats, Zeroing, HEAD_LEN, ZERO_BLOCK};
 
 /// How the expected sha256 of a downloaded source is given.
 #[derive(Debug, Clone)]
@@ -104,6 +116,53 @@ pub struct StageReport {
     pub services: Vec<String>,
     /// Plan lines (dry run) or steps done.
     pub steps: Vec<String>,
+    /// How an image's zero blocks were made to read as zeros (image sources only).
+    pub zeroing: Option<Zeroing>,
+    /// Image bytes in zero blocks that were not written (image sources only).
+    pub zeroed_bytes: u64,
+    /// Wall and CPU time of each step, in order.
+    pub phases: Vec<PhaseTime>,
+}
+
+/// Wall-clock and CPU time of one step of a stage (`write` is the data path: the image
+/// streamed, the archive extracted, the tree copied or the installer run).
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseTime {
+    /// The step: `mkfs`, `write`, `check`, `resize`, `identity`, `mount`, `run`,
+    /// `prepare`, `record`.
+    pub phase: String,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+    /// User and system CPU seconds of abupdate and the commands it ran.
+    pub cpu_seconds: f64,
+}
+
+/// User and system CPU seconds used so far by this process and its waited-for children.
+fn cpu_seconds() -> f64 {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let secs = |who| {
+        getrusage(who).map_or(0.0, |u| {
+            let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
+            t(u.user_time()) + t(u.system_time())
+        })
+    };
+    secs(UsageWho::RUSAGE_SELF) + secs(UsageWho::RUSAGE_CHILDREN)
+}
+
+/// Runs `f` as the step `phase`, recording its wall and CPU time in the report.
+fn time<T>(
+    report: &mut StageReport,
+    phase: &str,
+    f: impl FnOnce(&mut StageReport) -> Result<T>,
+) -> Result<T> {
+    let (start, cpu) = (Instant::now(), cpu_seconds());
+    let res = f(report);
+    report.phases.push(PhaseTime {
+        phase: phase.to_string(),
+        seconds: start.elapsed().as_secs_f64(),
+        cpu_seconds: cpu_seconds() - cpu,
+    });
+    res
 }
 
 impl std::fmt::Display for StageReport {
@@ -135,214 +194,56 @@ impl std::fmt::Display for StageReport {
     }
 }
 
-/// Checks that nothing uses the target partition: not the root, not mounted, no holders.
-fn check_target_free(p: &PartitionInfo) -> Result<()> {
-    let root_dev = std::fs::metadata("/")
-        .map_err(Error::io("stat", "/"))?
-        .dev();
-    if root_dev == p.rdev {
-        return Err(Error::Refused(format!(
-            "{} holds the running root filesystem",
-            p.device.display()
-        )));
-    }
-    let (maj, min) = (
-        nix::sys::stat::major(p.rdev) as u32,
-        nix::sys::stat::minor(p.rdev) as u32,
-    );
-    let mounts =
-        abupdate_utils::mountinfo::read().map_err(Error::io("read", "/proc/self/mountinfo"))?;
-    if let Some(m) = mounts.iter().find(|m| m.major == maj && m.minor == min) {
-        return Err(Error::Refused(format!(
-            "target slot {} is mounted on {}; unmount it first",
-            p.device.display(),
-            m.mount_point.display()
-        )));
-    }
-    let name = p
-        .device
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let holders = PathBuf::from(format!("/sys/class/block/{name}/holders"));
-    if let Ok(mut it) = std::fs::read_dir(&holders) {
-        if let Some(Ok(h)) = it.next() {
-            return Err(Error::Refused(format!(
-                "target slot {} is in use by {}",
-                p.device.display(),
-                h.file_name().to_string_lossy()
-            )));
-        }
-    }
-    Ok(())
+/// One way of filling the spare slot.
+trait SlotSource {
+    /// The source as recorded in the state and shown in messages.
+    fn name(&self) -> String;
+    /// The expected (and, once staged, verified) sha256 of a downloaded source.
+    fn sha256(&self) -> Option<String>;
+    /// The plan lines of this source, for a slot described as `dest` labelled `label`.
+    fn plan(&self, dest: &str, label: &str) -> Vec<String>;
+    /// What a dry run checks of the source (it opens); fills `report.source_bytes`.
+    fn dry_run(&self, report: &mut StageReport) -> Result<()>;
+    /// Fills the slot, whose head is invalidated, and returns its filesystem mounted, with
+    /// the UUID `slot.fs_uuid` and the partition's label.
+    fn fill(&self, slot: &Slot<'_>, report: &mut StageReport) -> Result<TempMount>;
 }
 
-/// Opens the target exclusively: the kernel refuses (EBUSY) if it is mounted anywhere,
-/// in any mount namespace.
-fn open_target(p: &PartitionInfo) -> Result<File> {
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(libc_o_excl())
-        .open(&p.device)
-        .map_err(|e| {
-            if e.raw_os_error() == Some(nix::errno::Errno::EBUSY as i32) {
-                Error::Refused(format!(
-                    "target slot {} is in use (mounted or held open)",
-                    p.device.display()
-                ))
-            } else {
-                Error::io("open for writing", &p.device)(e)
-            }
-        })?;
-    let meta = f.metadata().map_err(Error::io("stat", &p.device))?;
-    if !meta.file_type().is_block_device() {
-        return Err(Error::Refused(format!(
-            "{} is not a block device",
-            p.device.display()
-        )));
-    }
-    Ok(f)
+/// The slot being staged, as the sources see it.
+struct Slot<'a> {
+    ctx: &'a Context,
+    part: &'a PartitionInfo,
+    id: SlotId,
+    /// The new filesystem's UUID.
+    fs_uuid: &'a str,
+    /// Show progress.
+    progress: bool,
+    /// How the target zeroes (found while invalidating its head).
+    zeroing: Zeroing,
 }
 
-fn libc_o_excl() -> i32 {
-    nix::fcntl::OFlag::O_EXCL.bits()
-}
-
-/// Writes the image to the partition, holding back the first [`HEAD_LEN`] bytes.
-struct SlotWriter<'a> {
-    file: &'a File,
-    device: &'a Path,
-    head: Vec<u8>,
-    offset: u64,
-}
-
-impl Write for SlotWriter<'_> {
-    fn write(&mut self, mut buf: &[u8]) -> std::io::Result<usize> {
-        let n = buf.len();
-        if self.head.len() < HEAD_LEN {
-            let take = (HEAD_LEN - self.head.len()).min(buf.len());
-            self.head.extend_from_slice(&buf[..take]);
-            self.offset += take as u64;
-            buf = &buf[take..];
-        }
-        if !buf.is_empty() {
-            self.file.write_all_at(buf, self.offset)?;
-            self.offset += buf.len() as u64;
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl SlotWriter<'_> {
-    fn finish(self) -> Result<()> {
-        let dev = self.device;
-        self.file.sync_all().map_err(Error::io("fsync", dev))?;
-        self.file
-            .write_all_at(&self.head, 0)
-            .map_err(Error::io("write the verified head of the image to", dev))?;
-        self.file.sync_all().map_err(Error::io("fsync", dev))
-    }
-}
-
-fn expected_sha256(checksum: &Checksum, src: &abupdate_stream::Source) -> Result<String> {
-    let serr = |name: &str| {
-        let name = name.to_string();
-        move |source| Error::Stream {
-            source_name: name,
-            source,
-        }
-    };
-    match checksum {
-        Checksum::Hex(h) => abupdate_stream::parse_hex_sha256(h).map_err(serr("--sha256")),
-        Checksum::SumsUrl(u) => {
-            let sums = abupdate_stream::Source::parse(u).map_err(serr(u))?;
-            let text = abupdate_stream::fetch_text(&sums, &abupdate_stream::OpenOptions::default())
-                .map_err(serr(u))?;
-            let name = src.file_name().ok_or_else(|| {
-                Error::Refused(format!(
-                    "cannot tell the file name of {} to look up in {u}",
-                    src.display_name()
-                ))
-            })?;
-            abupdate_stream::parse_sha256sums(&text, &name).map_err(serr(u))
-        }
-    }
-}
-
-/// A downloaded source resolved before the lock is taken: what to open and what it must hash to.
-struct Fetch {
-    src: abupdate_stream::Source,
-    expected: String,
-}
-
-fn resolve_fetch(source: &str, checksum: &Checksum) -> Result<Fetch> {
-    let src = abupdate_stream::Source::parse(source).map_err(|e| Error::Stream {
-        source_name: source.to_string(),
-        source: e,
-    })?;
-    let expected = expected_sha256(checksum, &src)?;
-    Ok(Fetch { src, expected })
-}
-
-fn stream_err(src: &abupdate_stream::Source) -> impl Fn(abupdate_stream::Error) -> Error + '_ {
-    move |source| Error::Stream {
-        source_name: src.display_name(),
-        source,
-    }
-}
-
-/// Zeroes the slot's head now and again on drop unless disarmed, so that a stage that fails
-/// after a filesystem was made leaves no filesystem behind.
-struct HeadGuard {
-    device: PathBuf,
-    armed: bool,
-}
-
-impl HeadGuard {
-    fn arm(part: &PartitionInfo) -> Result<HeadGuard> {
-        let file = open_target(part)?;
-        zero_head(&file, &part.device)?;
-        Ok(HeadGuard {
-            device: part.device.clone(),
-            armed: true,
-        })
-    }
-
-    fn disarm(mut self) {
-        self.armed = false;
-    }
-}
-
-fn zero_head(file: &File, device: &Path) -> Result<()> {
-    file.write_all_at(&vec![0u8; HEAD_LEN], 0)
-        .map_err(Error::io("invalidate the head of", device))?;
-    file.sync_all().map_err(Error::io("fsync", device))
-}
-
-impl Drop for HeadGuard {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let res = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&self.device)
-            .map_err(Error::io("open", &self.device))
-            .and_then(|f| zero_head(&f, &self.device));
-        if let Err(e) = res {
-            tracing::warn!("could not invalidate the failed slot: {e}");
-        }
-    }
+/// The source for `source`. A download's checksum is resolved here, before the lock.
+fn source_for(source: &StageSource, booted: SlotId) -> Result<Box<dyn SlotSource>> {
+    Ok(match source {
+        StageSource::Image { source, checksum } => Box::new(image::ImageSource {
+            fetch: fetch::Fetch::resolve(source, checksum)?,
+        }),
+        StageSource::Tar { source, checksum } => Box::new(tar::TarSource {
+            fetch: fetch::Fetch::resolve(source, checksum)?,
+        }),
+        StageSource::Bootstrap { command } => Box::new(bootstrap::BootstrapSource {
+            command: command.clone(),
+        }),
+        StageSource::Clone { run } => Box::new(clone::CloneSource {
+            run: run.clone(),
+            booted,
+        }),
+    })
 }
 
 fn plan_steps(
     ctx: &Context,
-    source: &StageSource,
-    fetch: Option<&Fetch>,
+    source: &dyn SlotSource,
     part: &PartitionInfo,
     target: SlotId,
 ) -> Vec<String> {
@@ -351,38 +252,7 @@ fn plan_steps(
         part.device.display(),
         part.size_bytes >> 20
     );
-    let label = &part.partlabel;
-    let mut steps = match (source, fetch) {
-        (StageSource::Image { .. }, Some(f)) => vec![
-            format!("write the image {} onto {dest}", f.src.display_name()),
-            format!("verify sha256 {}", f.expected),
-            format!(
-                "grow the filesystem to the partition, give it a new UUID and the label {label}"
-            ),
-        ],
-        (StageSource::Tar { .. }, Some(f)) => vec![
-            format!("make a fresh ext4 filesystem (label {label}) on {dest}"),
-            format!("extract the archive {} into it", f.src.display_name()),
-            format!("verify sha256 {}", f.expected),
-        ],
-        (StageSource::Bootstrap { command }, _) => vec![
-            format!("make a fresh ext4 filesystem (label {label}) on {dest}"),
-            format!("run the installer: {command}"),
-            "make sure the slot has a kernel and an initramfs".into(),
-        ],
-        (StageSource::Clone { run }, _) => {
-            let mut v = vec![
-                format!("make a fresh ext4 filesystem (label {label}) on {dest}"),
-                "copy the running system onto it (not crossing mount points)".into(),
-            ];
-            if let Some(r) = run {
-                v.push(format!("run chrooted in the copy: {r}"));
-                v.push("make sure the slot has a kernel and an initramfs".into());
-            }
-            v
-        }
-        _ => Vec::new(),
-    };
+    let mut steps = source.plan(&dest, &part.partlabel);
     steps.push(format!(
         "copy the manifest ({} entries) into the slot",
         ctx.cfg.manifest.include.len()
@@ -398,12 +268,7 @@ fn plan_steps(
 /// `abupdate stage`.
 pub fn stage(ctx: &Context, opts: &StageOpts) -> Result<StageReport> {
     let booted = ctx.booted()?;
-    let fetch = match &opts.source {
-        StageSource::Image { source, checksum } | StageSource::Tar { source, checksum } => {
-            Some(resolve_fetch(source, checksum)?)
-        }
-        _ => None,
-    };
+    let source = source_for(&opts.source, booted)?;
     let _lock = ctx.lock()?;
     let boot = ctx.mount_boot(false)?;
     let (_st, _bs, facts) = load_all(ctx, &boot, booted)?;
@@ -414,21 +279,13 @@ pub fn stage(ctx: &Context, opts: &StageOpts) -> Result<StageReport> {
             "target and booted slot are the same partition".into(),
         ));
     }
-    check_target_free(&part)?;
-    let source_name = match (&opts.source, &fetch) {
-        (_, Some(f)) => f.src.display_name(),
-        (StageSource::Bootstrap { command }, _) => format!("bootstrap: {command}"),
-        (StageSource::Clone { run: Some(r) }, _) => format!("clone of slot {booted}, then: {r}"),
-        _ => format!("clone of slot {booted}"),
-    };
+    target::check_target_free(&part)?;
+    let source_name = source.name();
     let mut report = StageReport {
         slot: target,
         device: part.device.display().to_string(),
         source: source_name.clone(),
-        sha256: fetch
-            .as_ref()
-            .map(|f| f.expected.clone())
-            .unwrap_or_default(),
+        sha256: source.sha256().unwrap_or_default(),
         dry_run: opts.dry_run,
         source_bytes: 0,
         image_bytes: 0,
@@ -438,18 +295,15 @@ pub fn stage(ctx: &Context, opts: &StageOpts) -> Result<StageReport> {
         manifest_missing: Vec::new(),
         manifest_conflicts: Vec::new(),
         services: ctx.cfg.services.clone(),
-        steps: plan_steps(ctx, &opts.source, fetch.as_ref(), &part, target),
+        steps: plan_steps(ctx, source.as_ref(), &part, target),
+        zeroing: None,
+        zeroed_bytes: 0,
+        phases: Vec::new(),
     };
     boot.close()?;
     if opts.dry_run {
-        open_target(&part).map(drop)?;
-        if let Some(f) = &fetch {
-            let opened = f
-                .src
-                .open(&abupdate_stream::OpenOptions::default())
-                .map_err(stream_err(&f.src))?;
-            report.source_bytes = opened.len().unwrap_or(0);
-        }
+        target::open_target(&part).map(drop)?;
+        source.dry_run(&mut report)?;
         return Ok(report);
     }
 
@@ -464,55 +318,41 @@ pub fn stage(ctx: &Context, opts: &StageOpts) -> Result<StageReport> {
 
     let fs_uuid = uuid::Uuid::new_v4().hyphenated().to_string();
     // From here on the slot holds no valid filesystem until the guard is disarmed.
-    let guard = HeadGuard::arm(&part)?;
+    let guard = target::HeadGuard::arm(&part)?;
     failpoint("stage.after-invalidate");
-    let mount = match (&opts.source, &fetch) {
-        (StageSource::Image { .. }, Some(f)) => {
-            write_image(f, &part, target, opts.progress, &mut report)?;
-            failpoint("stage.after-write");
-            let dev = part.device.display().to_string();
-            fsck(&dev)?;
-            abupdate_utils::Cmd::new("resize2fs")
-                .arg(&dev)
-                .run()
-                .map_err(Error::cmd(format!("grow the filesystem on {dev}")))?;
-            abupdate_utils::Cmd::new("tune2fs")
-                .args(["-U", &fs_uuid, "-L", &part.partlabel, &dev])
-                .run()
-                .map_err(Error::cmd(format!("set UUID and label of {dev}")))?;
-            mount_private(&part.device, false)?
-        }
-        (StageSource::Tar { .. }, Some(f)) => {
-            let m = make_fresh_fs(&part, &fs_uuid)?;
-            extract_archive(f, m.path(), opts.progress, &mut report)?;
-            failpoint("stage.after-write");
-            m
-        }
-        (StageSource::Bootstrap { command }, _) => {
-            let m = make_fresh_fs(&part, &fs_uuid)?;
-            run_installer(command, m.path())?;
-            ensure_initramfs(&SlotRoot::open(m.path())?)?;
-            failpoint("stage.after-write");
-            m
-        }
-        (StageSource::Clone { run }, _) => {
-            let m = make_fresh_fs(&part, &fs_uuid)?;
-            clone_running(ctx, m.path(), &mut report)?;
-            if let Some(cmd) = run {
-                run_in_copy(cmd, &SlotRoot::open(m.path())?)?;
-            }
-            failpoint("stage.after-write");
-            m
-        }
-        _ => return Err(Error::Internal("stage source without its download".into())),
+    let slot = Slot {
+        ctx,
+        part: &part,
+        id: target,
+        fs_uuid: &fs_uuid,
+        progress: opts.progress,
+        zeroing: guard.zeroing(),
     };
+    let mount = source.fill(&slot, &mut report)?;
     failpoint("stage.after-fs-setup");
 
-    let rec = prepare(ctx, mount.path(), &fs_uuid, &mut report, &hook_env)?;
-    mount.close()?;
+    let rec = time(&mut report, "prepare", |r| {
+        let rec = prepare(ctx, mount.path(), &fs_uuid, r, &hook_env)?;
+        mount.close()?;
+        Ok(rec)
+    })?;
     failpoint("stage.after-prepare");
     guard.disarm();
 
+    time(&mut report, "record", |_| {
+        record_staged(ctx, target, source_name, source.sha256(), rec)
+    })?;
+    Ok(report)
+}
+
+/// Records the staged slot on the boot partition: the only write to it during a stage.
+fn record_staged(
+    ctx: &Context,
+    target: SlotId,
+    source_name: String,
+    sha256: Option<String>,
+    rec: SlotRecord,
+) -> Result<()> {
     // The only write to the boot partition: the record of the staged slot.
     let msg = format!(
         "slot {target} staged with {} from {source_name}",
@@ -528,7 +368,7 @@ pub fn stage(ctx: &Context, opts: &StageOpts) -> Result<StageReport> {
         target,
         SlotRecord {
             source: Some(source_name),
-            sha256: fetch.map(|f| f.expected),
+            sha256,
             staged_at: Some(state::now()),
             ..rec
         },
@@ -536,268 +376,7 @@ pub fn stage(ctx: &Context, opts: &StageOpts) -> Result<StageReport> {
     boot.store()
         .record(&mut st, OpRecord::new("stage", true, Some(target), &msg))?;
     boot.close()?;
-    Ok(report)
-}
-
-fn progress_for(show: bool, label: &str) -> Box<dyn abupdate_stream::Progress> {
-    if show {
-        abupdate_stream::reporter(label)
-    } else {
-        Box::new(abupdate_stream::NoProgress)
-    }
-}
-
-/// Streams a filesystem image onto the partition, holding its head back until verified.
-fn write_image(
-    f: &Fetch,
-    part: &PartitionInfo,
-    target: SlotId,
-    progress: bool,
-    report: &mut StageReport,
-) -> Result<()> {
-    let serr = stream_err(&f.src);
-    let mut opened = f
-        .src
-        .open(&abupdate_stream::OpenOptions::default())
-        .map_err(&serr)?;
-    let compression = opened.compression().map_err(&serr)?;
-    if compression == abupdate_stream::Compression::None {
-        if let Some(len) = opened.len() {
-            if len > part.size_bytes {
-                return Err(Error::Verification(format!(
-                    "image {} ({len} bytes) is larger than slot {target} ({}, {} bytes)",
-                    f.src.display_name(),
-                    part.device.display(),
-                    part.size_bytes
-                )));
-            }
-        }
-    }
-    let file = open_target(part)?;
-    let mut writer = SlotWriter {
-        file: &file,
-        device: &part.device,
-        head: Vec::with_capacity(HEAD_LEN),
-        offset: 0,
-    };
-    let mut progress = progress_for(progress, "stage");
-    let copy_opts = abupdate_stream::CopyOptions {
-        max_image_bytes: Some(part.size_bytes),
-    };
-    let stats =
-        abupdate_stream::copy(opened, &mut writer, &copy_opts, progress.as_mut()).map_err(&serr)?;
-    if stats.source_sha256 != f.expected {
-        return Err(Error::Verification(format!(
-            "sha256 of {} is {}, expected {}; slot {target} was left without a filesystem",
-            f.src.display_name(),
-            stats.source_sha256,
-            f.expected
-        )));
-    }
-    let Some(fs) = writer
-        .head
-        .get(1024..2048)
-        .and_then(fsinfo::parse_ext4_superblock)
-    else {
-        return Err(Error::Verification(format!(
-            "{} is not an ext2/3/4 filesystem image; slot {target} was left without a filesystem",
-            f.src.display_name()
-        )));
-    };
-    if stats.image_bytes < fs.size_bytes {
-        return Err(Error::Verification(format!(
-            "{} is truncated: it holds {} bytes but its filesystem is {} bytes; slot {target} was left without a filesystem",
-            f.src.display_name(),
-            stats.image_bytes,
-            fs.size_bytes
-        )));
-    }
-    if fs.size_bytes > part.size_bytes {
-        return Err(Error::Verification(format!(
-            "the filesystem in {} ({} bytes) is larger than slot {target} ({} bytes)",
-            f.src.display_name(),
-            fs.size_bytes,
-            part.size_bytes
-        )));
-    }
-    writer.finish()?;
-    report.image_bytes = stats.image_bytes;
-    report.source_bytes = stats.source_bytes;
     Ok(())
-}
-
-/// Makes a fresh ext4 filesystem with the slot's label and a new UUID, and mounts it.
-fn make_fresh_fs(part: &PartitionInfo, fs_uuid: &str) -> Result<abupdate_utils::mount::TempMount> {
-    let dev = part.device.display().to_string();
-    abupdate_utils::Cmd::new("mkfs.ext4")
-        .args(["-F", "-q", "-L", &part.partlabel, "-U", fs_uuid, &dev])
-        .run()
-        .map_err(Error::cmd(format!("make a filesystem on {dev}")))?;
-    mount_private(&part.device, false)
-}
-
-/// Streams a (compressed) tar archive into the mounted slot while hashing it: the download
-/// and decompression run in a thread that writes into a pipe the extractor reads.
-fn extract_archive(f: &Fetch, root: &Path, progress: bool, report: &mut StageReport) -> Result<()> {
-    let serr = stream_err(&f.src);
-    let opened = f
-        .src
-        .open(&abupdate_stream::OpenOptions::default())
-        .map_err(&serr)?;
-    let (mut reader, mut writer) = std::io::pipe().map_err(Error::io("create a pipe for", root))?;
-    let copier = std::thread::spawn(move || {
-        let mut progress = progress_for(progress, "stage");
-        let res = abupdate_stream::copy(
-            opened,
-            &mut writer,
-            &abupdate_stream::CopyOptions::default(),
-            progress.as_mut(),
-        );
-        drop(writer);
-        res
-    });
-    let extracted = abupdate_treecopy::extract_tar(&mut reader, root);
-    // Read what the archive's end marker left (padding) so the whole source is hashed; after
-    // a refused entry, closing the pipe stops the download instead.
-    let drained = match &extracted {
-        Ok(_) => std::io::copy(&mut reader, &mut std::io::sink()).map(drop),
-        Err(_) => Ok(()),
-    };
-    drop(reader);
-    let copied = copier
-        .join()
-        .map_err(|_| Error::Internal("the download thread panicked".into()))?;
-    let extracted = extracted.map_err(Error::tree("extract the archive into the new slot"))?;
-    let stats = copied.map_err(&serr)?;
-    drained.map_err(Error::io("read the rest of", f.src.display_name()))?;
-    if stats.source_sha256 != f.expected {
-        return Err(Error::Verification(format!(
-            "sha256 of {} is {}, expected {}; the slot was left without a filesystem",
-            f.src.display_name(),
-            stats.source_sha256,
-            f.expected
-        )));
-    }
-    report.source_bytes = stats.source_bytes;
-    report.image_bytes = extracted.bytes;
-    Ok(())
-}
-
-/// Quotes a path for `sh`.
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
-/// Runs an installer command with `{target}` replaced by the mounted slot.
-fn run_installer(command: &str, root: &Path) -> Result<()> {
-    let script = command.replace("{target}", &shell_quote(&root.to_string_lossy()));
-    let out = abupdate_utils::Cmd::new("sh")
-        .args(["-c", &script])
-        .env("ABUPDATE_TARGET", root)
-        .output()
-        .map_err(Error::cmd("run the installer"))?;
-    if out.status.success() {
-        return Ok(());
-    }
-    let tail = crate::chroot::output_tail(&out);
-    Err(Error::Refused(format!(
-        "installer `{command}` failed ({}): {}",
-        out.status,
-        tail.trim()
-    )))
-}
-
-/// Makes sure the slot has an initramfs for its newest kernel, building it chrooted with the
-/// slot's own tool (update-initramfs or dracut) when missing.
-fn ensure_initramfs(root: &SlotRoot) -> Result<()> {
-    let k = find_kernel(root)?;
-    if k.initrd.is_some() {
-        return Ok(());
-    }
-    let version = k.kernel.trim_start_matches("/boot/vmlinuz-").to_string();
-    let script = format!(
-        "if command -v update-initramfs >/dev/null; then update-initramfs -c -k {v}; \
-         elif command -v dracut >/dev/null; then dracut -f --kver {v}; \
-         else echo 'neither update-initramfs nor dracut in the slot' >&2; exit 1; fi",
-        v = shell_quote(&version)
-    );
-    let chroot = Chroot::enter(root)?;
-    let res = chroot.run_shell("building the initramfs", &script, &[]);
-    chroot.close()?;
-    res?;
-    find_kernel(root)?
-        .initrd
-        .map(|_| ())
-        .ok_or_else(|| Error::Refused(format!("no initramfs for {} after building it", k.kernel)))
-}
-
-/// Copies the running system onto the fresh filesystem at `root`.
-fn clone_running(ctx: &Context, root: &Path, report: &mut StageReport) -> Result<()> {
-    let mut exclude = vec![ctx.cfg.boot_mountpoint()];
-    if let Some(d) = ctx.cfg.data_mountpoint() {
-        exclude.push(d);
-    }
-    let opts = abupdate_treecopy::CloneOptions { exclude };
-    let source = clone_source();
-    let r = abupdate_treecopy::clone_tree(&source, root, &opts)
-        .map_err(Error::tree("copy the running system into the new slot"))?;
-    for m in &r.skipped_mounts {
-        tracing::info!("clone: mount point {} left empty", m.display());
-    }
-    report.image_bytes = r.bytes;
-    Ok(())
-}
-
-/// Test-only: the tree `stage --clone` copies as the running system, honoured only together
-/// with `ABUPDATE_ASSUME_BOOTED` (a pretended boot has no running root of its own).
-pub const CLONE_ROOT_ENV: &str = "ABUPDATE_CLONE_ROOT";
-
-/// The running system's root: `/`, or `ABUPDATE_CLONE_ROOT` on a pretended boot.
-fn clone_source() -> PathBuf {
-    match std::env::var_os(CLONE_ROOT_ENV) {
-        Some(p) if std::env::var_os(crate::disk::ASSUME_BOOTED_ENV).is_some() => PathBuf::from(p),
-        _ => PathBuf::from("/"),
-    }
-}
-
-/// Runs the operator's command chrooted in the copy, with services kept from starting.
-fn run_in_copy(cmd: &str, root: &SlotRoot) -> Result<()> {
-    const POLICY: &str = "/usr/sbin/policy-rc.d";
-    let had_policy = root.read_to_string(POLICY)?.is_some();
-    if !had_policy {
-        root.create_dir_all("/usr/sbin")?;
-        root.write_file(POLICY, b"#!/bin/sh\n# written by abupdate stage --clone: no service starts in a chroot\nexit 101\n", 0o755)?;
-    }
-    let chroot = Chroot::enter(root)?;
-    let res = chroot.run_shell(
-        &format!("`{cmd}`"),
-        cmd,
-        &[("DEBIAN_FRONTEND", "noninteractive")],
-    );
-    chroot.close()?;
-    if !had_policy {
-        let _ = std::fs::remove_file(root.path().join(&POLICY[1..]));
-    }
-    res?;
-    ensure_initramfs(root)
-}
-
-/// `e2fsck -f -p`: exit 1 means errors were corrected, which is fine for a fresh image.
-fn fsck(dev: &str) -> Result<()> {
-    match abupdate_utils::Cmd::new("e2fsck")
-        .args(["-f", "-p", dev])
-        .run()
-    {
-        Ok(_) => Ok(()),
-        Err(abupdate_utils::CmdError::Failed { status, .. })
-            if status.ends_with("exit status: 1") =>
-        {
-            Ok(())
-        }
-        Err(e) => Err(Error::Verification(format!(
-            "the image's filesystem on {dev} is damaged: {e}"
-        ))),
-    }
 }
 
 /// Prepares the mounted slot: manifest, fstab, services, post-stage hooks, kernel, OS.
@@ -970,31 +549,5 @@ mod tests {
         assert!(m.contains("tmpfs /tmp"));
         assert!(!m.contains("UUID=x /"));
         assert!(!m.contains("UUID=y"));
-    }
-
-    #[test]
-    fn slot_writer_holds_back_the_head() {
-        let f = tempfile::tempfile().expect("tempfile");
-        let dev = PathBuf::from("/test");
-        let mut w = SlotWriter {
-            file: &f,
-            device: &dev,
-            head: Vec::new(),
-            offset: 0,
-        };
-        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8 + 1).collect();
-        for chunk in data.chunks(7000) {
-            w.write_all(chunk).expect("write");
-        }
-        let mut on_disk = vec![0u8; data.len()];
-        f.read_exact_at(&mut on_disk, 0).expect("read");
-        assert!(
-            on_disk[..HEAD_LEN].iter().all(|&b| b == 0),
-            "head written early"
-        );
-        assert_eq!(&on_disk[HEAD_LEN..], &data[HEAD_LEN..]);
-        w.finish().expect("finish");
-        f.read_exact_at(&mut on_disk, 0).expect("read");
-        assert_eq!(on_disk, data);
     }
 }
