@@ -29,9 +29,9 @@ use crate::{Compression, Error, OpenedSource, Progress};
 /// Bytes of every image chunk handed to a [`ChunkSink`] but the last.
 pub const CHUNK_LEN: usize = 1 << 20;
 /// Image buffers in flight between the decoder (or the hasher) and the sink.
-pub const IMAGE_POOL: usize = 4;
+pub const IMAGE_POOL: usize = 3;
 /// Bytes of each buffer of compressed source data.
-pub const SOURCE_CHUNK_LEN: usize = 256 << 10;
+pub const SOURCE_CHUNK_LEN: usize = 128 << 10;
 /// Buffers of compressed source data in flight between the reader and the decoder.
 pub const SOURCE_POOL: usize = 4;
 
