@@ -178,12 +178,20 @@ fn zero_blocks_leave_no_stale_byte() -> Result<()> {
     }
     fill_with_pattern(&disk.slot_b())?;
     let report = stage_json(&disk, &raw)?;
-    assert_eq!(report["zeroing"], "punch", "{report:#}");
-    let zeroed = report["zeroed_bytes"].as_u64().unwrap_or(0);
+    let writes = &report["image_writes"];
+    assert_eq!(writes["zeroing"], "punch", "{report:#}");
+    let zeroed = writes["zeroed_bytes"].as_u64().unwrap_or(0);
     assert!(
         zeroed > (SLOT_MIB << 20) / 2,
         "only {zeroed} bytes of zero blocks skipped: {report:#}"
     );
+    let (written, direct) = (
+        writes["written_bytes"].as_u64().unwrap_or(0),
+        writes["direct_bytes"].as_u64().unwrap_or(0),
+    );
+    assert_eq!(written + zeroed, SLOT_MIB << 20, "{report:#}");
+    // All but the head, written last through the page cache.
+    assert_eq!(direct, written - HEAD_LEN, "{report:#}");
     assert_slot_b_staged(&disk)?;
     Ok(())
 }
@@ -212,8 +220,8 @@ fn a_device_that_cannot_zero_gets_the_zeros_written() -> Result<()> {
     assert_slot_holds(&disk.slot_b(), &image.path, false, "no write-zeroes")?;
     fill_with_pattern(&disk.slot_b())?;
     let report = stage_json(&disk, &image)?;
-    assert_eq!(report["zeroing"], "write", "{report:#}");
-    assert_eq!(report["zeroed_bytes"], 0, "{report:#}");
+    assert_eq!(report["image_writes"]["zeroing"], "write", "{report:#}");
+    assert_eq!(report["image_writes"]["zeroed_bytes"], 0, "{report:#}");
     drop(disk);
     ram.close()?;
     Ok(())

@@ -18,8 +18,8 @@ use std::process::Command;
 use anyhow::{ensure, Context, Result};
 
 use crate::bench_stage::{
-    abupdate_cmd, file_name, sh, sha256, timed, timed_stage, Measure, Mounted, Table, MIB, RUNS,
-    SLOT_MIB,
+    abupdate_cmd, file_name, settle, sh, sha256, timed, timed_stage, Measure, Mounted, Table, MIB,
+    RUNS, SLOT_MIB,
 };
 use crate::images::Images;
 use crate::util;
@@ -90,6 +90,7 @@ fn bench_tar(
         )?;
         table.record(TAR_REFERENCE, tool, tool);
         eprintln!("bench: round {round}/{RUNS}: {stage_name}");
+        settle(target.slot_b)?;
         let mut cmd = abupdate_cmd(target.bin, target.config);
         cmd.args(["--json", "stage", "--from-tar"])
             .arg(tar)
@@ -113,6 +114,7 @@ fn bench_tar(
 /// as abupdate makes it), `fill` (a shell command given the mount point as `$1`), then
 /// `sync` and `umount`.
 fn reference(target: &Target, dir: &Path, fill: &str) -> Result<Measure> {
+    settle(target.slot_b)?;
     let mnt = dir.join("reference-mnt");
     fs::create_dir_all(&mnt).with_context(|| format!("create {}", mnt.display()))?;
     let script = format!(
@@ -168,6 +170,7 @@ fn bench_clone(target: &Target, dir: &Path, tar: &Path, tar_len: u64) -> Result<
         )?;
         table.record(CLONE_REFERENCE, tool, tool);
         eprintln!("bench: round {round}/{RUNS}: {stage_name}");
+        settle(target.slot_b)?;
         let mut cmd = abupdate_cmd(target.bin, target.config);
         cmd.env("ABUPDATE_CLONE_ROOT", src.path())
             .args(["--json", "stage", "--clone"]);

@@ -241,6 +241,7 @@ fn bench_image(
     let raw_name = file_name(&pair.raw);
     for round in 1..=RUNS {
         eprintln!("bench: {}: round {round}/{RUNS}: dd", pair.name);
+        settle(target.slot_b)?;
         let dd =
             timed(&mut dd_cmd(&pair.raw, target.slot_b)).context("dd the image onto slot B")?;
         table.record(&dd_name, dd, dd);
@@ -263,6 +264,7 @@ fn bench_image(
         ];
         for (label, source, sha) in sources {
             eprintln!("bench: {}: round {round}/{RUNS}: {label}", pair.name);
+            settle(target.slot_b)?;
             let (m, _) = timed_stage(
                 abupdate_cmd(target.bin, target.config)
                     .args(["--json", "stage"])
@@ -488,6 +490,28 @@ pub(crate) fn dd_cmd(src: &Path, dst: &Path) -> Command {
         .arg(format!("of={}", dst.display()))
         .args(["bs=4M", "oflag=direct", "conv=fsync", "status=none"]);
     c
+}
+
+/// Waits (untimed, up to a minute) until nothing holds `slot`: a process that entered a
+/// private mount namespace while the slot was mounted keeps its copy of the mount, and so
+/// the device, until it exits; mkfs and stage would refuse it meanwhile.
+pub(crate) fn settle(slot: &Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let open = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::fcntl::OFlag::O_EXCL.bits())
+            .open(slot);
+        match open {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("bench: {} is held ({e}); waiting", slot.display());
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => bail!("{} is still held after a minute: {e}", slot.display()),
+        }
+    }
 }
 
 /// Writes back dirty pages and drops the page, dentry and inode caches, so that every

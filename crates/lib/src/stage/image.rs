@@ -176,7 +176,6 @@ fn write_image(f: &Fetch, slot: &Slot<'_>, report: &mut StageReport) -> Result<E
     let written = writer.finish()?;
     report.image_bytes = stats.image_bytes;
     report.source_bytes = stats.source_bytes;
-    report.zeroing = Some(slot.zeroing);
-    report.zeroed_bytes = written.zeroed_bytes;
+    report.image_writes = Some(written);
     Ok(fs)
 }

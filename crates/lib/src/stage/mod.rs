@@ -116,10 +116,9 @@ pub struct StageReport {
     pub services: Vec<String>,
     /// Plan lines (dry run) or steps done.
     pub steps: Vec<String>,
-    /// How an image's zero blocks were made to read as zeros (image sources only).
-    pub zeroing: Option<Zeroing>,
-    /// Image bytes in zero blocks that were not written (image sources only).
-    pub zeroed_bytes: u64,
+    /// How the image went onto the slot: bytes written (with `O_DIRECT`), zero blocks
+    /// made to read as zeros without writing them (image sources only).
+    pub image_writes: Option<WriteStats>,
     /// Wall and CPU time of each step, in order.
     pub phases: Vec<PhaseTime>,
 }
@@ -296,8 +295,7 @@ pub fn stage(ctx: &Context, opts: &StageOpts) -> Result<StageReport> {
         manifest_conflicts: Vec::new(),
         services: ctx.cfg.services.clone(),
         steps: plan_steps(ctx, source.as_ref(), &part, target),
-        zeroing: None,
-        zeroed_bytes: 0,
+        image_writes: None,
         phases: Vec::new(),
     };
     boot.close()?;

@@ -233,8 +233,10 @@ struct TargetIo {
 }
 
 /// What a [`SlotWriter`] did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct WriteStats {
+    /// How zero blocks were made to read as zeros (`write` if punching was refused).
+    pub zeroing: Zeroing,
     /// Image bytes written (the held-back head included once written).
     pub written_bytes: u64,
     /// Image bytes in zero blocks made to read as zeros without writing them.
@@ -250,7 +252,6 @@ pub(super) struct SlotWriter<'a> {
     device: &'a Path,
     /// The image's first [`HEAD_LEN`] bytes, written by [`SlotWriter::finish`].
     pub(super) head: Vec<u8>,
-    zeroing: Zeroing,
     /// Whether `O_DIRECT` is set on `file` now.
     direct: bool,
     /// Whether the target takes `O_DIRECT` at all (a file on tmpfs does not).
@@ -267,11 +268,15 @@ impl<'a> SlotWriter<'a> {
             file,
             device,
             head: Vec::with_capacity(HEAD_LEN),
-            zeroing,
             direct: false,
             direct_ok: true,
             pending: None,
-            stats: WriteStats::default(),
+            stats: WriteStats {
+                zeroing,
+                written_bytes: 0,
+                zeroed_bytes: 0,
+                direct_bytes: 0,
+            },
         }
     }
 
@@ -381,7 +386,7 @@ impl<'a> SlotWriter<'a> {
         }
         // The device zeroed the head but refuses now: write the zeros after all.
         tracing::warn!(device = %self.device.display(), "punch-hole refused: writing zeros");
-        self.zeroing = Zeroing::Write;
+        self.stats.zeroing = Zeroing::Write;
         self.stats.zeroed_bytes -= end - start;
         let zeros = vec![0u8; ZERO_BLOCK];
         let mut at = start;
@@ -425,7 +430,7 @@ impl abupdate_stream::ChunkSink for SlotWriter<'_> {
             offset += take as u64;
             chunk = &chunk[take..];
         }
-        let skip_zeros = self.zeroing == Zeroing::Punch;
+        let skip_zeros = self.stats.zeroing == Zeroing::Punch;
         // Data not yet written: chunk[run..i].
         let mut run = 0;
         let mut i = 0;
