@@ -890,19 +890,16 @@ fn write_os_tree(root: &Path, version: &str, codename: &str, kernel: &str) -> Re
 
 /// The 1 GiB "Debian 13" image: half random files, half low-entropy (4 bits/byte) files.
 fn build_image(dir: &Path, image: &Path) -> Result<()> {
-    let f = fs::File::create(image).with_context(|| format!("create {}", image.display()))?;
-    f.set_len(IMAGE_MIB * MIB)
-        .with_context(|| format!("size {}", image.display()))?;
-    drop(f);
-    sh(Command::new("mkfs.ext4")
-        .args(["-F", "-q", "-L", "debian13", "-E", "nodiscard"])
-        .arg(image))?;
-    let m = Mounted::new(image, &dir.join("mnt-image"), "loop")?;
-    write_os_tree(&m.0, "13", "trixie", "6.12.0-1-amd64")?;
+    // The tree is written to a directory and packed with `mkfs.ext4 -d`, never mounted: a
+    // process entering a private mount namespace meanwhile would keep a copy of the mount,
+    // and the kernel's lazy inode-table zeroing would go on changing the image after its
+    // sha256 was taken.
+    let tree = dir.join("image-tree");
+    write_os_tree(&tree, "13", "trixie", "6.12.0-1-amd64")?;
     let mut urandom = fs::File::open("/dev/urandom").context("open /dev/urandom")?;
     let mut buf = vec![0u8; 4 << 20];
     for i in 0..FILL_FILES {
-        let p = m.0.join(format!("usr/lib/bench/fill-{i:02}.bin"));
+        let p = tree.join(format!("usr/lib/bench/fill-{i:02}.bin"));
         let mut out = fs::File::create(&p).with_context(|| format!("create {}", p.display()))?;
         for _ in 0..(FILL_FILE_MIB * MIB / buf.len() as u64) {
             urandom.read_exact(&mut buf).context("read /dev/urandom")?;
@@ -915,7 +912,13 @@ fn build_image(dir: &Path, image: &Path) -> Result<()> {
                 .with_context(|| format!("write {}", p.display()))?;
         }
     }
-    m.close()?;
+    sh(Command::new("mkfs.ext4")
+        .args(["-F", "-q", "-L", "debian13", "-E", "nodiscard", "-d"])
+        .arg(&tree)
+        .arg(image)
+        .arg(format!("{IMAGE_MIB}M")))
+    .with_context(|| format!("pack {} into {}", tree.display(), image.display()))?;
+    fs::remove_dir_all(&tree).with_context(|| format!("remove {}", tree.display()))?;
     Ok(())
 }
 
