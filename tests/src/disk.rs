@@ -148,6 +148,8 @@ pub struct DiskOptions {
     pub slot_mib: u64,
     /// Run `abupdate init --slot a` (the normal case).
     pub init: bool,
+    /// Directory for the disk image and the test's files (default: the system's temp dir).
+    pub dir: Option<PathBuf>,
 }
 
 impl Default for DiskOptions {
@@ -155,6 +157,7 @@ impl Default for DiskOptions {
         DiskOptions {
             slot_mib: 256,
             init: true,
+            dir: None,
         }
     }
 }
@@ -193,10 +196,13 @@ impl TestDisk {
 
     /// A disk with the given options.
     pub fn with(opts: DiskOptions) -> Result<TestDisk> {
-        let dir = tempfile::Builder::new()
-            .prefix("abupdate-test-")
-            .tempdir()
-            .context("create the test's temporary directory")?;
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("abupdate-test-");
+        let dir = match &opts.dir {
+            Some(parent) => builder.tempdir_in(parent),
+            None => builder.tempdir(),
+        }
+        .context("create the test's temporary directory")?;
         let image = dir.path().join("disk.img");
         let total_mib = 1 + 64 + 2 * opts.slot_mib + 32 + 1;
         let f = fs::File::create(&image).with_context(|| format!("create {}", image.display()))?;

@@ -1,19 +1,27 @@
-//! Benchmark: `abupdate stage` against a plain `dd` of the same bytes onto the same slot.
+//! Benchmark: `abupdate stage` against the standard tools doing the same job on the same
+//! slot, in one run.
 //!
 //! Builds a loop disk laid out like the integration-test fixture but with 1.2 GiB slots,
-//! a 1 GiB ext4 image filled with ~900 MiB of half random, half low-entropy data (so that
-//! zstd matters) and its `.zst`, then measures in one run, [`RUNS`] rounds of:
+//! then measures [`RUNS`] rounds, each of the baseline and then the stages, for two images:
 //!
-//! - `dd if=image of=<slot B> bs=4M oflag=direct conv=fsync` (the baseline),
-//! - `abupdate stage image` (raw file),
-//! - `abupdate stage image.zst` (file),
-//! - `abupdate stage http://127.0.0.1:PORT/image.zst` (local HTTP),
+//! - the synthetic image: a 1 GiB ext4 filled with ~900 MiB of half random, half
+//!   low-entropy data (so that zstd matters), and its `.zst`;
+//! - the real Debian 13 image the VM tests boot (`trixie.img.zst`, cached by
+//!   `cargo xtask images`, 900 MiB of which three quarters are zero blocks), decompressed
+//!   for the raw source and the baseline;
 //!
-//! followed by the tar and clone sources of the VM's Debian 12 root against their own `dd`
-//! baselines (see `bench_sources`). Page caches are dropped before every timed command;
-//! each runs under `/usr/bin/time -v` for the peak RSS. Prints the ratios against the dd of
-//! the same round and the size of the release binary. Needs root, util-linux, e2fsprogs,
-//! zstd and `time`.
+//! each as `abupdate stage image` (raw file), `image.zst` (file) and
+//! `http://127.0.0.1:PORT/image.zst` (local HTTP), against
+//! `dd if=image of=<slot B> bs=4M oflag=direct conv=fsync` of the same uncompressed bytes;
+//! then the tar and clone sources against GNU `tar -x` and `cp -a` (see `bench_sources`).
+//!
+//! Page caches are dropped before every timed command; each runs under `/usr/bin/time -v`
+//! for its user and system CPU time and peak RSS. A stage runs with `--json`: its report's
+//! `phases` split the wall and CPU time into the data path (`write`) and the fixed steps
+//! (everything else: fsck, resize, tune2fs, mount, manifest, state). Every row prints the
+//! median over the rounds of each figure and of its per-round ratio to the baseline of
+//! the same round, with the ratios themselves. Needs root, util-linux, e2fsprogs, zstd and
+//! `time`.
 //!
 //! External tools are run with `std::process::Command`.
 
@@ -28,8 +36,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use serde::Deserialize;
 
-use crate::bench_sources;
+use crate::{bench_sources, images, setup};
 
 /// One mebibyte.
 pub(crate) const MIB: u64 = 1 << 20;
@@ -42,9 +51,15 @@ const FILL_FILES: u64 = 14;
 /// Size of each fill file.
 const FILL_FILE_MIB: u64 = 64;
 /// How many times each command is measured (rounds of baseline, then the stages).
-pub(crate) const RUNS: usize = 2;
+pub(crate) const RUNS: usize = 5;
 /// The flags of every `dd` baseline, as printed in the table.
 pub(crate) const DD_FLAGS: &str = "bs=4M, oflag=direct, conv=fsync";
+/// Target ratio of an image stage to dd for the synthetic image.
+const TARGET_SYNTHETIC: f64 = 1.1;
+/// Target ratio of an image stage to dd for the real image (its zero runs are not written).
+const TARGET_REAL: f64 = 0.8;
+/// Largest peak RSS of a stage, whatever the image size.
+const TARGET_RSS_MIB: f64 = 16.0;
 
 /// Runs the stage benchmark and prints the results.
 pub fn run() -> Result<()> {
@@ -65,6 +80,7 @@ pub fn run() -> Result<()> {
         "sha256sum",
         "sync",
         "tar",
+        "cp",
     ] {
         ensure!(which(tool), "missing host tool `{tool}`");
     }
@@ -72,6 +88,8 @@ pub fn run() -> Result<()> {
         Path::new("/usr/bin/time").is_file(),
         "missing /usr/bin/time (apt-get install time)"
     );
+    setup::ensure_host_packages()?;
+    let imgs = images::ensure().context("build or find the VM images")?;
     // The workspace root: xtask's parent, or $ABUPDATE_WORKSPACE (to run this file elsewhere).
     let root = match std::env::var_os("ABUPDATE_WORKSPACE") {
         Some(p) => PathBuf::from(p),
@@ -100,78 +118,53 @@ pub fn run() -> Result<()> {
     let disk = BenchDisk::create(dir)?;
     let config = disk.write_config(dir)?;
     run_abupdate(&bin, &config, &["init", "--slot", "a"]).context("abupdate init --slot a")?;
-
-    eprintln!("bench: building the {IMAGE_MIB} MiB image");
-    let image = dir.join("image.img");
-    build_image(dir, &image)?;
-    let image_sha = sha256(&image)?;
-    let zst = dir.join("image.img.zst");
-    sh(Command::new("zstd")
-        .args(["-q", "-f", "-T0", "-3", "-o"])
-        .arg(&zst)
-        .arg(&image))
-    .context("compress the image with zstd")?;
-    let zst_sha = sha256(&zst)?;
-    let image_len = fs::metadata(&image)
-        .with_context(|| format!("stat {}", image.display()))?
-        .len();
-    let zst_len = fs::metadata(&zst)
-        .with_context(|| format!("stat {}", zst.display()))?
-        .len();
-
     let slot_b = disk.partition(3);
-    let mut table = Table::new(
-        format!(
-            "image: {:.0} MiB raw, {:.0} MiB zstd -3 ({:.0}%), slot B {} MiB on {}",
-            image_len as f64 / MIB as f64,
-            zst_len as f64 / MIB as f64,
-            100.0 * zst_len as f64 / image_len as f64,
-            SLOT_MIB,
-            disk.dev.display()
-        ),
-        image_len,
-    );
-    let server = FileServer::start(zst.clone())?;
-    let url = format!("http://{}/image.img.zst", server.addr);
-    for round in 1..=RUNS {
-        eprintln!("bench: round {round}/{RUNS}: dd");
-        let dd = timed(&mut dd_cmd(&image, &slot_b)).context("dd the image onto slot B")?;
-        table.record(&format!("dd raw ({DD_FLAGS})"), dd, dd);
-
-        let sources: [(&str, &std::ffi::OsStr, &str); 3] = [
-            ("abupdate stage image.img", image.as_os_str(), &image_sha),
-            ("abupdate stage image.img.zst", zst.as_os_str(), &zst_sha),
-            (
-                "abupdate stage http://127.0.0.1/image.img.zst",
-                url.as_ref(),
-                &zst_sha,
-            ),
-        ];
-        for (label, source, sha) in sources {
-            eprintln!("bench: round {round}/{RUNS}: {label}");
-            let m = timed(abupdate_cmd(&bin, &config).arg("stage").arg(source).args([
-                "--sha256",
-                sha,
-                "--allow-insecure-http",
-            ]))
-            .with_context(|| label.to_owned())?;
-            table.record(label, m, dd);
-        }
-    }
-    drop(server);
-
-    let mut tables = vec![table];
     let target = bench_sources::Target {
         bin: &bin,
         config: &config,
         slot_b: &slot_b,
     };
-    tables.extend(bench_sources::measure(&target, dir)?);
+
+    eprintln!("bench: building the {IMAGE_MIB} MiB synthetic image");
+    let synthetic = dir.join("image.img");
+    build_image(dir, &synthetic)?;
+    let synthetic_zst = dir.join("image.img.zst");
+    sh(Command::new("zstd")
+        .args(["-q", "-f", "-T0", "-3", "-o"])
+        .arg(&synthetic_zst)
+        .arg(&synthetic))
+    .context("compress the image with zstd")?;
+    let synthetic = ImagePair::new("synthetic", synthetic, synthetic_zst)?;
+
+    eprintln!("bench: decompressing {}", imgs.trixie_zst.display());
+    let real = dir.join("trixie.img");
+    sh(Command::new("zstd")
+        .args(["-q", "-d", "-f", "-o"])
+        .arg(&real)
+        .arg(&imgs.trixie_zst))
+    .with_context(|| format!("decompress {}", imgs.trixie_zst.display()))?;
+    let real = ImagePair::new("Debian 13 (trixie.img)", real, imgs.trixie_zst.clone())?;
+
+    let mut tables = Vec::new();
+    for (pair, target_ratio) in [(&synthetic, TARGET_SYNTHETIC), (&real, TARGET_REAL)] {
+        tables.push(bench_image(&target, &disk, pair, target_ratio)?);
+    }
+    tables.extend(bench_sources::measure(&target, dir, &imgs)?);
 
     let width = tables.iter().map(Table::width).max().unwrap_or(0);
     for t in &tables {
         t.print(width);
     }
+    let rss = tables
+        .iter()
+        .flat_map(|t| t.stage_rss_mib())
+        .fold(0.0, f64::max);
+    println!();
+    println!(
+        "peak RSS of every abupdate stage above: at most {rss:.1} MiB (target <= \
+         {TARGET_RSS_MIB:.0} MiB whatever the image size: {})",
+        verdict(rss <= TARGET_RSS_MIB)
+    );
     println!(
         "release binary {}: {:.2} MiB ({} bytes)",
         bin.display(),
@@ -179,35 +172,217 @@ pub fn run() -> Result<()> {
         bin_size
     );
     println!(
-        "(page caches dropped before every timed command; MiB/s is the table's bytes per \
-         second; vs dd is against the dd of the same round #N)"
+        "(page caches dropped before every timed command; every figure is the median of \
+         {RUNS} rounds; a ratio is taken per round against the baseline of the same round; \
+         data = the stage's write phase, fixed = the rest: fsck, resize, tune2fs, mkfs, \
+         mount, manifest, state, process start)"
     );
     drop(disk);
     Ok(())
 }
 
-/// One printed table: a title line, and per method its measurements in round order, each
-/// with the dd of the same round as its baseline.
+/// An image in raw and zstd form with their sha256.
+struct ImagePair {
+    /// What the image is, for the table's title.
+    name: &'static str,
+    /// The raw image.
+    raw: PathBuf,
+    /// Its sha256.
+    raw_sha: String,
+    /// The zstd-compressed image.
+    zst: PathBuf,
+    /// Its sha256.
+    zst_sha: String,
+}
+
+impl ImagePair {
+    /// Hashes both files.
+    fn new(name: &'static str, raw: PathBuf, zst: PathBuf) -> Result<ImagePair> {
+        Ok(ImagePair {
+            name,
+            raw_sha: sha256(&raw)?,
+            zst_sha: sha256(&zst)?,
+            raw,
+            zst,
+        })
+    }
+}
+
+/// The three image sources of `pair` against dd of its raw bytes, [`RUNS`] rounds.
+fn bench_image(
+    target: &bench_sources::Target,
+    disk: &BenchDisk,
+    pair: &ImagePair,
+    target_ratio: f64,
+) -> Result<Table> {
+    let raw_len = len_of(&pair.raw)?;
+    let zst_len = len_of(&pair.zst)?;
+    let zero_frac = zero_block_fraction(&pair.raw)?;
+    let dd_name = format!("dd raw ({DD_FLAGS})");
+    let mut table = Table::new(
+        format!(
+            "{}: {:.0} MiB raw ({:.0}% zero 64 KiB blocks), {:.0} MiB zstd ({:.0}%), slot B {} \
+             MiB on {}\nbaseline: dd of the raw image onto slot B; target <= {target_ratio:.2}x",
+            pair.name,
+            raw_len as f64 / MIB as f64,
+            100.0 * zero_frac,
+            zst_len as f64 / MIB as f64,
+            100.0 * zst_len as f64 / raw_len as f64,
+            SLOT_MIB,
+            disk.dev.display()
+        ),
+        raw_len,
+        &dd_name,
+        Some(target_ratio),
+    );
+    let server = FileServer::start(pair.zst.clone())?;
+    let zst_name = file_name(&pair.zst);
+    let url = format!("http://{}/{zst_name}", server.addr);
+    let raw_name = file_name(&pair.raw);
+    for round in 1..=RUNS {
+        eprintln!("bench: {}: round {round}/{RUNS}: dd", pair.name);
+        settle(target.slot_b)?;
+        let dd =
+            timed(&mut dd_cmd(&pair.raw, target.slot_b)).context("dd the image onto slot B")?;
+        table.record(&dd_name, dd, dd);
+        let sources: [(String, &std::ffi::OsStr, &str); 3] = [
+            (
+                format!("abupdate stage {raw_name}"),
+                pair.raw.as_os_str(),
+                &pair.raw_sha,
+            ),
+            (
+                format!("abupdate stage {zst_name}"),
+                pair.zst.as_os_str(),
+                &pair.zst_sha,
+            ),
+            (
+                format!("abupdate stage http://127.0.0.1/{zst_name}"),
+                url.as_ref(),
+                &pair.zst_sha,
+            ),
+        ];
+        for (label, source, sha) in sources {
+            eprintln!("bench: {}: round {round}/{RUNS}: {label}", pair.name);
+            settle(target.slot_b)?;
+            let (m, _) = timed_stage(
+                abupdate_cmd(target.bin, target.config)
+                    .args(["--json", "stage"])
+                    .arg(source)
+                    .args(["--sha256", sha, "--allow-insecure-http"]),
+            )
+            .with_context(|| label.clone())?;
+            table.record(&label, m, dd);
+        }
+    }
+    drop(server);
+    Ok(table)
+}
+
+/// The fraction of 64 KiB blocks of `path` that are all zero (the writes a stage skips).
+fn zero_block_fraction(path: &Path) -> Result<f64> {
+    let mut f = fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
+    let mut buf = vec![0u8; 64 << 10];
+    let (mut zero, mut total) = (0u64, 0u64);
+    loop {
+        let mut filled = 0;
+        while filled < buf.len() {
+            let n = f
+                .read(&mut buf[filled..])
+                .with_context(|| format!("read {}", path.display()))?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
+            break;
+        }
+        total += 1;
+        if buf[..filled].iter().all(|&b| b == 0) {
+            zero += 1;
+        }
+        if filled < buf.len() {
+            break;
+        }
+    }
+    Ok(if total == 0 {
+        0.0
+    } else {
+        zero as f64 / total as f64
+    })
+}
+
+/// The length of a file.
+fn len_of(p: &Path) -> Result<u64> {
+    Ok(fs::metadata(p)
+        .with_context(|| format!("stat {}", p.display()))?
+        .len())
+}
+
+/// The last component of `p`, for the tables.
+pub(crate) fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| p.display().to_string())
+}
+
+/// "met" or "MISSED".
+pub(crate) fn verdict(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "MISSED"
+    }
+}
+
+/// The median of `v` (the mean of the middle two for an even count); 0 when empty.
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// One printed table: a title, and per method its measurements in round order, each with
+/// the baseline of the same round.
 pub(crate) struct Table {
     /// The lines printed above the table (what the bytes are, what the baseline is).
     title: String,
     /// The bytes each command moves, for the MiB/s column.
     bytes: u64,
+    /// The baseline's row name (its ratios are 1 and it gets no verdict).
+    baseline: String,
+    /// The ratio every other row should stay under, if any.
+    target: Option<f64>,
     /// Methods in first-measured order, each with (measure, baseline) per round.
     rows: Vec<(String, Vec<(Measure, Measure)>)>,
 }
 
 impl Table {
-    /// An empty table over `bytes` bytes per command.
-    pub(crate) fn new(title: String, bytes: u64) -> Table {
+    /// An empty table over `bytes` bytes per command, with `baseline` as its baseline row.
+    pub(crate) fn new(title: String, bytes: u64, baseline: &str, target: Option<f64>) -> Table {
         Table {
             title,
             bytes,
+            baseline: baseline.to_owned(),
+            target,
             rows: Vec::new(),
         }
     }
 
-    /// Adds one measurement of `method` with the dd of the same round as `baseline`.
+    /// Replaces the title (once the rounds told what was copied).
+    pub(crate) fn set_title(&mut self, title: String) {
+        self.title = title;
+    }
+
+    /// Adds one measurement of `method` with the baseline of the same round.
     pub(crate) fn record(&mut self, method: &str, m: Measure, baseline: Measure) {
         match self.rows.iter_mut().find(|(name, _)| name == method) {
             Some((_, runs)) => runs.push((m, baseline)),
@@ -215,34 +390,93 @@ impl Table {
         }
     }
 
-    /// Width of the method column: the longest `<method> #N`, at least 48.
+    /// Width of the method column: the longest method name, at least 44.
     fn width(&self) -> usize {
         self.rows
             .iter()
-            .map(|(name, runs)| name.len() + 2 + runs.len().to_string().len())
+            .map(|(name, _)| name.len())
             .max()
             .unwrap_or(0)
-            .max(48)
+            .max(44)
     }
 
-    /// Prints the title, the header and one line per measurement, the method column
-    /// `width` wide.
+    /// Peak RSS of the abupdate rows, in MiB.
+    fn stage_rss_mib(&self) -> Vec<f64> {
+        self.rows
+            .iter()
+            .filter(|(name, _)| name.starts_with("abupdate"))
+            .flat_map(|(_, runs)| runs.iter().map(|(m, _)| m.max_rss_kib as f64 / 1024.0))
+            .collect()
+    }
+
+    /// Prints the title, the header, one line of medians per method, and the per-round
+    /// ratios under it.
     fn print(&self, width: usize) {
         println!();
         println!("{}", self.title);
         println!(
-            "{:<width$} {:>9} {:>10} {:>8} {:>13}",
-            "method", "seconds", "MiB/s", "vs dd", "peak RSS MiB"
+            "{:<width$} {:>7} {:>7} {:>6} {:>7} {:>6} {:>7} {:>6} {:>7} {:>7} {:>6}",
+            "method (median of rounds)",
+            "wall s",
+            "MiB/s",
+            "cpu s",
+            "data s",
+            "cpu s",
+            "fixed s",
+            "cpu s",
+            "vs base",
+            "data vs",
+            "RSS MiB",
         );
         for (name, runs) in &self.rows {
-            for (i, (m, base)) in runs.iter().enumerate() {
+            let med =
+                |f: &dyn Fn(&Measure) -> f64| median(runs.iter().map(|(m, _)| f(m)).collect());
+            let wall = med(&|m| m.seconds);
+            let ratios: Vec<f64> = runs.iter().map(|(m, b)| m.seconds / b.seconds).collect();
+            let data_ratios: Vec<f64> = runs
+                .iter()
+                .filter_map(|(m, b)| m.data.map(|(d, _)| d / b.seconds))
+                .collect();
+            let has_data = runs.iter().all(|(m, _)| m.data.is_some());
+            let opt = |v: f64, show: bool| {
+                if show {
+                    format!("{v:.2}")
+                } else {
+                    "-".to_owned()
+                }
+            };
+            let ratio = median(ratios.clone());
+            println!(
+                "{:<width$} {:>7.2} {:>7.1} {:>6.2} {:>7} {:>6} {:>7} {:>6} {:>6.2}x {:>7} {:>6.1}",
+                name,
+                wall,
+                self.bytes as f64 / MIB as f64 / wall,
+                med(&|m| m.cpu_seconds),
+                opt(med(&|m| m.data.map_or(0.0, |d| d.0)), has_data),
+                opt(med(&|m| m.data.map_or(0.0, |d| d.1)), has_data),
+                opt(med(&|m| m.seconds - m.data.map_or(0.0, |d| d.0)), has_data),
+                opt(
+                    med(&|m| m.cpu_seconds - m.data.map_or(0.0, |d| d.1)),
+                    has_data
+                ),
+                ratio,
+                if has_data {
+                    format!("{:.2}x", median(data_ratios))
+                } else {
+                    "-".to_owned()
+                },
+                runs.iter().map(|(m, _)| m.max_rss_kib).max().unwrap_or(0) as f64 / 1024.0,
+            );
+            if *name != self.baseline {
+                let list: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+                let verdict = match self.target {
+                    Some(t) => format!("; target <= {t:.2}x: {}", verdict(ratio <= t)),
+                    None => String::new(),
+                };
                 println!(
-                    "{:<width$} {:>9.2} {:>10.1} {:>7.2}x {:>13.1}",
-                    format!("{name} #{}", i + 1),
-                    m.seconds,
-                    self.bytes as f64 / MIB as f64 / m.seconds,
-                    m.seconds / base.seconds,
-                    m.max_rss_kib as f64 / 1024.0
+                    "{:<width$}   ratios per round: {}{verdict}",
+                    "",
+                    list.join(" ")
                 );
             }
         }
@@ -258,6 +492,28 @@ pub(crate) fn dd_cmd(src: &Path, dst: &Path) -> Command {
     c
 }
 
+/// Waits (untimed, up to a minute) until nothing holds `slot`: a process that entered a
+/// private mount namespace while the slot was mounted keeps its copy of the mount, and so
+/// the device, until it exits; mkfs and stage would refuse it meanwhile.
+pub(crate) fn settle(slot: &Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let open = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::fcntl::OFlag::O_EXCL.bits())
+            .open(slot);
+        match open {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("bench: {} is held ({e}); waiting", slot.display());
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => bail!("{} is still held after a minute: {e}", slot.display()),
+        }
+    }
+}
+
 /// Writes back dirty pages and drops the page, dentry and inode caches, so that every
 /// timed command reads its source from the disk.
 fn drop_caches() -> Result<()> {
@@ -266,19 +522,69 @@ fn drop_caches() -> Result<()> {
     fs::write(knob, "3\n").with_context(|| format!("write 3 to {knob}"))
 }
 
-/// Wall time and peak RSS of one command.
+/// Wall time, CPU time and peak RSS of one command, and for a stage its data path.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Measure {
     /// Wall-clock seconds.
-    seconds: f64,
+    pub(crate) seconds: f64,
+    /// User plus system CPU seconds, from `/usr/bin/time -v`.
+    pub(crate) cpu_seconds: f64,
     /// Peak resident set size in KiB, from `/usr/bin/time -v`.
-    max_rss_kib: u64,
+    pub(crate) max_rss_kib: u64,
+    /// A stage's data path (its `write` phase): wall and CPU seconds.
+    pub(crate) data: Option<(f64, f64)>,
 }
 
 /// Drops the page caches, then runs `cmd` under `/usr/bin/time -v`; fails on a non-zero
 /// exit.
 pub(crate) fn timed(cmd: &mut Command) -> Result<Measure> {
     timed_stdout(cmd).map(|(m, _)| m)
+}
+
+/// [`timed`] of an `abupdate --json stage`, with its data path from the report's phases;
+/// also returns the report.
+pub(crate) fn timed_stage(cmd: &mut Command) -> Result<(Measure, StageJson)> {
+    let (mut m, out) = timed_stdout(cmd)?;
+    let report =
+        parse_stage_report(&out).with_context(|| format!("parse the JSON report of {cmd:?}"))?;
+    m.data = report.data_path();
+    Ok((m, report))
+}
+
+/// Parses `abupdate --json stage`'s report.
+fn parse_stage_report(out: &str) -> Result<StageJson> {
+    serde_json::from_str(out).with_context(|| format!("not a stage report: {out:?}"))
+}
+
+/// The part of `abupdate --json stage`'s report the bench reads.
+#[derive(Debug, Deserialize)]
+pub(crate) struct StageJson {
+    /// Bytes of image or file data written into the slot (holes not included).
+    pub(crate) image_bytes: u64,
+    /// Wall and CPU time per step.
+    #[serde(default)]
+    phases: Vec<PhaseJson>,
+}
+
+/// One step of a stage's report.
+#[derive(Debug, Deserialize)]
+struct PhaseJson {
+    /// Its name.
+    phase: String,
+    /// Wall-clock seconds.
+    seconds: f64,
+    /// CPU seconds.
+    cpu_seconds: f64,
+}
+
+impl StageJson {
+    /// Wall and CPU seconds of the `write` phase.
+    fn data_path(&self) -> Option<(f64, f64)> {
+        self.phases
+            .iter()
+            .find(|p| p.phase == "write")
+            .map(|p| (p.seconds, p.cpu_seconds))
+    }
 }
 
 /// [`timed`], also returning what the command printed on stdout.
@@ -307,18 +613,22 @@ pub(crate) fn timed_stdout(cmd: &mut Command) -> Result<(Measure, String)> {
     if !out.status.success() {
         bail!("{cmd:?} failed ({}):\n{stderr}", out.status);
     }
-    let max_rss_kib = stderr
-        .lines()
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("Maximum resident set size (kbytes):")
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .context("no `Maximum resident set size` in /usr/bin/time -v output")?;
+    let field = |name: &str| -> Result<f64> {
+        stderr
+            .lines()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix(name)
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .with_context(|| format!("no `{name}` in /usr/bin/time -v output"))
+    };
     Ok((
         Measure {
             seconds,
-            max_rss_kib,
+            cpu_seconds: field("User time (seconds):")? + field("System time (seconds):")?,
+            max_rss_kib: field("Maximum resident set size (kbytes):")? as u64,
+            data: None,
         },
         String::from_utf8_lossy(&out.stdout).into_owned(),
     ))
@@ -580,19 +890,16 @@ fn write_os_tree(root: &Path, version: &str, codename: &str, kernel: &str) -> Re
 
 /// The 1 GiB "Debian 13" image: half random files, half low-entropy (4 bits/byte) files.
 fn build_image(dir: &Path, image: &Path) -> Result<()> {
-    let f = fs::File::create(image).with_context(|| format!("create {}", image.display()))?;
-    f.set_len(IMAGE_MIB * MIB)
-        .with_context(|| format!("size {}", image.display()))?;
-    drop(f);
-    sh(Command::new("mkfs.ext4")
-        .args(["-F", "-q", "-L", "debian13", "-E", "nodiscard"])
-        .arg(image))?;
-    let m = Mounted::new(image, &dir.join("mnt-image"), "loop")?;
-    write_os_tree(&m.0, "13", "trixie", "6.12.0-1-amd64")?;
+    // The tree is written to a directory and packed with `mkfs.ext4 -d`, never mounted: a
+    // process entering a private mount namespace meanwhile would keep a copy of the mount,
+    // and the kernel's lazy inode-table zeroing would go on changing the image after its
+    // sha256 was taken.
+    let tree = dir.join("image-tree");
+    write_os_tree(&tree, "13", "trixie", "6.12.0-1-amd64")?;
     let mut urandom = fs::File::open("/dev/urandom").context("open /dev/urandom")?;
     let mut buf = vec![0u8; 4 << 20];
     for i in 0..FILL_FILES {
-        let p = m.0.join(format!("usr/lib/bench/fill-{i:02}.bin"));
+        let p = tree.join(format!("usr/lib/bench/fill-{i:02}.bin"));
         let mut out = fs::File::create(&p).with_context(|| format!("create {}", p.display()))?;
         for _ in 0..(FILL_FILE_MIB * MIB / buf.len() as u64) {
             urandom.read_exact(&mut buf).context("read /dev/urandom")?;
@@ -605,7 +912,13 @@ fn build_image(dir: &Path, image: &Path) -> Result<()> {
                 .with_context(|| format!("write {}", p.display()))?;
         }
     }
-    m.close()?;
+    sh(Command::new("mkfs.ext4")
+        .args(["-F", "-q", "-L", "debian13", "-E", "nodiscard", "-d"])
+        .arg(&tree)
+        .arg(image)
+        .arg(format!("{IMAGE_MIB}M")))
+    .with_context(|| format!("pack {} into {}", tree.display(), image.display()))?;
+    fs::remove_dir_all(&tree).with_context(|| format!("remove {}", tree.display()))?;
     Ok(())
 }
 
@@ -703,4 +1016,27 @@ fn serve(mut conn: TcpStream, file: &Path) -> Result<()> {
     f.seek(SeekFrom::Start(start))?;
     std::io::copy(&mut f, &mut conn)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_stage_report() {
+        let report = r#"{"slot": "b", "image_bytes": 332286132, "steps": [],
+            "phases": [{"phase": "mkfs", "seconds": 0.5, "cpu_seconds": 0.1},
+                       {"phase": "write", "seconds": 3.25, "cpu_seconds": 2.5}]}"#;
+        let r = parse_stage_report(report).expect("parses");
+        assert_eq!(r.image_bytes, 332_286_132);
+        assert_eq!(r.data_path(), Some((3.25, 2.5)));
+        assert!(parse_stage_report("slot b staged").is_err());
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(Vec::new()), 0.0);
+    }
 }

@@ -15,9 +15,37 @@ pub struct Ext4Info {
     pub label: String,
     /// Filesystem size in bytes.
     pub size_bytes: u64,
+    /// Block size in bytes.
+    pub block_size: u64,
     /// No journal and no ext3/4-only features: the ext2 driver can mount it.
     pub is_plain_ext2: bool,
+    /// Cleanly unmounted: marked valid, no errors recorded, no journal to replay. Such a
+    /// filesystem needs no `e2fsck` before `resize2fs`.
+    pub clean: bool,
+    /// Metadata checksums (`metadata_csum`): they are seeded from the UUID unless
+    /// [`Ext4Info::csum_seed`].
+    pub metadata_csum: bool,
+    /// The checksum seed is stored in the superblock (`metadata_csum_seed`), so the UUID
+    /// can change without rewriting every checksum.
+    pub csum_seed: bool,
+    /// Extended attributes in inodes (`ea_inode`), whose hashes also derive from the UUID.
+    pub ea_inode: bool,
 }
+
+/// `s_state`: cleanly unmounted.
+const STATE_VALID: u16 = 0x1;
+/// `s_state`: errors detected.
+const STATE_ERROR: u16 = 0x2;
+/// Incompat feature `needs_recovery`: the journal holds transactions to replay.
+const INCOMPAT_RECOVER: u32 = 0x4;
+/// Incompat feature `64bit`.
+const INCOMPAT_64BIT: u32 = 0x80;
+/// Incompat feature `ea_inode`.
+const INCOMPAT_EA_INODE: u32 = 0x400;
+/// Incompat feature `metadata_csum_seed`.
+const INCOMPAT_CSUM_SEED: u32 = 0x2000;
+/// Ro-compat feature `metadata_csum`.
+const RO_COMPAT_METADATA_CSUM: u32 = 0x400;
 
 /// Parses a superblock (the 1024 bytes at offset 1024); `None` if it is not ext2/3/4.
 pub fn parse_ext4_superblock(sb: &[u8]) -> Option<Ext4Info> {
@@ -27,11 +55,13 @@ pub fn parse_ext4_superblock(sb: &[u8]) -> Option<Ext4Info> {
     let le32 = |o: usize| u32::from_le_bytes([sb[o], sb[o + 1], sb[o + 2], sb[o + 3]]);
     let blocks_lo = u64::from(le32(4));
     let log_block = le32(24);
-    let incompat = le32(96);
+    let state = u16::from_le_bytes([sb[58], sb[59]]);
     let compat = le32(92);
+    let incompat = le32(96);
+    let ro_compat = le32(100);
     // has_journal (compat 0x4); any incompat feature beyond filetype (0x2) is ext3/4-only.
     let is_plain_ext2 = compat & 0x4 == 0 && incompat & !0x2 == 0;
-    let blocks_hi = if incompat & 0x80 != 0 {
+    let blocks_hi = if incompat & INCOMPAT_64BIT != 0 {
         u64::from(le32(0x150))
     } else {
         0
@@ -47,7 +77,14 @@ pub fn parse_ext4_superblock(sb: &[u8]) -> Option<Ext4Info> {
         uuid,
         label: String::from_utf8_lossy(&label_raw[..end]).into_owned(),
         size_bytes: ((blocks_hi << 32) | blocks_lo) * block_size,
+        block_size,
         is_plain_ext2,
+        clean: state & STATE_VALID != 0
+            && state & STATE_ERROR == 0
+            && incompat & INCOMPAT_RECOVER == 0,
+        metadata_csum: ro_compat & RO_COMPAT_METADATA_CSUM != 0,
+        csum_seed: incompat & INCOMPAT_CSUM_SEED != 0,
+        ea_inode: incompat & INCOMPAT_EA_INODE != 0,
     })
 }
 
@@ -144,11 +181,25 @@ mod tests {
         let i = parse_ext4_superblock(&sb).expect("ext4");
         assert_eq!(i.label, "root-b");
         assert_eq!(i.size_bytes, 4096 * 1000);
+        assert_eq!(i.block_size, 4096);
         assert_eq!(i.uuid, "11111111-1111-1111-1111-111111111111");
         assert!(i.is_plain_ext2);
+        assert!(!i.clean, "never unmounted cleanly");
+        assert!(!i.metadata_csum && !i.csum_seed && !i.ea_inode);
         sb[96] = 0x42; // filetype + extents: ext4
         assert!(!parse_ext4_superblock(&sb).is_some_and(|i| i.is_plain_ext2));
+        sb[58] = 0x1; // valid
+        assert!(parse_ext4_superblock(&sb).expect("ext4").clean);
+        sb[58] = 0x3; // valid, but errors were found
+        assert!(!parse_ext4_superblock(&sb).expect("ext4").clean);
+        sb[58] = 0x1;
+        sb[96] = 0x46; // + needs_recovery
+        assert!(!parse_ext4_superblock(&sb).expect("ext4").clean);
         sb[96] = 0x02;
+        sb[101] = 0x04; // metadata_csum
+        sb[97] = 0x20 | 0x04; // metadata_csum_seed, ea_inode
+        let i = parse_ext4_superblock(&sb).expect("ext4");
+        assert!(i.metadata_csum && i.csum_seed && i.ea_inode && i.clean);
         sb[56] = 0;
         assert_eq!(parse_ext4_superblock(&sb), None);
     }

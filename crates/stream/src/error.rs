@@ -179,6 +179,12 @@ pub enum Error {
         /// Display name of the source.
         name: String,
     },
+    /// A thread of the copy pipeline could not start or stopped without a reason.
+    #[error("copy pipeline: {reason}")]
+    Pipeline {
+        /// What happened.
+        reason: String,
+    },
 }
 
 /// Broad class of an [`Error`], for mapping to exit codes.
@@ -215,7 +221,8 @@ impl Error {
             | Error::HttpStatus { .. }
             | Error::BadResume { .. }
             | Error::SourceChanged { .. }
-            | Error::Write { .. } => ErrorKind::Io,
+            | Error::Write { .. }
+            | Error::Pipeline { .. } => ErrorKind::Io,
             Error::Decompress { .. } | Error::Truncated { .. } | Error::WrongLength { .. } => {
                 ErrorKind::Verification
             }

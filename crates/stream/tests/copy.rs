@@ -52,7 +52,11 @@ fn every_compression_round_trips_with_digests() {
         assert_eq!(src.len(), Some(published.len() as u64));
         assert_eq!(src.compression().unwrap(), expected, "{name}");
         let mut sink = Vec::new();
-        let stats = copy(src, &mut sink, &CopyOptions::default(), &mut NoProgress).unwrap();
+        let opts = CopyOptions {
+            image_sha256: true,
+            ..CopyOptions::default()
+        };
+        let stats = copy(src, &mut sink, &opts, &mut NoProgress).unwrap();
         assert!(sink == image, "{name}: image differs");
         assert_eq!(
             stats,
@@ -60,7 +64,7 @@ fn every_compression_round_trips_with_digests() {
                 source_bytes: published.len() as u64,
                 image_bytes: image.len() as u64,
                 source_sha256: sha256_hex(&published),
-                image_sha256: sha256_hex(&image),
+                image_sha256: Some(sha256_hex(&image)),
             },
             "{name}"
         );
@@ -89,11 +93,15 @@ fn concatenated_streams_are_all_decoded() {
 fn empty_raw_image() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_file(dir.path(), "empty.img", b"");
-    let (res, sink) = copy_path(&path, &CopyOptions::default());
+    let opts = CopyOptions {
+        image_sha256: true,
+        ..CopyOptions::default()
+    };
+    let (res, sink) = copy_path(&path, &opts);
     let stats = res.unwrap();
     assert!(sink.is_empty());
     assert_eq!(stats.source_bytes, 0);
-    assert_eq!(stats.image_sha256, sha256_hex(b""));
+    assert_eq!(stats.image_sha256, Some(sha256_hex(b"")));
 }
 
 #[test]
@@ -194,7 +202,7 @@ fn too_large_fires_before_the_limit_is_passed() {
             let mut sink = CountingSink(0);
             let opts = CopyOptions {
                 max_image_bytes: Some(limit),
-                ..Default::default()
+                ..CopyOptions::default()
             };
             let err = copy(src, &mut sink, &opts, &mut NoProgress).unwrap_err();
             assert!(
@@ -213,7 +221,7 @@ fn too_large_fires_before_the_limit_is_passed() {
             &path,
             &CopyOptions {
                 max_image_bytes: Some(image.len() as u64),
-                ..Default::default()
+                ..CopyOptions::default()
             },
         );
         assert_eq!(res.unwrap().image_bytes, image.len() as u64);

@@ -33,10 +33,14 @@ fn plain_download_with_digests() {
     let opened = src.open(&quick_opts()).unwrap();
     assert_eq!(opened.len(), Some(published.len() as u64));
     let mut sink = Vec::new();
-    let stats = copy(opened, &mut sink, &CopyOptions::default(), &mut NoProgress).unwrap();
+    let opts = CopyOptions {
+        image_sha256: true,
+        ..CopyOptions::default()
+    };
+    let stats = copy(opened, &mut sink, &opts, &mut NoProgress).unwrap();
     assert!(sink == image);
     assert_eq!(stats.source_sha256, sha256_hex(&published));
-    assert_eq!(stats.image_sha256, sha256_hex(&image));
+    assert_eq!(stats.image_sha256, Some(sha256_hex(&image)));
     assert_eq!(server.seen().len(), 1);
 }
 

@@ -19,11 +19,12 @@ use rustix::io::Errno;
 
 use crate::copy::{apply_at_meta, apply_fd_meta, dest_err, in_slot, RESOLVE};
 use crate::host::{read_xattrs, HostMeta};
+use crate::pool::{Job, Pool};
 use crate::tar::{create_replacing, open_dir};
 use crate::{EntryKind, Error};
 
-/// Size of the buffer file data is copied through.
-const CHUNK: usize = 128 * 1024;
+/// Size of the buffer each writer thread copies file data through.
+pub(crate) const CHUNK: usize = 1 << 20;
 
 /// What [`clone_tree`] leaves out.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -97,8 +98,12 @@ pub fn clone_tree(
         dst_id: (dev_of(&dst_st), dst_st.stx_ino),
         links: HashMap::new(),
         report: CloneReport::default(),
+        pool: Pool::new(),
     };
     cloner.copy_dir(src.as_fd(), dst.as_fd(), Path::new(""))?;
+    let written = cloner.pool.finish()?;
+    cloner.report.bytes += written.bytes;
+    cloner.report.sparse_files += written.sparse_files;
     let root_meta = fd_meta(src.as_fd(), &root_st, src_root)?;
     apply_fd_meta(dst.as_fd(), &root_meta, dst_root)?;
     rustix::fs::syncfs(&dst).map_err(|e| dest_err(dst_root, "syncfs", e))?;
@@ -240,6 +245,8 @@ struct Cloner<'a> {
     /// (dev, ino) of multiply linked source entries → their path in the copy.
     links: HashMap<(u64, u64), PathBuf>,
     report: CloneReport,
+    /// Copies file data and metadata while the tree is walked on.
+    pool: Pool,
 }
 
 impl Cloner<'_> {
@@ -433,15 +440,20 @@ impl Cloner<'_> {
             )
         })?;
         let out = File::from(fd);
-        if !mount {
-            let (bytes, holes) = copy_extents(&file, &out, st_now.stx_size, &src_path, &display)?;
-            self.report.bytes += bytes;
-            if holes {
-                self.report.sparse_files += 1;
-            }
-        }
-        apply_fd_meta(out.as_fd(), &meta, &display)?;
         self.report.files += 1;
+        if mount {
+            // A file mounted over: its mount point, without the content.
+            apply_fd_meta(out.as_fd(), &meta, &display)?;
+            return Ok(true);
+        }
+        self.pool.submit(Job::Copy {
+            src: file,
+            size: st_now.stx_size,
+            dst: out,
+            meta,
+            src_path,
+            display,
+        })?;
         Ok(true)
     }
 
@@ -540,16 +552,18 @@ impl Cloner<'_> {
     }
 }
 
-/// Copies the data extents of `src` (`SEEK_DATA`/`SEEK_HOLE`) into `dst` and sets its
-/// length to `size`. Returns the data bytes copied and whether the file had holes.
-fn copy_extents(
+/// Copies the data extents of `src` (`SEEK_DATA`/`SEEK_HOLE`) into `dst` through `buf`
+/// and sets its length to `size`. Returns the data bytes copied and whether the file had
+/// holes.
+pub(crate) fn copy_extents(
     src: &File,
     dst: &File,
     size: u64,
     src_path: &Path,
     display: &Path,
+    buf: &mut [u8],
 ) -> Result<(u64, bool), Error> {
-    let mut buf = vec![0u8; CHUNK];
+    let chunk = buf.len();
     let mut pos = 0u64;
     let mut copied = 0u64;
     'extents: while pos < size {
@@ -568,7 +582,7 @@ fn copy_extents(
         };
         let mut offset = start;
         while offset < end {
-            let want = usize::try_from(end - offset).map_or(CHUNK, |n| n.min(CHUNK));
+            let want = usize::try_from(end - offset).map_or(chunk, |n| n.min(chunk));
             let n = match src.read_at(&mut buf[..want], offset) {
                 Ok(0) => break 'extents, // The file shrank while being copied.
                 Ok(n) => n,
@@ -592,6 +606,9 @@ fn copy_extents(
         }
         pos = end;
     }
-    rustix::fs::ftruncate(dst, size).map_err(|e| dest_err(display, "set file length", e))?;
+    // A trailing hole (or a file that shrank) needs the length set; a dense file has it.
+    if pos < size || copied < size {
+        rustix::fs::ftruncate(dst, size).map_err(|e| dest_err(display, "set file length", e))?;
+    }
     Ok((copied, copied < size))
 }

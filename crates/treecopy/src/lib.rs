@@ -14,7 +14,9 @@ mod copy;
 mod host;
 mod manifest;
 mod plan;
+mod pool;
 mod tar;
+mod writeback;
 
 use std::io;
 use std::path::PathBuf;

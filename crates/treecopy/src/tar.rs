@@ -31,10 +31,11 @@ use rustix::io::Errno;
 
 use crate::copy::{apply_at_meta, apply_fd_meta, dest_err, in_slot, DIR_PATH_FLAGS, RESOLVE};
 use crate::host::HostMeta;
-use crate::{EntryKind, Error};
+use crate::pool::{Job, Pool, SMALL_FILE};
+use crate::{writeback, EntryKind, Error};
 
-/// Size of the buffer file content is streamed through.
-const CHUNK: usize = 128 * 1024;
+/// Size of the buffer the content of a large file is streamed through.
+const CHUNK: usize = 1 << 20;
 /// Granularity at which all-zero runs of file content are left as holes.
 const HOLE_BLOCK: usize = 4096;
 
@@ -131,6 +132,7 @@ pub fn extract_tar_with_limits(
         cached_parent: None,
         dirs: BTreeMap::new(),
         report: ExtractReport::default(),
+        pool: Pool::new(),
     };
     let budget = Rc::new(Budget::default());
     let mut archive = ::tar::Archive::new(Budgeted {
@@ -204,6 +206,8 @@ pub fn extract_tar_with_limits(
             source,
         })?;
     }
+    let written = ex.pool.finish()?;
+    ex.report.bytes += written.bytes;
     ex.finish_dirs()?;
     rustix::fs::syncfs(&ex.root).map_err(|e| dest_err(slot_root, "syncfs", e))?;
     let report = ex.report;
@@ -239,6 +243,8 @@ struct Extractor<'a> {
     /// Directories and their metadata, applied at the end (later entries win).
     dirs: BTreeMap<PathBuf, HostMeta>,
     report: ExtractReport,
+    /// Writes small files' content and metadata while the archive is read on.
+    pool: Pool,
 }
 
 impl Extractor<'_> {
@@ -330,9 +336,33 @@ impl Extractor<'_> {
                     )
                 })?;
                 let file = File::from(fd);
-                let bytes = write_holey(entry, &file, raw, &display)?;
-                apply_fd_meta(file.as_fd(), &meta, &display).map_err(|e| kernel_refused(e, raw))?;
                 self.report.files += 1;
+                // A small file goes to a writer thread whole; a large one is streamed here.
+                let mut head = Vec::with_capacity(entry.size().min(SMALL_FILE + 1) as usize);
+                (&mut *entry)
+                    .take(SMALL_FILE + 1)
+                    .read_to_end(&mut head)
+                    .map_err(|source| Error::Archive {
+                        entry: raw.to_owned(),
+                        step: "read file content (truncated archive?)".to_owned(),
+                        source,
+                    })?;
+                if head.len() as u64 <= SMALL_FILE {
+                    return self.pool.submit(Job::Write {
+                        dst: file,
+                        data: head,
+                        meta,
+                        display,
+                    });
+                }
+                let bytes = write_holey(
+                    &mut head.as_slice().chain(&mut *entry),
+                    &file,
+                    raw,
+                    &display,
+                )?;
+                apply_fd_meta(file.as_fd(), &meta, &display).map_err(|e| kernel_refused(e, raw))?;
+                writeback::start(&file);
                 self.report.bytes += bytes;
             }
             Action::Symlink => {
@@ -694,7 +724,7 @@ fn entry_meta<R: Read>(
 }
 
 /// An xattr the kernel refuses (bad value, unsupported name) is the archive's fault.
-fn kernel_refused(e: Error, raw: &Path) -> Error {
+pub(crate) fn kernel_refused(e: Error, raw: &Path) -> Error {
     match e {
         Error::Destination { step, source, .. }
             if step.starts_with("set xattr")
@@ -783,6 +813,7 @@ fn pax_time(value: &[u8]) -> Option<(i64, i64)> {
 fn write_holey(src: &mut impl Read, file: &File, raw: &Path, display: &Path) -> Result<u64, Error> {
     let mut buf = vec![0u8; CHUNK];
     let mut offset = 0u64;
+    let mut written_to = 0u64;
     loop {
         let n = read_full(src, &mut buf).map_err(|source| Error::Archive {
             entry: raw.to_owned(),
@@ -792,25 +823,42 @@ fn write_holey(src: &mut impl Read, file: &File, raw: &Path, display: &Path) -> 
         if n == 0 {
             break;
         }
-        let mut run: Option<(usize, usize)> = None;
-        for (i, block) in buf[..n].chunks(HOLE_BLOCK).enumerate() {
-            let start = i * HOLE_BLOCK;
-            if block.iter().all(|b| *b == 0) {
-                if let Some((s, e)) = run.take() {
-                    write_at(file, &buf[s..e], offset + s as u64, display)?;
-                }
-            } else {
-                let end = start + block.len();
-                run = Some(run.map_or((start, end), |(s, _)| (s, end)));
-            }
-        }
-        if let Some((s, e)) = run {
-            write_at(file, &buf[s..e], offset + s as u64, display)?;
-        }
+        written_to = write_data_runs(file, &buf[..n], offset, display)?.unwrap_or(written_to);
         offset += n as u64;
     }
-    rustix::fs::ftruncate(file, offset).map_err(|e| dest_err(display, "set file length", e))?;
+    if written_to < offset {
+        rustix::fs::ftruncate(file, offset).map_err(|e| dest_err(display, "set file length", e))?;
+    }
     Ok(offset)
+}
+
+/// Writes the blocks of `data` that are not all zero at `offset` in `file`, leaving the
+/// zero blocks as holes. Returns where the last write ended, if anything was written.
+pub(crate) fn write_data_runs(
+    file: &File,
+    data: &[u8],
+    offset: u64,
+    display: &Path,
+) -> Result<Option<u64>, Error> {
+    let mut run: Option<(usize, usize)> = None;
+    let mut end_written = None;
+    for (i, block) in data.chunks(HOLE_BLOCK).enumerate() {
+        let start = i * HOLE_BLOCK;
+        if block.iter().all(|b| *b == 0) {
+            if let Some((s, e)) = run.take() {
+                write_at(file, &data[s..e], offset + s as u64, display)?;
+                end_written = Some(offset + e as u64);
+            }
+        } else {
+            let end = start + block.len();
+            run = Some(run.map_or((start, end), |(s, _)| (s, end)));
+        }
+    }
+    if let Some((s, e)) = run {
+        write_at(file, &data[s..e], offset + s as u64, display)?;
+        end_written = Some(offset + e as u64);
+    }
+    Ok(end_written)
 }
 
 fn write_at(file: &File, data: &[u8], offset: u64, display: &Path) -> Result<(), Error> {

@@ -169,7 +169,8 @@ mod tests {
     use std::path::Path;
 
     /// Every failpoint (the plans' and the `failpoint("…")` calls in the sources) is
-    /// documented in README.md and used by `tests/tests/failpoints.rs` (or `bootchain.rs`).
+    /// documented in README.md and used by `tests/tests/failpoints.rs` (or `bootchain.rs`,
+    /// `pipeline.rs`).
     #[test]
     fn every_failpoint_is_documented_and_tested() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -199,14 +200,17 @@ mod tests {
             names.len() > FAILPOINTS.len(),
             "stage's failpoints: {names:?}"
         );
-        // The boot chain's failpoints need a disk with firmware partitions: bootchain.rs.
+        // The boot chain's failpoints need a disk with firmware partitions (bootchain.rs),
+        // the image writer's a slot filled with a pattern first (pipeline.rs).
         let readme = read("README.md");
-        let tests = read("tests/tests/failpoints.rs") + &read("tests/tests/bootchain.rs");
+        let tests = ["failpoints", "bootchain", "pipeline"]
+            .map(|t| read(&format!("tests/tests/{t}.rs")))
+            .concat();
         for n in &names {
             assert!(readme.contains(&format!("`{n}`")), "README.md lacks {n}");
             assert!(
                 tests.contains(&format!("\"{n}\"")),
-                "neither failpoints.rs nor bootchain.rs uses {n}"
+                "no test in tests/tests/{{failpoints,bootchain,pipeline}}.rs uses {n}"
             );
         }
     }
