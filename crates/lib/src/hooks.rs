@@ -101,7 +101,6 @@ fn settle(point: HookPoint, hook: &Path, out: std::process::Output) -> Result<()
         return Err(Error::Refused(msg));
     }
     tracing::warn!("{msg}");
-    eprintln!("abupdate: warning: {msg}");
     Ok(())
 }
 

@@ -2,7 +2,7 @@
 //! one function per verb (`status`, `stage`, `switch`, `commit`, `rollback`, `history`,
 //! `init`). The `abupdate` binary is a thin command line over this crate.
 //!
-//! Invariants (DESIGN.md): nothing writes to the booted slot; the boot configuration changes
+//! Invariants (docs/design.md): nothing writes to the booted slot; the boot configuration changes
 //! only in `switch`, `commit`, `rollback` (and the first-time `init`), each change one durable
 //! write; a failed operation leaves the booted slot, the data partition and the boot
 //! configuration unchanged.
@@ -17,6 +17,7 @@ pub mod disk;
 pub mod error;
 pub mod fsinfo;
 pub mod hooks;
+pub mod log;
 pub mod manifest;
 pub mod ops;
 pub mod slotfs;
