@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use abupdate_lib::context::Context;
 use abupdate_lib::disk::SlotId;
 use abupdate_lib::error::{Error, EXIT_OK, EXIT_USAGE};
+use abupdate_lib::log::{error_chain, Operation};
 use abupdate_lib::ops;
 use abupdate_lib::stage::{self, Checksum, StageOpts, StageSource};
 use clap::{Args, Parser, Subcommand};
@@ -48,6 +49,29 @@ enum Cmd {
     /// Boot assessment (run by abupdate.service on every boot): commit a healthy trial slot,
     /// or return to the old one.
     Daemon,
+}
+
+// Parsed apart from `Opt`, so that they appear in no man page and no completion.
+/// Generators for packaging (run by `cargo xtask man` and `cargo xtask deb`).
+#[derive(Debug, Parser)]
+#[command(name = "abupdate internals", bin_name = "abupdate internals")]
+struct Internals {
+    #[command(subcommand)]
+    cmd: InternalsCmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum InternalsCmd {
+    /// Write abupdate(8), one page per verb and abupdate.yaml(5) into DIR.
+    Man {
+        /// Output directory (its other generated pages are removed).
+        dir: PathBuf,
+    },
+    /// Write bash, zsh and fish completions into DIR.
+    Completions {
+        /// Output directory (its other generated completions are removed).
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -184,46 +208,66 @@ fn history(ctx: &Context, json: bool) -> Result<(), Error> {
     print(json, &ops::history(ctx)?)
 }
 
-fn stage(ctx: &Context, json: bool, a: StageArgs) -> Result<(), Error> {
+/// Prints what a writing verb did and returns it for the operation's closing event: the
+/// text without its step lines.
+fn done<T: Serialize + std::fmt::Display>(json: bool, value: &T) -> Result<String, Error> {
+    print(json, value)?;
+    Ok(value
+        .to_string()
+        .lines()
+        .filter(|l| !l.starts_with("- "))
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+/// Records an outcome's slot on the operation, then prints it.
+fn outcome(op: &Operation, json: bool, out: &ops::Outcome) -> Result<String, Error> {
+    if let Some(slot) = out.slot {
+        op.record_slot(slot);
+    }
+    done(json, out)
+}
+
+fn stage(ctx: &Context, op: &Operation, json: bool, a: StageArgs) -> Result<String, Error> {
     let dry_run = a.dry_run;
     let opts = StageOpts {
         source: a.into_source()?,
         dry_run,
         progress: !json || std::io::stderr().is_terminal(),
     };
-    print(json, &stage::stage(ctx, &opts)?)
+    let report = stage::stage(ctx, &opts)?;
+    op.record_slot(report.slot);
+    if let Some(os) = &report.os {
+        op.record_version(os);
+    }
+    done(json, &report)
 }
 
-fn switch(ctx: &Context, json: bool, a: SwitchArgs) -> Result<(), Error> {
+fn switch(ctx: &Context, op: &Operation, json: bool, a: SwitchArgs) -> Result<String, Error> {
     let opts = ops::SwitchOpts {
         no_reboot: a.no_reboot,
         tries: a.tries,
     };
-    print(json, &ops::switch(ctx, &opts)?)
+    outcome(op, json, &ops::switch(ctx, &opts)?)
 }
 
-fn commit(ctx: &Context, json: bool) -> Result<(), Error> {
-    print(json, &ops::commit(ctx)?)
+fn commit(ctx: &Context, op: &Operation, json: bool) -> Result<String, Error> {
+    outcome(op, json, &ops::commit(ctx)?)
 }
 
-fn rollback(ctx: &Context, json: bool, a: RollbackArgs) -> Result<(), Error> {
-    print(
-        json,
-        &ops::rollback(
-            ctx,
-            &ops::RollbackOpts {
-                no_reboot: a.no_reboot,
-            },
-        )?,
-    )
+fn rollback(ctx: &Context, op: &Operation, json: bool, a: RollbackArgs) -> Result<String, Error> {
+    let opts = ops::RollbackOpts {
+        no_reboot: a.no_reboot,
+    };
+    outcome(op, json, &ops::rollback(ctx, &opts)?)
 }
 
-fn init(ctx: &Context, json: bool, a: InitArgs) -> Result<(), Error> {
-    print(json, &ops::init(ctx, a.slot, a.force)?)
+fn init(ctx: &Context, op: &Operation, json: bool, a: InitArgs) -> Result<String, Error> {
+    outcome(op, json, &ops::init(ctx, a.slot, a.force)?)
 }
 
-fn daemon(ctx: &Context, json: bool) -> Result<(), Error> {
-    print(json, &abupdate_lib::assess::daemon(ctx)?)
+fn daemon(ctx: &Context, op: &Operation, json: bool) -> Result<String, Error> {
+    outcome(op, json, &abupdate_lib::assess::daemon(ctx)?)
 }
 
 fn manifest_suggest(config: &std::path::Path, json: bool, a: SuggestArgs) -> Result<(), Error> {
@@ -243,53 +287,101 @@ fn manifest_suggest(config: &std::path::Path, json: bool, a: SuggestArgs) -> Res
     )
 }
 
-fn dispatch(opt: Opt) -> Result<(), Error> {
-    let json = opt.json;
-    if let Cmd::Manifest(ManifestCmd::Suggest(a)) = opt.cmd {
-        return manifest_suggest(&opt.config, json, a);
+fn internals(cmd: InternalsCmd) -> Result<(), Error> {
+    match cmd {
+        InternalsCmd::Man { dir } => crate::docs::write_dir(&dir, &crate::docs::man_pages()?),
+        InternalsCmd::Completions { dir } => {
+            crate::docs::write_dir(&dir, &crate::docs::completions())
+        }
     }
-    let ctx = Context::open(&opt.config)?;
-    match opt.cmd {
-        Cmd::Status => status(&ctx, json),
-        Cmd::Stage(a) => stage(&ctx, json, a),
-        Cmd::Switch(a) => switch(&ctx, json, a),
-        Cmd::Commit => commit(&ctx, json),
-        Cmd::Rollback(a) => rollback(&ctx, json, a),
-        Cmd::History => history(&ctx, json),
-        Cmd::Init(a) => init(&ctx, json, a),
-        Cmd::Daemon => daemon(&ctx, json),
-        Cmd::Manifest(_) => Err(Error::Internal(
-            "manifest commands run without a context".into(),
+}
+
+/// The verb of a command that changes the system: it runs as an [`Operation`], logged to the
+/// journal with its result. Read-only commands have none.
+fn operation_name(cmd: &Cmd) -> Option<&'static str> {
+    match cmd {
+        Cmd::Stage(_) => Some("stage"),
+        Cmd::Switch(_) => Some("switch"),
+        Cmd::Commit => Some("commit"),
+        Cmd::Rollback(_) => Some("rollback"),
+        Cmd::Init(_) => Some("init"),
+        Cmd::Daemon => Some("daemon"),
+        Cmd::Status | Cmd::History | Cmd::Manifest(_) => None,
+    }
+}
+
+/// Runs a command that changes nothing: no operation, no journal record of its own.
+fn read_only(config: &std::path::Path, json: bool, cmd: Cmd) -> Result<(), Error> {
+    match cmd {
+        Cmd::Manifest(ManifestCmd::Suggest(a)) => manifest_suggest(config, json, a),
+        Cmd::Status => status(&Context::open(config)?, json),
+        Cmd::History => history(&Context::open(config)?, json),
+        Cmd::Stage(_)
+        | Cmd::Switch(_)
+        | Cmd::Commit
+        | Cmd::Rollback(_)
+        | Cmd::Init(_)
+        | Cmd::Daemon => Err(Error::Internal(
+            "a writing verb must run as an operation".into(),
         )),
     }
 }
 
-/// Formats an error with its chain of causes, once.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let cs = c.to_string();
-        if !s.contains(&cs) {
-            s.push_str(": ");
-            s.push_str(&cs);
+fn dispatch(opt: Opt) -> Result<(), Error> {
+    let Opt { config, json, cmd } = opt;
+    let Some(name) = operation_name(&cmd) else {
+        return read_only(&config, json, cmd);
+    };
+    let op = Operation::begin(name);
+    let result = op.in_scope(|| {
+        let ctx = Context::open(&config)?;
+        match cmd {
+            Cmd::Stage(a) => stage(&ctx, &op, json, a),
+            Cmd::Switch(a) => switch(&ctx, &op, json, a),
+            Cmd::Commit => commit(&ctx, &op, json),
+            Cmd::Rollback(a) => rollback(&ctx, &op, json, a),
+            Cmd::Init(a) => init(&ctx, &op, json, a),
+            Cmd::Daemon => daemon(&ctx, &op, json),
+            Cmd::Status | Cmd::History | Cmd::Manifest(_) => Err(Error::Internal(
+                "a read-only command ran as an operation".into(),
+            )),
         }
-        cur = c.source();
+    });
+    match result {
+        Ok(message) => {
+            op.succeeded(&message);
+            Ok(())
+        }
+        Err(e) => {
+            op.failed(&e);
+            Err(e)
+        }
     }
-    s
 }
 
 /// Runs the command line and returns the process exit code.
 pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ABUPDATE_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .without_time()
-        .with_target(false)
-        .init();
+    let logging = crate::logging::init();
+    let args: Vec<OsString> = args.into_iter().collect();
+    if args.get(1).is_some_and(|a| a == "internals") {
+        return match Internals::try_parse_from(&args[1..]) {
+            Ok(i) => match internals(i.cmd) {
+                Ok(()) => EXIT_OK,
+                Err(e) => {
+                    eprintln!("abupdate: error: {}", error_chain(&e));
+                    e.exit_code()
+                }
+            },
+            Err(e) => {
+                let _ = e.print();
+                if e.use_stderr() {
+                    EXIT_USAGE
+                } else {
+                    EXIT_OK
+                }
+            }
+        };
+    }
     let opt = match Opt::try_parse_from(args) {
         Ok(o) => o,
         Err(e) => {
@@ -298,10 +390,16 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
             return code;
         }
     };
+    let writes = operation_name(&opt.cmd).is_some();
     match dispatch(opt) {
         Ok(()) => EXIT_OK,
         Err(e) => {
-            eprintln!("abupdate: error: {}", chain(&e));
+            if !logging.stderr_is_journal || !logging.journal {
+                eprintln!("abupdate: error: {}", error_chain(&e));
+            } else if !writes {
+                // A writing verb's failure reached the journal as its closing event.
+                tracing::error!(target: abupdate_lib::log::OUTCOME_TARGET, "{}", error_chain(&e));
+            }
             e.exit_code()
         }
     }
@@ -310,6 +408,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn parse(args: &[&str]) -> Result<Opt, clap::Error> {
         Opt::try_parse_from(std::iter::once("abupdate").chain(args.iter().copied()))
@@ -373,6 +472,23 @@ mod tests {
             parse(&["history"]).expect("valid").config,
             PathBuf::from("/etc/abupdate/abupdate.yaml")
         );
+    }
+
+    #[test]
+    fn internals_are_not_verbs() {
+        assert!(parse(&["internals", "man", "/tmp/x"]).is_err());
+        let i = Internals::try_parse_from(["internals", "man", "/tmp/x"]).expect("valid");
+        assert!(matches!(i.cmd, InternalsCmd::Man { ref dir } if dir == Path::new("/tmp/x")));
+    }
+
+    #[test]
+    fn writing_verbs_are_operations() {
+        let op = |args: &[&str]| operation_name(&parse(args).expect("valid").cmd);
+        assert_eq!(op(&["switch"]), Some("switch"));
+        assert_eq!(op(&["daemon"]), Some("daemon"));
+        assert_eq!(op(&["stage", "--clone"]), Some("stage"));
+        assert_eq!(op(&["status"]), None);
+        assert_eq!(op(&["manifest", "suggest"]), None);
     }
 
     #[test]
