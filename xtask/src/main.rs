@@ -9,6 +9,7 @@
 mod bench_sources;
 mod bench_stage;
 mod deb;
+mod deps;
 mod disk;
 mod e2e;
 mod http;
@@ -83,6 +84,8 @@ enum Command {
     },
     /// Regenerate docs/man/ and completions/ from the command line definition.
     Man,
+    /// Check that every declared dependency of the workspace is used.
+    Deps,
     /// README's test command (run by .ci/run): unit and privileged tests, real GRUB under
     /// QEMU, then every VM end-to-end scenario.
     Test {
@@ -120,6 +123,7 @@ fn run(cli: Cli) -> Result<()> {
         } => cmd_bench(downtime_only, stage_only),
         Command::Deb { version, check } => deb::run(version.as_deref(), check),
         Command::Man => deb::regenerate_docs(),
+        Command::Deps => deps::run(),
         Command::Test { no_vm } => testcmd::run(!no_vm),
     }
 }
