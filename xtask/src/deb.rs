@@ -385,14 +385,44 @@ pub fn lifecycle(old: &Path, new: &Path) -> Result<()> {
         version.trim() == format!("abupdate {}", env!("CARGO_PKG_VERSION")),
         "abupdate --version in the tree: {version}"
     );
+    // The installed pages render without warnings (the tree has no man-db: the host's man).
+    for (page, title) in [
+        ("usr/share/man/man8/abupdate.8.gz", "abupdate(8)"),
+        (
+            "usr/share/man/man8/abupdate-stage.8.gz",
+            "abupdate-stage(8)",
+        ),
+        ("usr/share/man/man5/abupdate.yaml.5.gz", "abupdate.yaml(5)"),
+    ] {
+        let out = Cmd::new("man")
+            .args(["--warnings", "-l"])
+            .arg(root.join(page))
+            .env("MANWIDTH", "80")
+            .env("MAN_KEEP_FORMATTING", "0")
+            .run()
+            .with_context(|| format!("man -l {page}"))?;
+        ensure!(
+            out.stdout_str().contains(title) && out.stderr.is_empty(),
+            "man -l {page}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The bash completion loads and completes verbs: `abupdate st<TAB>`.
     let complete = root.sh(
-        "bash -c '. /usr/share/bash-completion/completions/abupdate && complete -p abupdate'",
+        "bash -c '. /usr/share/bash-completion/completions/abupdate; \
+         COMP_WORDS=(abupdate st); COMP_CWORD=1; _abupdate abupdate st abupdate; \
+         echo \"${COMPREPLY[*]}\"'",
     )?;
+    let offered: Vec<&str> = complete.split_whitespace().collect();
     ensure!(
-        complete.contains("abupdate"),
-        "the bash completion does not load: {complete}"
+        offered.contains(&"status") && offered.contains(&"stage"),
+        "the bash completion of `abupdate st` offers {complete:?}"
     );
-    println!("deb check: installed {old_version}: /usr/sbin/abupdate, conffile, unit enabled and not started, man pages, completions");
+    println!(
+        "deb check: installed {old_version}: /usr/sbin/abupdate, conffile, unit enabled and \
+         not started, man pages, completions (bash completes `abupdate st`: {})",
+        offered.join(" ")
+    );
 
     // The operator edits the configuration; an upgrade keeps the edit.
     let conf = root.join("etc/abupdate/abupdate.yaml");
