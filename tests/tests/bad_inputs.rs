@@ -1,5 +1,5 @@
 //! Bad input must fail with a clear message, the documented exit code, and leave slot A, the
-//! data partition and the boot partition byte-identical (DESIGN.md invariant 5).
+//! data partition and the boot partition byte-identical (docs/design.md, invariant 5).
 
 use std::fs;
 use std::os::unix::fs::symlink;

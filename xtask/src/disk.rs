@@ -1,7 +1,7 @@
 //! Assembles the test disk from the cached parts: GPT with fixed uuids, slot A = Debian 12 +
 //! the release abupdate binary and its config, an ext2 boot partition with GRUB's i386-pc
 //! modules, GRUB's core.img in the BIOS boot partition and boot.img in the MBR (GRUB without
-//! grub-install, see VM-NOTES.md), a data partition with a checksummed file. Then the host-built
+//! grub-install, see docs/vm-harness.md), a data partition with a checksummed file. Then the host-built
 //! `abupdate init --slot a` writes grub.cfg, grubenv and state: xtask never writes those.
 
 use std::fs::OpenOptions;

@@ -8,6 +8,8 @@
 
 mod bench_sources;
 mod bench_stage;
+mod deb;
+mod deps;
 mod disk;
 mod e2e;
 mod http;
@@ -70,6 +72,20 @@ enum Command {
         #[arg(long)]
         stage_only: bool,
     },
+    /// Build the Debian package (target/deb/) and run lintian on it; --check also installs,
+    /// upgrades, removes and purges it in a scratch Debian 12 tree.
+    Deb {
+        /// Package version (default: debian/changelog's newest entry).
+        #[arg(long)]
+        version: Option<String>,
+        /// Also show install, upgrade, removal and purge.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Regenerate docs/man/ and completions/ from the command line definition.
+    Man,
+    /// Check that every declared dependency of the workspace is used.
+    Deps,
     /// README's test command (run by .ci/run): unit and privileged tests, real GRUB under
     /// QEMU, then every VM end-to-end scenario.
     Test {
@@ -105,6 +121,9 @@ fn run(cli: Cli) -> Result<()> {
             downtime_only,
             stage_only,
         } => cmd_bench(downtime_only, stage_only),
+        Command::Deb { version, check } => deb::run(version.as_deref(), check),
+        Command::Man => deb::regenerate_docs(),
+        Command::Deps => deps::run(),
         Command::Test { no_vm } => testcmd::run(!no_vm),
     }
 }

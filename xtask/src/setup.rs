@@ -3,7 +3,7 @@
 use abupdate_utils::Cmd;
 use anyhow::{Context, Result};
 
-/// Host packages used by the harness (see VM-NOTES.md).
+/// Host packages used by the harness (see docs/vm-harness.md) and the package build.
 pub const HOST_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "grub-pc-bin",
@@ -33,6 +33,8 @@ pub const HOST_PACKAGES: &[&str] = &[
     "ovmf",
     "shim-signed",
     "grub-efi-amd64-signed",
+    "debhelper",
+    "lintian",
 ];
 
 fn installed(pkg: &str) -> bool {

@@ -1,12 +1,13 @@
 //! `cargo xtask test`: README's test command, run by `.ci/run`. Unit and privileged tests
-//! (`cargo test --workspace`, as root), GRUB's own script run under QEMU, then the VM
+//! (`cargo test --workspace`, as root), the dependency check, GRUB's own script run under
+//! QEMU, the Debian package (lintian and its install/upgrade/purge check), then the VM
 //! end-to-end scenarios.
 
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use crate::{e2e, setup, util};
+use crate::{deb, deps, e2e, setup, util};
 
 fn cargo(args: &[&str]) -> Result<()> {
     eprintln!("xtask: cargo {}", args.join(" "));
@@ -30,6 +31,8 @@ pub fn run(vm: bool) -> Result<()> {
     // The privileged tests drive the real binary at target/debug/abupdate.
     cargo(&["build", "-p", "abupdate"])?;
     cargo(&["test", "--workspace"])?;
+    // Reuses what `cargo test` built: recompiles each lib and bin target once with the lint.
+    deps::run()?;
     // Real GRUB 2.06 under QEMU counting the trial tries down (slow, so opt-in in plain
     // `cargo test`).
     cargo(&[
@@ -41,6 +44,8 @@ pub fn run(vm: bool) -> Result<()> {
         "--",
         "--ignored",
     ])?;
+    // The package: lintian, then install, upgrade, removal and purge in a Debian 12 tree.
+    deb::run(None, true)?;
     if vm {
         let all = e2e::parse_selection(None)?;
         e2e::run(&all, false)?;

@@ -1,4 +1,4 @@
-//! QEMU driver: one VM per disk image, TCG (VM-NOTES.md), `-no-reboot` so every guest reboot
+//! QEMU driver: one VM per disk image, TCG (docs/vm-harness.md), `-no-reboot` so every guest reboot
 //! or panic ends the QEMU process and the harness starts it again on the same disk; serial
 //! console to one log file per boot; ssh with the cached key through a host port forward.
 //! QEMU is killed on drop, so every failure path leaves no process behind.

@@ -37,9 +37,15 @@ pub fn parse_duration(s: &str) -> Result<SignedDuration, String> {
 }
 
 /// A non-negative duration read from the configuration (`6h`, `30m`, ...).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct ConfigDuration(pub SignedDuration);
+
+impl From<ConfigDuration> for String {
+    fn from(d: ConfigDuration) -> String {
+        d.to_string()
+    }
+}
 
 impl TryFrom<String> for ConfigDuration {
     type Error = String;
@@ -55,7 +61,7 @@ impl fmt::Display for ConfigDuration {
 }
 
 /// Whether the daemon stages an offered release by itself.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StageMode {
     /// Stage as soon as a release is offered and the host's wave has come.
@@ -66,7 +72,7 @@ pub enum StageMode {
 }
 
 /// Whether the daemon switches to a staged release by itself.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SwitchMode {
     /// Switch inside the maintenance window.
@@ -89,7 +95,7 @@ fn default_jitter() -> ConfigDuration {
 }
 
 /// The `update:` section.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateConfig {
     /// Base URL of the channel (`http`, `https` or `file`): `<channel>/metadata/` holds the

@@ -19,8 +19,8 @@ use jiff::tz::TimeZone;
 use jiff::{Timestamp, ToSpan};
 
 /// A weekly maintenance window in local time.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-#[serde(try_from = "String")]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct Window {
     /// Days the window opens on, Monday first.
     days: [bool; 7],

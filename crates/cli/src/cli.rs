@@ -11,6 +11,7 @@ use abupdate_lib::bootchain;
 use abupdate_lib::context::Context;
 use abupdate_lib::disk::SlotId;
 use abupdate_lib::error::{Error, EXIT_OK, EXIT_USAGE};
+use abupdate_lib::log::{error_chain, Operation};
 use abupdate_lib::stage::{self, Checksum, StageOpts, StageSource};
 use abupdate_lib::update;
 use abupdate_lib::{ops, repair};
@@ -68,6 +69,29 @@ enum Cmd {
     /// Operator side of the channel: create it, publish releases, re-sign, rotate keys.
     #[command(subcommand)]
     Release(ReleaseCmd),
+}
+
+// Parsed apart from `Opt`, so that they appear in no man page and no completion.
+/// Generators for packaging (run by `cargo xtask man` and `cargo xtask deb`).
+#[derive(Debug, Parser)]
+#[command(name = "abupdate internals", bin_name = "abupdate internals")]
+struct Internals {
+    #[command(subcommand)]
+    cmd: InternalsCmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum InternalsCmd {
+    /// Write abupdate(8), one page per verb and abupdate.yaml(5) into DIR.
+    Man {
+        /// Output directory (its other generated pages are removed).
+        dir: PathBuf,
+    },
+    /// Write bash, zsh and fish completions into DIR.
+    Completions {
+        /// Output directory (its other generated completions are removed).
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -402,8 +426,8 @@ fn status(ctx: &Context, json: bool) -> Result<(), Error> {
     }
 }
 
-fn repair_cmd(ctx: &Context, json: bool, a: RepairArgs) -> Result<(), Error> {
-    print(json, &repair::repair(ctx, a.dry_run)?)
+fn repair_cmd(ctx: &Context, json: bool, a: RepairArgs) -> Result<String, Error> {
+    done(json, &repair::repair(ctx, a.dry_run)?)
 }
 
 fn history(ctx: &Context, json: bool) -> Result<(), Error> {
@@ -414,7 +438,27 @@ fn progress(json: bool) -> bool {
     !json || std::io::stderr().is_terminal()
 }
 
-fn stage(ctx: &Context, json: bool, a: StageArgs) -> Result<(), Error> {
+/// Prints what a writing verb did and returns it for the operation's closing event: the
+/// text without its step lines.
+fn done<T: Serialize + std::fmt::Display>(json: bool, value: &T) -> Result<String, Error> {
+    print(json, value)?;
+    Ok(value
+        .to_string()
+        .lines()
+        .filter(|l| !l.starts_with("- "))
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+/// Records an outcome's slot on the operation, then prints it.
+fn outcome(op: &Operation, json: bool, out: &ops::Outcome) -> Result<String, Error> {
+    if let Some(slot) = out.slot {
+        op.record_slot(slot);
+    }
+    done(json, out)
+}
+
+fn stage(ctx: &Context, op: &Operation, json: bool, a: StageArgs) -> Result<String, Error> {
     if a.channel {
         let opts = update::ChannelStageOpts {
             version: a.version,
@@ -422,7 +466,7 @@ fn stage(ctx: &Context, json: bool, a: StageArgs) -> Result<(), Error> {
             dry_run: a.dry_run,
             progress: progress(json),
         };
-        return print(json, &update::stage_from_channel(ctx, &opts)?);
+        return done(json, &update::stage_from_channel(ctx, &opts)?);
     }
     let dry_run = a.dry_run;
     let allow_insecure_http = a.allow_insecure_http;
@@ -432,20 +476,25 @@ fn stage(ctx: &Context, json: bool, a: StageArgs) -> Result<(), Error> {
         dry_run,
         progress: progress(json),
     };
-    print(json, &stage::stage(ctx, &opts)?)
+    let report = stage::stage(ctx, &opts)?;
+    op.record_slot(report.slot);
+    if let Some(os) = &report.os {
+        op.record_version(os);
+    }
+    done(json, &report)
 }
 
 fn check(ctx: &Context, json: bool) -> Result<(), Error> {
     print(json, &update::check(ctx)?)
 }
 
-fn update(ctx: &Context, json: bool, a: UpdateArgs) -> Result<(), Error> {
+fn update(ctx: &Context, json: bool, a: UpdateArgs) -> Result<String, Error> {
     let opts = update::UpdateOpts {
         no_reboot: a.no_reboot,
         tries: a.tries,
         progress: progress(json),
     };
-    print(json, &update::update(ctx, &opts)?)
+    done(json, &update::update(ctx, &opts)?)
 }
 
 fn keys(k: &ChannelKeyArgs) -> Keys {
@@ -497,41 +546,36 @@ fn release(json: bool, cmd: ReleaseCmd) -> Result<(), Error> {
     }
 }
 
-fn switch(ctx: &Context, json: bool, a: SwitchArgs) -> Result<(), Error> {
+fn switch(ctx: &Context, op: &Operation, json: bool, a: SwitchArgs) -> Result<String, Error> {
     let opts = ops::SwitchOpts {
         no_reboot: a.no_reboot,
         tries: a.tries,
     };
-    print(json, &ops::switch(ctx, &opts)?)
+    outcome(op, json, &ops::switch(ctx, &opts)?)
 }
 
-fn commit(ctx: &Context, json: bool) -> Result<(), Error> {
-    print(json, &ops::commit(ctx)?)
+fn commit(ctx: &Context, op: &Operation, json: bool) -> Result<String, Error> {
+    outcome(op, json, &ops::commit(ctx)?)
 }
 
-fn rollback(ctx: &Context, json: bool, a: RollbackArgs) -> Result<(), Error> {
-    print(
-        json,
-        &ops::rollback(
-            ctx,
-            &ops::RollbackOpts {
-                no_reboot: a.no_reboot,
-            },
-        )?,
-    )
+fn rollback(ctx: &Context, op: &Operation, json: bool, a: RollbackArgs) -> Result<String, Error> {
+    let opts = ops::RollbackOpts {
+        no_reboot: a.no_reboot,
+    };
+    outcome(op, json, &ops::rollback(ctx, &opts)?)
 }
 
-fn init(ctx: &Context, json: bool, a: InitArgs) -> Result<(), Error> {
+fn init(ctx: &Context, op: &Operation, json: bool, a: InitArgs) -> Result<String, Error> {
     if a.chain_only {
-        return print(json, &bootchain::reinstall(ctx)?);
+        return done(json, &bootchain::reinstall(ctx)?);
     }
     let slot = a
         .slot
-        .ok_or_else(|| Error::Refused("init needs --slot a|b".into()))?;
+        .ok_or_else(|| Error::Usage("init needs --slot a|b".into()))?;
     if a.dry_run {
-        return print(json, &bootchain::init_plan(ctx, slot)?);
+        return done(json, &bootchain::init_plan(ctx, slot)?);
     }
-    print(json, &ops::init(ctx, slot, a.force)?)
+    outcome(op, json, &ops::init(ctx, slot, a.force)?)
 }
 
 fn verify(ctx: &Context, json: bool, a: VerifyArgs) -> Result<(), Error> {
@@ -544,18 +588,18 @@ fn verify(ctx: &Context, json: bool, a: VerifyArgs) -> Result<(), Error> {
     }
 }
 
-fn refresh_menu(config: &std::path::Path, json: bool, a: RefreshMenuArgs) -> Result<(), Error> {
+fn refresh_menu(config: &std::path::Path, json: bool, a: RefreshMenuArgs) -> Result<String, Error> {
     let ctx = match Context::open(config) {
         Ok(c) => Some(c),
         // The kernel hooks run on every kernel change, also where abupdate is not set up.
         Err(_) if a.hook => None,
         Err(e) => return Err(e),
     };
-    print(json, &bootchain::refresh_menu(ctx.as_ref(), a.hook)?)
+    done(json, &bootchain::refresh_menu(ctx.as_ref(), a.hook)?)
 }
 
-fn daemon(ctx: &Context, json: bool) -> Result<(), Error> {
-    print(json, &abupdate_lib::assess::daemon(ctx)?)
+fn daemon(ctx: &Context, op: &Operation, json: bool) -> Result<String, Error> {
+    outcome(op, json, &abupdate_lib::assess::daemon(ctx)?)
 }
 
 fn manifest_suggest(config: &std::path::Path, json: bool, a: SuggestArgs) -> Result<(), Error> {
@@ -575,61 +619,115 @@ fn manifest_suggest(config: &std::path::Path, json: bool, a: SuggestArgs) -> Res
     )
 }
 
-fn dispatch(opt: Opt) -> Result<(), Error> {
-    let json = opt.json;
-    let cmd = match opt.cmd {
-        Cmd::Manifest(ManifestCmd::Suggest(a)) => return manifest_suggest(&opt.config, json, a),
-        Cmd::RefreshMenu(a) => return refresh_menu(&opt.config, json, a),
-        // The operator's commands run anywhere, without a host configuration.
-        Cmd::Release(r) => return release(json, r),
-        cmd => cmd,
-    };
-    let ctx = Context::open(&opt.config)?;
+fn internals(cmd: InternalsCmd) -> Result<(), Error> {
     match cmd {
-        Cmd::Status => status(&ctx, json),
-        Cmd::Stage(a) => stage(&ctx, json, a),
-        Cmd::Switch(a) => switch(&ctx, json, a),
-        Cmd::Commit => commit(&ctx, json),
-        Cmd::Rollback(a) => rollback(&ctx, json, a),
-        Cmd::History => history(&ctx, json),
-        Cmd::Init(a) => init(&ctx, json, a),
-        Cmd::Daemon => daemon(&ctx, json),
-        Cmd::Repair(a) => repair_cmd(&ctx, json, a),
-        Cmd::Verify(a) => verify(&ctx, json, a),
-        Cmd::Check => check(&ctx, json),
-        Cmd::Update(a) => update(&ctx, json, a),
-        Cmd::Manifest(_) | Cmd::RefreshMenu(_) | Cmd::Release(_) => Err(Error::Internal(
-            "manifest, refresh-menu and release commands open their context themselves".into(),
+        InternalsCmd::Man { dir } => crate::docs::write_dir(&dir, &crate::docs::man_pages()?),
+        InternalsCmd::Completions { dir } => {
+            crate::docs::write_dir(&dir, &crate::docs::completions())
+        }
+    }
+}
+
+/// The verb of a command that changes the system: it runs as an [`Operation`], logged to the
+/// journal with its result. Read-only commands (and the operator's `release`, which writes
+/// only the channel directory it is given) have none.
+fn operation_name(cmd: &Cmd) -> Option<&'static str> {
+    match cmd {
+        Cmd::Stage(_) => Some("stage"),
+        Cmd::Switch(_) => Some("switch"),
+        Cmd::Commit => Some("commit"),
+        Cmd::Rollback(_) => Some("rollback"),
+        Cmd::Init(_) => Some("init"),
+        Cmd::Daemon => Some("daemon"),
+        Cmd::Repair(_) => Some("repair"),
+        Cmd::RefreshMenu(_) => Some("refresh-menu"),
+        Cmd::Update(_) => Some("update"),
+        Cmd::Status
+        | Cmd::History
+        | Cmd::Manifest(_)
+        | Cmd::Verify(_)
+        | Cmd::Check
+        | Cmd::Release(_) => None,
+    }
+}
+
+/// Runs a command that changes nothing on the host: no operation, no journal record of its
+/// own.
+fn read_only(config: &std::path::Path, json: bool, cmd: Cmd) -> Result<(), Error> {
+    match cmd {
+        Cmd::Manifest(ManifestCmd::Suggest(a)) => manifest_suggest(config, json, a),
+        // The operator's commands run anywhere, without a host configuration.
+        Cmd::Release(r) => release(json, r),
+        Cmd::Status => status(&Context::open(config)?, json),
+        Cmd::History => history(&Context::open(config)?, json),
+        Cmd::Verify(a) => verify(&Context::open(config)?, json, a),
+        Cmd::Check => check(&Context::open(config)?, json),
+        _ => Err(Error::Internal(
+            "a writing verb must run as an operation".into(),
         )),
     }
 }
 
-/// Formats an error with its chain of causes, once.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let cs = c.to_string();
-        if !s.contains(&cs) {
-            s.push_str(": ");
-            s.push_str(&cs);
+fn dispatch(opt: Opt) -> Result<(), Error> {
+    let Opt { config, json, cmd } = opt;
+    let Some(name) = operation_name(&cmd) else {
+        return read_only(&config, json, cmd);
+    };
+    let op = Operation::begin(name);
+    let result = op.in_scope(|| {
+        if let Cmd::RefreshMenu(a) = cmd {
+            return refresh_menu(&config, json, a);
         }
-        cur = c.source();
+        let ctx = Context::open(&config)?;
+        match cmd {
+            Cmd::Stage(a) => stage(&ctx, &op, json, a),
+            Cmd::Switch(a) => switch(&ctx, &op, json, a),
+            Cmd::Commit => commit(&ctx, &op, json),
+            Cmd::Rollback(a) => rollback(&ctx, &op, json, a),
+            Cmd::Init(a) => init(&ctx, &op, json, a),
+            Cmd::Daemon => daemon(&ctx, &op, json),
+            Cmd::Repair(a) => repair_cmd(&ctx, json, a),
+            Cmd::Update(a) => update(&ctx, json, a),
+            _ => Err(Error::Internal(
+                "a read-only command ran as an operation".into(),
+            )),
+        }
+    });
+    match result {
+        Ok(message) => {
+            op.succeeded(&message);
+            Ok(())
+        }
+        Err(e) => {
+            op.failed(&e);
+            Err(e)
+        }
     }
-    s
 }
 
 /// Runs the command line and returns the process exit code.
 pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ABUPDATE_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .without_time()
-        .with_target(false)
-        .init();
+    let logging = crate::logging::init();
+    let args: Vec<OsString> = args.into_iter().collect();
+    if args.get(1).is_some_and(|a| a == "internals") {
+        return match Internals::try_parse_from(&args[1..]) {
+            Ok(i) => match internals(i.cmd) {
+                Ok(()) => EXIT_OK,
+                Err(e) => {
+                    eprintln!("abupdate: error: {}", error_chain(&e));
+                    e.exit_code()
+                }
+            },
+            Err(e) => {
+                let _ = e.print();
+                if e.use_stderr() {
+                    EXIT_USAGE
+                } else {
+                    EXIT_OK
+                }
+            }
+        };
+    }
     let opt = match Opt::try_parse_from(args) {
         Ok(o) => o,
         Err(e) => {
@@ -638,10 +736,16 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
             return code;
         }
     };
+    let writes = operation_name(&opt.cmd).is_some();
     match dispatch(opt) {
         Ok(()) => EXIT_OK,
         Err(e) => {
-            eprintln!("abupdate: error: {}", chain(&e));
+            if !logging.stderr_is_journal || !logging.journal {
+                eprintln!("abupdate: error: {}", error_chain(&e));
+            } else if !writes {
+                // A writing verb's failure reached the journal as its closing event.
+                tracing::error!(target: abupdate_lib::log::OUTCOME_TARGET, "{}", error_chain(&e));
+            }
             e.exit_code()
         }
     }
@@ -650,6 +754,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn parse(args: &[&str]) -> Result<Opt, clap::Error> {
         Opt::try_parse_from(std::iter::once("abupdate").chain(args.iter().copied()))
@@ -803,6 +908,23 @@ mod tests {
             parse(&["history"]).expect("valid").config,
             PathBuf::from("/etc/abupdate/abupdate.yaml")
         );
+    }
+
+    #[test]
+    fn internals_are_not_verbs() {
+        assert!(parse(&["internals", "man", "/tmp/x"]).is_err());
+        let i = Internals::try_parse_from(["internals", "man", "/tmp/x"]).expect("valid");
+        assert!(matches!(i.cmd, InternalsCmd::Man { ref dir } if dir == Path::new("/tmp/x")));
+    }
+
+    #[test]
+    fn writing_verbs_are_operations() {
+        let op = |args: &[&str]| operation_name(&parse(args).expect("valid").cmd);
+        assert_eq!(op(&["switch"]), Some("switch"));
+        assert_eq!(op(&["daemon"]), Some("daemon"));
+        assert_eq!(op(&["stage", "--clone"]), Some("stage"));
+        assert_eq!(op(&["status"]), None);
+        assert_eq!(op(&["manifest", "suggest"]), None);
     }
 
     #[test]

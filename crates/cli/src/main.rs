@@ -3,6 +3,8 @@
 //! codes documented in README.md.
 
 mod cli;
+mod docs;
+mod logging;
 
 fn main() {
     std::process::exit(cli::run(std::env::args_os()));

@@ -44,7 +44,7 @@ pub enum ConfigError {
 }
 
 /// How a partition is found on the disk: by GPT partition name or by PARTUUID.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct PartitionSpec {
     /// GPT partition name (what `lsblk` calls PARTLABEL).
@@ -67,7 +67,7 @@ impl PartitionSpec {
 }
 
 /// The four partitions abupdate knows.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Partitions {
     /// Shared boot partition (grub.cfg, grubenv, state).
@@ -81,7 +81,7 @@ pub struct Partitions {
 }
 
 /// Configuration files carried from the running system into a staged slot.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ManifestConfig {
     /// Absolute paths, directories or globs.
@@ -110,7 +110,7 @@ impl Default for ManifestConfig {
 }
 
 /// Serial console settings for GRUB and the kernel.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SerialConfig {
     /// Whether GRUB and the kernel use the serial console.
@@ -125,7 +125,7 @@ pub struct SerialConfig {
 }
 
 /// GRUB menu settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GrubSettings {
     /// Menu timeout in seconds.
@@ -145,7 +145,7 @@ impl Default for GrubSettings {
 }
 
 /// Trial boot settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrialConfig {
     /// Boot attempts a new slot gets before GRUB returns to the default.
@@ -166,7 +166,7 @@ impl Default for TrialConfig {
 }
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Whole-disk device holding the partitions; default: the disk of the booted root.
@@ -227,7 +227,7 @@ pub enum EfiLoader {
 }
 
 /// The boot chain `init` installs: GRUB's BIOS boot code and the EFI system partition.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BootChainConfig {
     /// Install GRUB's boot code (`false`: the operator installs GRUB, abupdate writes only
@@ -320,7 +320,7 @@ pub enum OnFailure {
 }
 
 /// One health check: exactly one of `unit`, `command`, `tcp`, `http`.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct CheckConfig {
     /// A systemd unit that must be active.
@@ -337,7 +337,7 @@ pub struct CheckConfig {
 }
 
 /// Health checks of a trial boot.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthConfig {
     /// Seconds from daemon start for the boot to finish and every check to pass.
@@ -366,7 +366,7 @@ impl Default for HealthConfig {
 }
 
 /// The hardware watchdog the daemon holds while a trial is pending.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WatchdogConfig {
     /// Hold the watchdog during a trial.

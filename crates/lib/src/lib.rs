@@ -3,7 +3,7 @@
 //! per verb (`status`, `stage`, `switch`, `commit`, `rollback`, `history`, `init`,
 //! `daemon`). The `abupdate` binary is a thin command line over this crate.
 //!
-//! Invariants: nothing writes to the booted slot; the boot configuration changes only
+//! Invariants (docs/design.md): nothing writes to the booted slot; the boot configuration changes only
 //! through [`engine`] plans, each write durable, every prefix of a plan safe to boot and
 //! settled by the next run; a refused operation leaves the boot partition unchanged (unless
 //! it first had to settle an interrupted one).
@@ -21,6 +21,7 @@ pub mod error;
 pub mod fsinfo;
 pub mod fstab;
 pub mod hooks;
+pub mod log;
 pub mod manifest;
 pub mod ops;
 pub mod repair;

@@ -4,7 +4,7 @@
 //!
 //! Two steps: [`plan`] expands the [`Manifest`] on the host (no writes anywhere), and
 //! [`copy_into`] checks every entry against the slot, then writes. Architecture invariant
-//! (DESIGN.md, invariant 6): every destination is resolved inside the slot with
+//! (docs/design.md, invariant 6): every destination is resolved inside the slot with
 //! `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)`; a symlink of
 //! the new image is never written through. The only exception is a final component that
 //! is a symlink both in the image and on the host: the image's link is replaced.

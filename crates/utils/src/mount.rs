@@ -1,10 +1,14 @@
 //! Mounts held by RAII guards: unmounted synchronously on drop, or explicitly by `close`,
 //! which reports failure. Used with a private mount namespace (see [`enter_private_namespace`])
 //! so the host never sees abupdate's temporary mounts and a killed process leaves none behind.
+//!
+//! mount(2) and umount2(2) go through `sys-mount`; entering the namespace (unshare, then
+//! making `/` private) through `nix`, since `sys-mount` changes propagation only on a mount
+//! it made itself.
 
 use std::path::{Path, PathBuf};
 
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use sys_mount::{Mount, MountFlags, Unmount, UnmountFlags};
 
 /// A mount or unmount failure naming the device, the mount point and the step.
 #[derive(Debug, thiserror::Error)]
@@ -19,15 +23,15 @@ pub enum MountError {
         /// Filesystem type.
         fstype: String,
         /// The errno.
-        source: nix::Error,
+        source: std::io::Error,
     },
-    /// umount(2) failed.
+    /// umount2(2) failed.
     #[error("unmount {target}: {source}")]
     Unmount {
         /// Mount point.
         target: PathBuf,
         /// The errno.
-        source: nix::Error,
+        source: std::io::Error,
     },
     /// Creating the temporary mount point failed.
     #[error("create mount point for {device}: {source}")]
@@ -56,11 +60,11 @@ pub fn enter_private_namespace() -> Result<(), MountError> {
             source,
         }
     })?;
-    mount(
+    nix::mount::mount(
         None::<&str>,
         "/",
         None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
         None::<&str>,
     )
     .map_err(|source| MountError::Namespace {
@@ -72,6 +76,7 @@ pub fn enter_private_namespace() -> Result<(), MountError> {
 /// A mounted filesystem on a temporary directory, unmounted when dropped.
 #[derive(Debug)]
 pub struct TempMount {
+    mount: Option<Mount>,
     target: PathBuf,
     device: PathBuf,
     dir: Option<tempfile::TempDir>,
@@ -88,19 +93,22 @@ impl TempMount {
                 device: device.to_owned(),
                 source,
             })?;
-        let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        let mut flags = MountFlags::NOSUID | MountFlags::NODEV;
         if read_only {
-            flags |= MsFlags::MS_RDONLY;
+            flags |= MountFlags::RDONLY;
         }
-        mount(Some(device), dir.path(), Some(fstype), flags, None::<&str>).map_err(|source| {
-            MountError::Mount {
+        let mount = Mount::builder()
+            .fstype(fstype)
+            .flags(flags)
+            .mount(device, dir.path())
+            .map_err(|source| MountError::Mount {
                 device: device.to_owned(),
                 target: dir.path().to_owned(),
                 fstype: fstype.to_owned(),
                 source,
-            }
-        })?;
+            })?;
         Ok(TempMount {
+            mount: Some(mount),
             target: dir.path().to_owned(),
             device: device.to_owned(),
             dir: Some(dir),
@@ -114,19 +122,18 @@ impl TempMount {
 
     /// Makes this mount read-only (a per-mount flag: the superblock is left as it is).
     pub fn make_read_only(&self) -> Result<(), MountError> {
-        mount(
-            None::<&str>,
-            &self.target,
-            None::<&str>,
-            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
-            None::<&str>,
-        )
-        .map_err(|source| MountError::Mount {
-            device: self.device.clone(),
-            target: self.target.clone(),
-            fstype: "remount,bind,ro".into(),
-            source,
-        })
+        // A bind remount changes only this mount's flags; the type is ignored.
+        Mount::builder()
+            .fstype("none")
+            .flags(MountFlags::REMOUNT | MountFlags::BIND | MountFlags::RDONLY)
+            .mount("", &self.target)
+            .map(drop)
+            .map_err(|source| MountError::Mount {
+                device: self.device.clone(),
+                target: self.target.clone(),
+                fstype: "remount,bind,ro".into(),
+                source,
+            })
     }
 
     /// The mounted device.
@@ -140,28 +147,31 @@ impl TempMount {
     }
 
     fn unmount(&mut self) -> Result<(), MountError> {
-        let Some(dir) = self.dir.take() else {
+        let Some(mount) = self.mount.take() else {
             return Ok(());
         };
-        umount2(&self.target, MntFlags::empty()).map_err(|source| MountError::Unmount {
-            target: self.target.clone(),
-            source,
-        })?;
+        if let Err(source) = mount.unmount(UnmountFlags::empty()) {
+            self.mount = Some(mount);
+            return Err(MountError::Unmount {
+                target: self.target.clone(),
+                source,
+            });
+        }
         // The directory is empty once unmounted; failing to remove it loses nothing.
-        let _ = dir.close();
+        if let Some(dir) = self.dir.take() {
+            let _ = dir.close();
+        }
         Ok(())
     }
 }
 
 impl Drop for TempMount {
     fn drop(&mut self) {
-        if self.dir.is_some() {
-            if let Err(e) = self.unmount() {
-                tracing::warn!("{e}");
-                // Do not remove a directory that is still a mount point.
-                if let Some(dir) = self.dir.take() {
-                    let _ = dir.keep();
-                }
+        if let Err(e) = self.unmount() {
+            tracing::warn!("{e}");
+            // Do not remove a directory that is still a mount point.
+            if let Some(dir) = self.dir.take() {
+                let _ = dir.keep();
             }
         }
     }
@@ -170,27 +180,27 @@ impl Drop for TempMount {
 /// A recursive bind mount, detached on drop or by `close`.
 #[derive(Debug)]
 pub struct BindMount {
-    target: Option<PathBuf>,
+    mount: Option<Mount>,
+    target: PathBuf,
 }
 
 impl BindMount {
     /// Bind-mounts `source` (recursively) on `target`.
     pub fn new(source: &Path, target: &Path) -> Result<BindMount, MountError> {
-        mount(
-            Some(source),
-            target,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None::<&str>,
-        )
-        .map_err(|e| MountError::Mount {
-            device: source.to_owned(),
-            target: target.to_owned(),
-            fstype: "bind".into(),
-            source: e,
-        })?;
+        // A bind mount ignores the type.
+        let mount = Mount::builder()
+            .fstype("none")
+            .flags(MountFlags::BIND | MountFlags::REC)
+            .mount(source, target)
+            .map_err(|e| MountError::Mount {
+                device: source.to_owned(),
+                target: target.to_owned(),
+                fstype: "bind".into(),
+                source: e,
+            })?;
         Ok(BindMount {
-            target: Some(target.to_owned()),
+            mount: Some(mount),
+            target: target.to_owned(),
         })
     }
 
@@ -200,9 +210,13 @@ impl BindMount {
     }
 
     fn detach(&mut self) -> Result<(), MountError> {
-        match self.target.take() {
-            Some(t) => umount2(&t, MntFlags::MNT_DETACH)
-                .map_err(|source| MountError::Unmount { target: t, source }),
+        match self.mount.take() {
+            Some(m) => m
+                .unmount(UnmountFlags::DETACH)
+                .map_err(|source| MountError::Unmount {
+                    target: self.target.clone(),
+                    source,
+                }),
             None => Ok(()),
         }
     }
@@ -213,5 +227,85 @@ impl Drop for BindMount {
         if let Err(e) = self.detach() {
             tracing::warn!("{e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Privileged: each test enters a private mount namespace on its own thread, so its
+    //! mounts never reach the host. Fails (never skips) without root.
+
+    use super::*;
+
+    fn private_namespace() {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "the mount tests need root (they mount tmpfs in a private mount namespace)"
+        );
+        enter_private_namespace().expect("enter a private mount namespace");
+    }
+
+    /// Mount points of this thread's namespace (`/proc/self` is the main thread's).
+    fn mounted(at: &Path) -> bool {
+        let text = std::fs::read_to_string("/proc/thread-self/mountinfo").expect("mountinfo");
+        crate::mountinfo::parse(&text)
+            .iter()
+            .any(|m| m.mount_point == at)
+    }
+
+    #[test]
+    fn temp_mount_mounts_makes_read_only_and_closes() {
+        private_namespace();
+        let m = TempMount::new(Path::new("tmpfs"), "tmpfs", false).expect("mount tmpfs");
+        let at = m.path().to_owned();
+        assert!(mounted(&at), "{} is not a mount point", at.display());
+        std::fs::write(at.join("f"), b"x").expect("write into the mount");
+        m.make_read_only().expect("remount read-only");
+        let e = std::fs::write(at.join("g"), b"x").expect_err("a read-only mount refuses writes");
+        assert_eq!(e.raw_os_error(), Some(nix::libc::EROFS), "{e}");
+        m.close().expect("unmount");
+        assert!(!mounted(&at), "still mounted after close");
+        assert!(!at.exists(), "the mount point directory is removed");
+    }
+
+    #[test]
+    fn temp_mount_unmounts_on_drop_and_names_failures() {
+        private_namespace();
+        let at = {
+            let m = TempMount::new(Path::new("tmpfs"), "tmpfs", true).expect("mount tmpfs");
+            assert!(
+                std::fs::write(m.path().join("f"), b"x").is_err(),
+                "mounted read-only"
+            );
+            m.path().to_owned()
+        };
+        assert!(!mounted(&at), "dropped but still mounted");
+        let e = TempMount::new(Path::new("/nonexistent/device"), "ext4", true)
+            .expect_err("no such device");
+        let text = e.to_string();
+        assert!(
+            text.contains("/nonexistent/device") && text.contains("ext4"),
+            "the error names the device and the type: {text}"
+        );
+    }
+
+    #[test]
+    fn bind_mount_shows_the_source_until_closed() {
+        private_namespace();
+        let src = tempfile::tempdir().expect("source dir");
+        std::fs::write(src.path().join("marker"), b"bound").expect("write marker");
+        let target = tempfile::tempdir().expect("target dir");
+        let b = BindMount::new(src.path(), target.path()).expect("bind mount");
+        assert_eq!(
+            std::fs::read(target.path().join("marker")).expect("read through the bind"),
+            b"bound"
+        );
+        b.close().expect("detach");
+        assert!(!target.path().join("marker").exists(), "detached");
+        {
+            let _b = BindMount::new(src.path(), target.path()).expect("bind mount");
+            assert!(mounted(target.path()));
+        }
+        assert!(!mounted(target.path()), "dropped but still bound");
     }
 }
