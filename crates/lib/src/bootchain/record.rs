@@ -160,7 +160,9 @@ mod tests {
             ..rec
         };
         newer.save(d.path()).expect("save");
-        let e = ChainRecord::load(d.path()).err().map(|e| crate::error::chain(&e));
+        let e = ChainRecord::load(d.path())
+            .err()
+            .map(|e| crate::error::chain(&e));
         assert!(e.unwrap_or_default().contains("newer than this abupdate"));
     }
 }
