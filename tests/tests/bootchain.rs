@@ -7,21 +7,22 @@
 //! and OVMF with Secure Boot on (Microsoft keys enrolled: shim and Debian's signed GRUB
 //! boot, the unsigned image is refused).
 
+use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufReader, Read};
+use std::io::{BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use abupdate_tests::checks::stage_args;
+use abupdate_tests::checks::{slot_status, stage_args};
 use abupdate_tests::proc::run_ok;
 use abupdate_tests::tree::install_shell;
 use abupdate_tests::{abupdate_bin, serial, sha256_file, DiskOptions, Output, TestDisk};
 use abupdate_utils::loopdev::LoopDevice;
 use abupdate_utils::mount::TempMount;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 const LINUX_FS: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
 const BIOS_BOOT: &str = "21686148-6449-6E6F-744E-656564454649";
@@ -232,13 +233,150 @@ impl BootDisk {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
-        Output::of(
-            Command::new(abupdate_bin())
-                .env("ABUPDATE_ASSUME_BOOTED", "a")
-                .arg("--config")
-                .arg(&self.config)
-                .args(args),
-        )
+        Output::of(self.command(None).args(args))
+    }
+
+    fn command(&self, failpoint: Option<&str>) -> Command {
+        let mut c = Command::new(abupdate_bin());
+        c.env("ABUPDATE_ASSUME_BOOTED", "a")
+            .env_remove("ABUPDATE_FAILPOINT")
+            .arg("--config")
+            .arg(&self.config);
+        if let Some(fp) = failpoint {
+            c.env("ABUPDATE_FAILPOINT", fp);
+        }
+        c
+    }
+
+    /// Runs `args` killed at `failpoint` (an abort, as a power cut stops it); asserts it was.
+    fn kill(&self, args: &[&str], failpoint: &str) -> Result<Output> {
+        let out = Output::of(self.command(Some(failpoint)).args(args))?;
+        ensure!(
+            out.code == -1
+                && out
+                    .stderr
+                    .contains(&format!("failpoint {failpoint} reached")),
+            "expected abupdate to be killed at {failpoint}:\n{out}"
+        );
+        Ok(out)
+    }
+
+    /// The bytes of the regions a case may change: `0` is the MBR sector of the disk, `n`
+    /// partition `n`.
+    fn save(&self, regions: &[u32]) -> Result<Vec<(PathBuf, Vec<u8>)>> {
+        regions
+            .iter()
+            .map(|&n| {
+                let dev = if n == 0 {
+                    self.loopdev().path().to_owned()
+                } else {
+                    self.part(n)
+                };
+                let mut f = fs::File::open(&dev)?;
+                let mut b = Vec::new();
+                if n == 0 {
+                    b.resize(512, 0);
+                    f.read_exact(&mut b)?;
+                } else {
+                    f.read_to_end(&mut b)?;
+                }
+                Ok((dev, b))
+            })
+            .collect()
+    }
+
+    /// Writes back what [`BootDisk::save`] read.
+    fn restore(&self, saved: &[(PathBuf, Vec<u8>)]) -> Result<()> {
+        for (dev, b) in saved {
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .open(dev)
+                .with_context(|| format!("open {}", dev.display()))?;
+            f.write_all(b)?;
+            f.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// The records a finished `init` leaves, as `status` and GRUB read them: grubenv's
+    /// variables, `status --json`, grub.cfg (which `grub-script-check` accepts).
+    fn records(&self) -> Result<serde_json::Value> {
+        let st = self.run(["--json", "status"])?;
+        st.assert_ok();
+        let st = st.json()?;
+        let m = TempMount::new(&self.part(3), "ext2", true)?;
+        let env = run_ok(
+            Command::new("grub-editenv")
+                .arg(m.path().join("grub/grubenv"))
+                .arg("list"),
+        );
+        let cfg_path = m.path().join("grub/grub.cfg");
+        let cfg = fs::read_to_string(&cfg_path);
+        let check = Output::of(Command::new("grub-script-check").arg(&cfg_path));
+        m.close()?;
+        let (env, cfg, check) = (env?, cfg?, check?);
+        ensure!(
+            check.code == 0,
+            "grub-script-check rejects grub.cfg:\n{check}\n{cfg}"
+        );
+        let ab: serde_json::Map<String, serde_json::Value> = env
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .filter(|(k, _)| k.starts_with("ab_"))
+            .map(|(k, v)| (k.to_owned(), v.into()))
+            .collect();
+        let slots: Vec<_> = ["a", "b"]
+            .iter()
+            .map(|s| slot_status(&st, s)["state"].clone())
+            .collect();
+        Ok(serde_json::json!({
+            "grubenv": ab,
+            "default": st["default"],
+            "fallback": st["fallback"],
+            "trial": st["trial"],
+            "next_boot": st["next_boot"],
+            "pending": st["pending"],
+            "slots": slots,
+            "grub.cfg": cfg,
+        }))
+    }
+
+    /// The boot chain on the disk: sha256 of the MBR sector and of the BIOS boot partition,
+    /// of every file on the ESP and in the boot partition's `/grub/i386-pc`, and
+    /// `bootchain.json` without its time.
+    fn chain(&self) -> Result<serde_json::Value> {
+        let mut mbr = vec![0u8; 512];
+        fs::File::open(self.loopdev().path())?.read_exact(&mut mbr)?;
+        let sector = self.dir.path().join("mbr.bin");
+        fs::write(&sector, &mbr)?;
+        let esp = tempfile::Builder::new()
+            .prefix("esp-")
+            .tempdir_in(self.dir.path())?;
+        run_ok(
+            Command::new("mcopy")
+                .env("MTOOLS_SKIP_CHECK", "1")
+                .args(["-s", "-n", "-i"])
+                .arg(self.part(2))
+                .arg("::/EFI")
+                .arg(esp.path()),
+        )?;
+        let m = TempMount::new(&self.part(3), "ext2", true)?;
+        let record = fs::read_to_string(m.path().join("abupdate/bootchain.json"));
+        let modules = hashes(&m.path().join("grub/i386-pc"));
+        m.close()?;
+        let mut record: serde_json::Value = serde_json::from_str(&record?)?;
+        record
+            .as_object_mut()
+            .context("bootchain.json is an object")?
+            .remove("installed_at")
+            .context("bootchain.json has installed_at")?;
+        Ok(serde_json::json!({
+            "mbr": sha256_file(&sector)?,
+            "bios": sha256_file(&self.part(1))?,
+            "esp": hashes(esp.path())?,
+            "i386-pc": modules?,
+            "record": record,
+        }))
     }
 
     /// sha256 of the whole disk: MBR, GPT, boot code, ESP, boot partition and slots.
@@ -396,6 +534,21 @@ fn slot_image(
     run_ok(mkfs.arg("-d").arg(tree.path()).arg(&path).arg("64M"))?;
     let sum = sha256_file(&path)?;
     Ok((path, sum))
+}
+
+/// sha256 of every file under `dir`, by path.
+fn hashes(dir: &Path) -> Result<BTreeMap<String, String>> {
+    let listing = run_ok(
+        Command::new("find")
+            .arg(".")
+            .args(["-type", "f", "-exec", "sha256sum", "{}", "+"])
+            .current_dir(dir),
+    )?;
+    Ok(listing
+        .lines()
+        .filter_map(|l| l.split_once("  "))
+        .map(|(h, p)| (p.to_owned(), h.to_owned()))
+        .collect())
 }
 
 fn calls(root: &Path) -> String {
@@ -752,6 +905,136 @@ fn refresh_menu_follows_kernel_installs_and_removals() -> Result<()> {
         before,
         "a hook that must do nothing changed the disk"
     );
+    Ok(())
+}
+
+/// `init` killed in the boot chain (after its records) leaves the records of a finished
+/// init; `init --chain-only` then ends with the chain an uninterrupted init installs.
+#[test]
+fn init_killed_in_the_boot_chain_is_finished_by_chain_only() -> Result<()> {
+    let _s = serial();
+    let disk = BootDisk::new("signed")?;
+    // The MBR sector, the BIOS boot partition, the ESP, the boot partition and slot A.
+    let start = disk.save(&[0, 1, 2, 3, 4])?;
+    let init = ["init", "--slot", "a"];
+    disk.run(init)?.assert_ok();
+    let records = disk.records()?;
+    let chain = disk.chain()?;
+    let guard = repo_file("config/debian/grub-install")?;
+    for fp in [
+        "init.after-core",
+        "init.after-mbr",
+        "init.after-esp",
+        "init.after-record",
+        "init.after-chain",
+    ] {
+        let what = format!("init killed at {fp}");
+        disk.restore(&start)?;
+        disk.kill(&init, fp)?;
+        let got = disk.records()?;
+        ensure!(
+            got == records,
+            "{what}: records\n{got:#}\ninstead of\n{records:#}"
+        );
+        // Before the chain's record, verify tells the chain is missing and how to finish it.
+        if ["init.after-core", "init.after-mbr", "init.after-esp"].contains(&fp) {
+            disk.run(["verify", "--slot", "a"])?
+                .assert_code(4)
+                .assert_mentions_all(&["no boot chain recorded", "init --chain-only"]);
+        }
+        // init is done: a second one is refused, naming --chain-only, which finishes it.
+        disk.run(init)?
+            .assert_code(3)
+            .assert_mentions_all(&["already set up", "init --chain-only"]);
+        disk.run(["init", "--chain-only"])?.assert_ok();
+        let got = disk.records()?;
+        ensure!(
+            got == records,
+            "{what}, --chain-only: records\n{got:#}\ninstead of\n{records:#}"
+        );
+        let got = disk.chain()?;
+        ensure!(
+            got == chain,
+            "{what}, --chain-only: chain\n{got:#}\ninstead of\n{chain:#}"
+        );
+        disk.in_slot(4, |root| {
+            ensure!(
+                fs::read_to_string(root.join("usr/sbin/grub-install"))? == guard,
+                "{what}: slot A's grub-install is not abupdate's"
+            );
+            Ok(())
+        })?;
+        let hist = disk.run(["--json", "history"])?;
+        hist.assert_ok();
+        ensure!(hist.stdout.contains("--chain-only"), "{what}: {hist}");
+    }
+    disk.run(["verify", "--slot", "a"])?.assert_ok();
+    Ok(())
+}
+
+/// `refresh-menu` killed after grub.cfg or after the state: the next refresh ends where an
+/// uninterrupted one does, grub.cfg and the state naming the newest kernel.
+#[test]
+fn refresh_menu_killed_is_finished_by_the_next_refresh() -> Result<()> {
+    let _s = serial();
+    let disk = BootDisk::new("signed")?;
+    disk.run(["init", "--slot", "a"])?.assert_ok();
+    let newer = "6.1.0-2-amd64";
+    disk.in_slot(4, |root| {
+        write(
+            &root.join(format!("boot/vmlinuz-{newer}")),
+            &noise(1000, 3),
+            0o644,
+        )?;
+        write(
+            &root.join(format!("boot/initrd.img-{newer}")),
+            &noise(1000, 5),
+            0o644,
+        )
+    })?;
+    let kernel = format!("/boot/vmlinuz-{newer}");
+    let start = disk.save(&[3])?;
+    disk.run(["refresh-menu"])?.assert_ok();
+    let records = disk.records()?;
+    let cfg = records["grub.cfg"].as_str().unwrap_or_default();
+    ensure!(cfg.contains(&format!("linux {kernel} ")), "{cfg}");
+    for fp in ["refresh-menu.after-menu", "refresh-menu.after-state"] {
+        let what = format!("refresh-menu killed at {fp}");
+        disk.restore(&start)?;
+        disk.kill(&["refresh-menu"], fp)?;
+        // grub.cfg is written first: GRUB boots the new kernel already.
+        let got = disk.records()?;
+        ensure!(
+            got == records,
+            "{what}: records\n{got:#}\ninstead of\n{records:#}"
+        );
+        let again = disk.run(["refresh-menu"])?;
+        again.assert_ok();
+        let done = if fp == "refresh-menu.after-state" {
+            "already boots"
+        } else {
+            "now boots"
+        };
+        again.assert_mentions_all(&[&format!("{done} {kernel}")]);
+        let got = disk.records()?;
+        ensure!(
+            got == records,
+            "{what}, again: records\n{got:#}\ninstead of\n{records:#}"
+        );
+        let st = disk.run(["--json", "status"])?;
+        let op = &st.json()?["last_operation"];
+        ensure!(
+            op["op"] == "refresh-menu"
+                && op["detail"].as_str().is_some_and(|m| m.contains(&kernel)),
+            "{what}: {op:#}"
+        );
+        let state: serde_json::Value =
+            serde_json::from_str(&disk.boot_file("abupdate/state.json")?)?;
+        ensure!(
+            state["slots"]["a"]["kernel"] == kernel.as_str(),
+            "{what}: {state:#}"
+        );
+    }
     Ok(())
 }
 

@@ -310,7 +310,7 @@ pub fn plan_init(
     force: bool,
 ) -> Result<Plan, Refusal> {
     if snap.state.is_some() && !force {
-        return Err("the boot partition is already set up (use --force to start over)".to_owned());
+        return Err("the boot partition is already set up (`init --chain-only` reinstalls the boot chain, `--force` starts over)".to_owned());
     }
     let os = record.os.pretty_name.clone();
     let message = format!("boot partition set up: slot {slot} ({os}) is the good default");

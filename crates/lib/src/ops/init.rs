@@ -48,7 +48,7 @@ pub fn init(ctx: &Context, slot: SlotId, force: bool) -> Result<Outcome> {
     let tx = Transaction::begin_init(ctx)?;
     if tx.snapshot().state.is_some() && !force {
         return Err(Error::Refused(format!(
-            "the boot partition {} is already set up (use --force to start over)",
+            "the boot partition {} is already set up (`init --chain-only` reinstalls the boot chain, `--force` starts over)",
             ctx.layout.boot.device.display()
         )));
     }
