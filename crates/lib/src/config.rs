@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The default configuration path.
 pub const DEFAULT_PATH: &str = "/etc/abupdate/abupdate.yaml";
@@ -42,7 +42,7 @@ pub enum ConfigError {
 }
 
 /// How a partition is found on the disk: by GPT partition name or by PARTUUID.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct PartitionSpec {
     /// GPT partition name (what `lsblk` calls PARTLABEL).
@@ -65,7 +65,7 @@ impl PartitionSpec {
 }
 
 /// The four partitions abupdate knows.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Partitions {
     /// Shared boot partition (grub.cfg, grubenv, state).
@@ -79,7 +79,7 @@ pub struct Partitions {
 }
 
 /// Configuration files carried from the running system into a staged slot.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ManifestConfig {
     /// Absolute paths, directories or globs.
@@ -108,7 +108,7 @@ impl Default for ManifestConfig {
 }
 
 /// Serial console settings for GRUB and the kernel.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SerialConfig {
     /// Whether GRUB and the kernel use the serial console.
@@ -123,7 +123,7 @@ pub struct SerialConfig {
 }
 
 /// GRUB menu settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GrubSettings {
     /// Menu timeout in seconds.
@@ -143,7 +143,7 @@ impl Default for GrubSettings {
 }
 
 /// Trial boot settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrialConfig {
     /// Boot attempts a new slot gets before GRUB returns to the default.
@@ -164,7 +164,7 @@ impl Default for TrialConfig {
 }
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Whole-disk device holding the partitions; default: the disk of the booted root.
@@ -213,7 +213,7 @@ pub enum OnFailure {
 }
 
 /// One health check: exactly one of `unit`, `command`, `tcp`, `http`.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct CheckConfig {
     /// A systemd unit that must be active.
@@ -230,7 +230,7 @@ pub struct CheckConfig {
 }
 
 /// Health checks of a trial boot.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthConfig {
     /// Seconds from daemon start for the boot to finish and every check to pass.
@@ -259,7 +259,7 @@ impl Default for HealthConfig {
 }
 
 /// The hardware watchdog the daemon holds while a trial is pending.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WatchdogConfig {
     /// Hold the watchdog during a trial.
