@@ -1,13 +1,14 @@
 //! Benchmark: `abupdate stage` against a plain `dd` of the same bytes onto the same slot.
 //!
-//! Builds a loop disk laid out like the integration-test fixture but with 1.2 GiB slots,
+//! Builds a loop disk with the test kit's disk builder (the integration tests' layout) but
+//! with 1.2 GiB slots,
 //! a 1 GiB ext4 image filled with ~900 MiB of half random, half low-entropy data (so that
 //! zstd matters) and its `.zst`, then measures in one run, [`RUNS`] rounds of:
 //!
 //! - `dd if=image of=<slot B> bs=4M oflag=direct conv=fsync` (the baseline),
 //! - `abupdate stage image` (raw file),
 //! - `abupdate stage image.zst` (file),
-//! - `abupdate stage http://127.0.0.1:PORT/image.zst` (local HTTP),
+//! - `abupdate stage http://127.0.0.1:PORT/image.zst` (the test kit's HTTP server),
 //!
 //! followed by the tar and clone sources of the VM's Debian 12 root against their own `dd`
 //! baselines (see `bench_sources`). Page caches are dropped before every timed command;
@@ -18,15 +19,13 @@
 //! External tools are run with `std::process::Command`.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use abupdate_testkit::disk::{write_os_tree, Disk, Layout, Role, DEBIAN_12, DEBIAN_13};
+use abupdate_testkit::{config, HttpServer};
 use anyhow::{bail, ensure, Context, Result};
 
 use crate::bench_sources;
@@ -97,8 +96,8 @@ pub fn run() -> Result<()> {
     let dir = work.0.as_path();
 
     eprintln!("bench: building the loop disk (2 x {SLOT_MIB} MiB slots)");
-    let disk = BenchDisk::create(dir)?;
-    let config = disk.write_config(dir)?;
+    let disk = bench_disk(dir)?;
+    let config = write_config(&disk, dir)?;
     run_abupdate(&bin, &config, &["init", "--slot", "a"]).context("abupdate init --slot a")?;
 
     eprintln!("bench: building the {IMAGE_MIB} MiB image");
@@ -119,7 +118,7 @@ pub fn run() -> Result<()> {
         .with_context(|| format!("stat {}", zst.display()))?
         .len();
 
-    let slot_b = disk.partition(3);
+    let slot_b = disk.partition(Role::SlotB)?;
     let mut table = Table::new(
         format!(
             "image: {:.0} MiB raw, {:.0} MiB zstd -3 ({:.0}%), slot B {} MiB on {}",
@@ -127,12 +126,12 @@ pub fn run() -> Result<()> {
             zst_len as f64 / MIB as f64,
             100.0 * zst_len as f64 / image_len as f64,
             SLOT_MIB,
-            disk.dev.display()
+            disk.device().display()
         ),
         image_len,
     );
-    let server = FileServer::start(zst.clone())?;
-    let url = format!("http://{}/image.img.zst", server.addr);
+    let server = HttpServer::builder().file("/image.img.zst", &zst).start()?;
+    let url = server.url("/image.img.zst");
     for round in 1..=RUNS {
         eprintln!("bench: round {round}/{RUNS}: dd");
         let dd = timed(&mut dd_cmd(&image, &slot_b)).context("dd the image onto slot B")?;
@@ -183,8 +182,7 @@ pub fn run() -> Result<()> {
         "(page caches dropped before every timed command; MiB/s is the table's bytes per \
          second; vs dd is against the dd of the same round #N)"
     );
-    drop(disk);
-    Ok(())
+    disk.close()
 }
 
 /// One printed table: a title line, and per method its measurements in round order, each
@@ -435,148 +433,42 @@ impl Drop for Mounted {
     }
 }
 
-/// The GPT loop disk, detached on drop.
-struct BenchDisk {
-    /// The loop device.
-    dev: PathBuf,
-    /// The pretended host root the manifest copies from.
-    manifest_dir: PathBuf,
+/// The bench disk from the test kit: boot, slots A and B of [`SLOT_MIB`], data; slot A holds
+/// the kit's minimal Debian 12 tree with an `app.conf`.
+fn bench_disk(dir: &Path) -> Result<Disk> {
+    let disk = Disk::create(&dir.join("disk.img"), &Layout::abupdate(64, SLOT_MIB, 32))?;
+    let a = disk.mount(Role::SlotA)?;
+    write_os_tree(a.path(), &DEBIAN_12, "bench")?;
+    write_app_conf(a.path())?;
+    a.close().context("unmount slot A")?;
+    Ok(disk)
 }
 
-impl BenchDisk {
-    /// Lays out `dir/disk.img` (boot, slots A and B, data), attaches it and prepares the
-    /// boot partition, slot A's tree and the data partition.
-    fn create(dir: &Path) -> Result<BenchDisk> {
-        let image = dir.join("disk.img");
-        let f = fs::File::create(&image).with_context(|| format!("create {}", image.display()))?;
-        f.set_len((1 + 64 + 2 * SLOT_MIB + 32 + 1) * MIB)
-            .with_context(|| format!("size {}", image.display()))?;
-        drop(f);
-        let lfs = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
-        let script = format!(
-            "label: gpt\nfirst-lba: 2048\n\
-             start=2048, size=64MiB, type={lfs}, name=abboot\n\
-             size={SLOT_MIB}MiB, type={lfs}, name=root-a\n\
-             size={SLOT_MIB}MiB, type={lfs}, name=root-b\n\
-             size=32MiB, type={lfs}, name=data\n"
-        );
-        let mut child = Command::new("sfdisk")
-            .args(["--quiet", "--no-reread", "--no-tell-kernel"])
-            .arg(&image)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .context("run sfdisk")?;
-        child
-            .stdin
-            .take()
-            .context("sfdisk stdin")?
-            .write_all(script.as_bytes())
-            .with_context(|| format!("write the partition table script for {}", image.display()))?;
-        ensure!(
-            child
-                .wait()
-                .with_context(|| format!("wait for sfdisk on {}", image.display()))?
-                .success(),
-            "sfdisk failed on {}",
-            image.display()
-        );
-        let dev = PathBuf::from(
-            sh(Command::new("losetup").args(["-f", "--show"]).arg(&image))
-                .with_context(|| format!("attach {} to a loop device", image.display()))?
-                .trim()
-                .to_owned(),
-        );
-        let disk = BenchDisk {
-            dev,
-            manifest_dir: dir.join("host"),
-        };
-        sh(Command::new("partx").arg("-a").arg(&disk.dev))?;
-        sh(Command::new("mkfs.ext2")
-            .args(["-F", "-q", "-L", "abboot"])
-            .arg(disk.partition(1)))?;
-        let m = Mounted::new(&disk.partition(1), &dir.join("mnt-boot"), "rw")?;
-        let grub = m.0.join("grub");
-        fs::create_dir_all(&grub).with_context(|| format!("create {}", grub.display()))?;
-        m.close()?;
-        sh(Command::new("mkfs.ext4")
-            .args(["-F", "-q", "-L", "root-a"])
-            .arg(disk.partition(2)))?;
-        let m = Mounted::new(&disk.partition(2), &dir.join("mnt-a"), "rw")?;
-        write_os_tree(&m.0, "12", "bookworm", "6.1.0-1-amd64")?;
-        m.close()?;
-        sh(Command::new("mkfs.ext4")
-            .args(["-F", "-q", "-L", "data"])
-            .arg(disk.partition(4)))?;
-        let app = disk.manifest_dir.join("etc/app.conf");
-        fs::create_dir_all(disk.manifest_dir.join("etc"))
-            .with_context(|| format!("create {}", disk.manifest_dir.display()))?;
-        fs::write(&app, "key = host\n").with_context(|| format!("write {}", app.display()))?;
-        Ok(disk)
-    }
-
-    /// The device node of partition `n`.
-    fn partition(&self, n: u32) -> PathBuf {
-        PathBuf::from(format!("{}p{n}", self.dev.display()))
-    }
-
-    /// Writes the abupdate configuration for this disk to `dir/abupdate.yaml`.
-    fn write_config(&self, dir: &Path) -> Result<PathBuf> {
-        let p = dir.join("abupdate.yaml");
-        fs::write(
-            &p,
-            format!(
-                "disk: {dev}\n\
-                 partitions:\n  \
-                   boot: {{ partlabel: abboot, mountpoint: /boot/abboot }}\n  \
-                   slot_a: {{ partlabel: root-a }}\n  \
-                   slot_b: {{ partlabel: root-b }}\n  \
-                   data: {{ partlabel: data, mountpoint: /data }}\n\
-                 manifest:\n  include: [\"/etc/hostname\", \"{app}\"]\n  exclude: []\n\
-                 services: []\n\
-                 kernel_cmdline: \"\"\n\
-                 grub: {{ timeout: 1, serial: {{ enabled: true, unit: 0, speed: 115200 }} }}\n\
-                 trial: {{ tries: 3, panic_seconds: 5 }}\n\
-                 lock_file: {lock}\n",
-                dev = self.dev.display(),
-                app = self.manifest_dir.join("etc/app.conf").display(),
-                lock = dir.join("abupdate.lock").display(),
-            ),
-        )
-        .with_context(|| format!("write {}", p.display()))?;
-        Ok(p)
-    }
+/// The host file the manifest copies: `<dir>/host/etc/app.conf`.
+fn manifest_file(dir: &Path) -> PathBuf {
+    dir.join("host/etc/app.conf")
 }
 
-impl Drop for BenchDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("partx").arg("-d").arg(&self.dev).output();
-        let _ = Command::new("losetup").arg("-d").arg(&self.dev).output();
+/// Writes the abupdate configuration for `disk` to `dir/abupdate.yaml`, with the manifest
+/// file it names.
+fn write_config(disk: &Disk, dir: &Path) -> Result<PathBuf> {
+    let app = manifest_file(dir);
+    if let Some(parent) = app.parent() {
+        fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
     }
+    fs::write(&app, "key = host\n").with_context(|| format!("write {}", app.display()))?;
+    let mut cfg = config::standard(Some(disk.device()))?;
+    cfg.manifest.include = vec!["/etc/hostname".into(), app.display().to_string()];
+    cfg.lock_file = dir.join("abupdate.lock");
+    let p = dir.join("abupdate.yaml");
+    config::write(&cfg, &p)?;
+    Ok(p)
 }
 
-/// Writes a minimal Debian tree (os-release, a stub kernel and initrd, hostname, app.conf)
-/// under `root`.
-fn write_os_tree(root: &Path, version: &str, codename: &str, kernel: &str) -> Result<()> {
-    for d in ["boot", "etc", "usr/lib/bench"] {
-        let p = root.join(d);
-        fs::create_dir_all(&p).with_context(|| format!("create {}", p.display()))?;
-    }
-    let write = |rel: &str, content: &str| -> Result<()> {
-        let p = root.join(rel);
-        fs::write(&p, content).with_context(|| format!("write {}", p.display()))
-    };
-    write(
-        "etc/os-release",
-        &format!(
-            "PRETTY_NAME=\"Debian GNU/Linux {version} ({codename})\"\nNAME=\"Debian GNU/Linux\"\n\
-             VERSION_ID=\"{version}\"\nVERSION=\"{version} ({codename})\"\nID=debian\n"
-        ),
-    )?;
-    write(&format!("boot/vmlinuz-{kernel}"), "kernel\n")?;
-    write(&format!("boot/initrd.img-{kernel}"), "initrd\n")?;
-    write("etc/hostname", "bench\n")?;
-    write("etc/app.conf", "key = image\n")
+/// The image's own `/etc/app.conf` (the manifest replaces it).
+fn write_app_conf(root: &Path) -> Result<()> {
+    let p = root.join("etc/app.conf");
+    fs::write(&p, "key = image\n").with_context(|| format!("write {}", p.display()))
 }
 
 /// The 1 GiB "Debian 13" image: half random files, half low-entropy (4 bits/byte) files.
@@ -589,7 +481,10 @@ fn build_image(dir: &Path, image: &Path) -> Result<()> {
         .args(["-F", "-q", "-L", "debian13", "-E", "nodiscard"])
         .arg(image))?;
     let m = Mounted::new(image, &dir.join("mnt-image"), "loop")?;
-    write_os_tree(&m.0, "13", "trixie", "6.12.0-1-amd64")?;
+    write_os_tree(&m.0, &DEBIAN_13, "bench")?;
+    write_app_conf(&m.0)?;
+    let fill_dir = m.0.join("usr/lib/bench");
+    fs::create_dir_all(&fill_dir).with_context(|| format!("create {}", fill_dir.display()))?;
     let mut urandom = fs::File::open("/dev/urandom").context("open /dev/urandom")?;
     let mut buf = vec![0u8; 4 << 20];
     for i in 0..FILL_FILES {
@@ -607,101 +502,5 @@ fn build_image(dir: &Path, image: &Path) -> Result<()> {
         }
     }
     m.close()?;
-    Ok(())
-}
-
-/// A minimal HTTP/1.1 file server on 127.0.0.1 (GET/HEAD, `Range: bytes=N-`), stopped on
-/// drop.
-struct FileServer {
-    /// Where it listens.
-    addr: std::net::SocketAddr,
-    /// Set to stop the accept loop.
-    stop: Arc<AtomicBool>,
-    /// The accept loop.
-    accept: Option<JoinHandle<()>>,
-}
-
-impl FileServer {
-    /// Serves `file` on an ephemeral port of 127.0.0.1 until dropped.
-    fn start(file: PathBuf) -> Result<FileServer> {
-        let listener = TcpListener::bind("127.0.0.1:0").context("bind 127.0.0.1:0")?;
-        let addr = listener
-            .local_addr()
-            .context("local address of the bench HTTP server")?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let accept = std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if s.load(Ordering::SeqCst) {
-                    break;
-                }
-                if let Ok(conn) = conn {
-                    let file = file.clone();
-                    std::thread::spawn(move || {
-                        let _ = serve(conn, &file);
-                    });
-                }
-            }
-        });
-        Ok(FileServer {
-            addr,
-            stop,
-            accept: Some(accept),
-        })
-    }
-}
-
-impl Drop for FileServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        if let Some(h) = self.accept.take() {
-            let _ = h.join();
-        }
-    }
-}
-
-/// Answers one request on `conn` with `file` (or its tail from a `Range` start).
-fn serve(mut conn: TcpStream, file: &Path) -> Result<()> {
-    let mut reader = BufReader::new(conn.try_clone()?);
-    let mut request = String::new();
-    reader.read_line(&mut request)?;
-    let mut start = 0u64;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            if k.trim().eq_ignore_ascii_case("range") {
-                start = v
-                    .trim()
-                    .strip_prefix("bytes=")
-                    .and_then(|r| r.split('-').next())
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(0);
-            }
-        }
-    }
-    let mut f = fs::File::open(file)?;
-    let len = f.metadata()?.len();
-    let start = start.min(len);
-    let head = if start > 0 {
-        format!(
-            "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {start}-{}/{len}\r\nAccept-Ranges: bytes\r\nETag: \"bench\"\r\nConnection: close\r\n\r\n",
-            len - start,
-            len.saturating_sub(1)
-        )
-    } else {
-        format!(
-            "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nAccept-Ranges: bytes\r\nETag: \"bench\"\r\nConnection: close\r\n\r\n"
-        )
-    };
-    conn.write_all(head.as_bytes())?;
-    if request.starts_with("HEAD ") {
-        return Ok(());
-    }
-    f.seek(SeekFrom::Start(start))?;
-    std::io::copy(&mut f, &mut conn)?;
     Ok(())
 }
