@@ -122,6 +122,44 @@ fn early_files() -> Vec<OverlayFile> {
     }]
 }
 
+/// Modules a TCG guest should not load at boot (`/etc/modprobe.d/xtask-tcg.conf`). QEMU's
+/// `-cpu max` advertises VT-x, AES-NI, PCLMUL, SHA and AVX, so udev loads the matching
+/// modules; kvm cannot work without hardware virtualization, and each crypto module runs its
+/// self-tests in emulated vector code, with every module load patching kernel text (which
+/// makes TCG throw away translated code on both vCPUs). systemd 257's ssh generator (Debian
+/// 13) opens an AF_VSOCK socket, which loads the VMware and virtio vsock transports. The
+/// generic code serves the same requests: nothing the guest does changes, and the slow part
+/// of Debian 13's boot under TCG goes away (see xtask/README.md).
+const TCG_BLACKLIST: &str = "\
+# abupdate xtask test guest under QEMU TCG: see xtask/src/images.rs
+blacklist kvm
+blacklist kvm_intel
+blacklist kvm_amd
+blacklist aesni_intel
+blacklist ghash_clmulni_intel
+blacklist polyval_clmulni
+blacklist crc32_pclmul
+blacklist crct10dif_pclmul
+blacklist sha1_ssse3
+blacklist sha256_ssse3
+blacklist sha512_ssse3
+blacklist vsock
+blacklist vsock_loopback
+blacklist vmw_vsock_vmci_transport
+blacklist vmw_vsock_virtio_transport_common
+blacklist vmw_vmci
+";
+
+/// An initramfs-tools hook that leaves udev's hardware database out of the initramfs
+/// (Debian 13's udev hook copies its 13 MiB; finding and mounting the root needs none of
+/// it). Runs after the `udev` hook (`zz-` sorts last).
+const NO_HWDB_HOOK: &str = "\
+#!/bin/sh
+# abupdate xtask test guest: see xtask/src/images.rs
+[ \"$1\" = prereqs ] && exit 0
+rm -f \"${DESTDIR}/usr/lib/udev/hwdb.bin\" \"${DESTDIR}/etc/udev/hwdb.bin\"
+";
+
 /// Files for every suite, copied in after the packages are installed.
 fn late_files() -> Vec<OverlayFile> {
     vec![
@@ -131,9 +169,14 @@ fn late_files() -> Vec<OverlayFile> {
             content: "virtio_pci\nvirtio_blk\nvirtio_scsi\nsd_mod\next4\ncrc32c_generic\n".into(),
         },
         OverlayFile {
-            path: "etc/modprobe.d/xtask-no-kvm.conf",
+            path: "etc/modprobe.d/xtask-tcg.conf",
             mode: 0o644,
-            content: "blacklist kvm\nblacklist kvm_intel\nblacklist kvm_amd\n".into(),
+            content: TCG_BLACKLIST.into(),
+        },
+        OverlayFile {
+            path: "etc/initramfs-tools/hooks/zz-xtask-no-hwdb",
+            mode: 0o755,
+            content: NO_HWDB_HOOK.into(),
         },
         OverlayFile {
             path: "etc/systemd/network/20-wired.network",
@@ -165,6 +208,12 @@ fn old_only_files(ssh_pub: &str) -> Vec<OverlayFile> {
 }
 
 const HOOK_INITRAMFS: &str = "chroot \"$1\" update-initramfs -u -k all";
+/// Records that the image's caches are up to date (`/etc/.updated`, `/var/.updated`), as the
+/// first boot of an installed system does: the package scripts already built `ld.so.cache`
+/// and the journal catalog. Without it Debian 13 rebuilds both (`ldconfig.service`,
+/// `systemd-journal-catalog-update.service`, ordered before `sysinit.target`) on the first
+/// boot of every slot staged from the image. Debian 12 has no such units.
+const HOOK_UPDATE_DONE: &str = "[ ! -x \"$1\"/usr/lib/systemd/systemd-update-done ] || chroot \"$1\" /usr/lib/systemd/systemd-update-done";
 const HOOK_OLD: &[&str] = &["chroot \"$1\" systemctl enable systemd-networkd.service"];
 /// The new image has no identity of its own: hostname and keys come from the manifest.
 const HOOK_NEW: &[&str] = &[
@@ -381,6 +430,7 @@ fn recipes(ssh: &SshKey) -> Result<(Recipe, Recipe)> {
     old_late.extend(old_only_files(&ssh.public));
     let mut old_hooks = vec![HOOK_INITRAMFS.to_string()];
     old_hooks.extend(HOOK_OLD.iter().map(|s| s.to_string()));
+    old_hooks.push(HOOK_UPDATE_DONE.to_string());
     let old = Recipe {
         suite: "bookworm",
         sources: sources_for(&host, "bookworm")?,
@@ -390,6 +440,7 @@ fn recipes(ssh: &SshKey) -> Result<(Recipe, Recipe)> {
     };
     let mut new_hooks = vec![HOOK_INITRAMFS.to_string()];
     new_hooks.extend(HOOK_NEW.iter().map(|s| s.to_string()));
+    new_hooks.push(HOOK_UPDATE_DONE.to_string());
     let new = Recipe {
         suite: "trixie",
         sources: sources_for(&host, "trixie")?,
