@@ -1,6 +1,7 @@
 //! `TestDisk`: a sparse GPT disk image on a loop device, laid out like a real abupdate host
-//! (boot, root-a, root-b, data), with slot A holding a small "Debian 12" tree, a config file
-//! and the boot partition initialised by `abupdate init --slot a`.
+//! (boot, root-a, root-b, data) by the test kit's disk builder, with slot A holding a small
+//! "Debian 12" tree, a config file and the boot partition initialised by
+//! `abupdate init --slot a`.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -9,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use abupdate_utils::loopdev::LoopDevice;
+use abupdate_testkit::config::{self, Config};
+use abupdate_testkit::disk::{write_os_tree, Disk, Layout, Role, DEBIAN_12};
 use abupdate_utils::mount::TempMount;
 use anyhow::{bail, Context, Result};
 
@@ -25,9 +27,6 @@ pub const PART_UUIDS: [&str; 4] = [
     "5E1F7A3C-0B1D-4C2E-9F00-AB0DA7E00003",
     "5E1F7A3C-0B1D-4C2E-9F00-AB0DA7E00004",
 ];
-/// Linux filesystem data partition type.
-const LINUX_FS: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
-
 /// Owner and group of the test's `app.conf` (not root, so a copy that drops owners shows).
 pub const APP_UID: u32 = 1234;
 /// Group of the test's `app.conf`.
@@ -171,8 +170,10 @@ pub struct TestDisk {
     pub config: PathBuf,
     /// The lock file named in the config.
     pub lock_file: PathBuf,
+    /// Partition device nodes: boot, slot A, slot B, data.
+    parts: [PathBuf; 4],
     // Field order is drop order: the loop device goes before the directory holding the image.
-    loopdev: LoopDevice,
+    disk: Disk,
     dir: tempfile::TempDir,
 }
 
@@ -194,6 +195,16 @@ impl TestDisk {
         TestDisk::with(DiskOptions::default())
     }
 
+    /// The kit layout of this disk: 64 MiB boot, two slots, 32 MiB data, fixed identifiers.
+    pub fn layout(opts: &DiskOptions) -> Layout {
+        let mut layout = Layout::abupdate(64, opts.slot_mib, 32);
+        layout.disk_guid = Some(DISK_GUID.to_owned());
+        for (part, uuid) in layout.parts.iter_mut().zip(PART_UUIDS) {
+            part.partuuid = Some(uuid.to_owned());
+        }
+        layout
+    }
+
     /// A disk with the given options.
     pub fn with(opts: DiskOptions) -> Result<TestDisk> {
         let mut builder = tempfile::Builder::new();
@@ -203,30 +214,14 @@ impl TestDisk {
             None => builder.tempdir(),
         }
         .context("create the test's temporary directory")?;
-        let image = dir.path().join("disk.img");
-        let total_mib = 1 + 64 + 2 * opts.slot_mib + 32 + 1;
-        let f = fs::File::create(&image).with_context(|| format!("create {}", image.display()))?;
-        f.set_len(total_mib << 20)?;
-        drop(f);
-        let script = format!(
-            "label: gpt\nlabel-id: {DISK_GUID}\nfirst-lba: 2048\n\
-             start=2048, size=64MiB, type={LINUX_FS}, uuid={}, name=abboot\n\
-             size={s}MiB, type={LINUX_FS}, uuid={}, name=root-a\n\
-             size={s}MiB, type={LINUX_FS}, uuid={}, name=root-b\n\
-             size=32MiB, type={LINUX_FS}, uuid={}, name=data\n",
-            PART_UUIDS[0],
-            PART_UUIDS[1],
-            PART_UUIDS[2],
-            PART_UUIDS[3],
-            s = opts.slot_mib
-        );
-        abupdate_utils::Cmd::new("sfdisk")
-            .args(["--quiet", "--no-reread", "--no-tell-kernel"])
-            .arg(&image)
-            .stdin(script.into_bytes())
-            .run()
-            .context("partition the disk image with sfdisk")?;
-        let loopdev = LoopDevice::attach(&image).context("attach the disk image")?;
+        let disk = Disk::create(&dir.path().join("disk.img"), &TestDisk::layout(&opts))?;
+        let part = |role| disk.partition(role);
+        let parts = [
+            part(Role::Boot)?,
+            part(Role::SlotA)?,
+            part(Role::SlotB)?,
+            part(Role::Data)?,
+        ];
         let host = HostTree::new()?;
         let lock_file = dir.path().join("abupdate.lock");
         let config = dir.path().join("abupdate.yaml");
@@ -234,13 +229,12 @@ impl TestDisk {
             host,
             config,
             lock_file,
-            loopdev,
+            parts,
+            disk,
             dir,
         };
-        disk.wait_for_partitions()?;
-        disk.format()?;
-        fs::write(&disk.config, disk.config_text())
-            .with_context(|| format!("write {}", disk.config.display()))?;
+        disk.fill()?;
+        config::write(&disk.abupdate_config()?, &disk.config)?;
         if opts.init {
             disk.run(["init", "--slot", "a"])
                 .context("abupdate init")?
@@ -249,79 +243,30 @@ impl TestDisk {
         Ok(disk)
     }
 
-    fn wait_for_partitions(&self) -> Result<()> {
-        for n in 1..=4 {
-            let p = self.loopdev.partition(n);
-            if !p.exists() {
-                bail!(
-                    "partx -a did not create {} (no devtmpfs node?)",
-                    p.display()
-                );
-            }
-        }
+    /// Slot A's tree and the data partition's marker file.
+    fn fill(&self) -> Result<()> {
+        let m = self.disk.mount(Role::SlotA)?;
+        build_slot_a(m.path())?;
+        m.close()?;
+        let m = self.disk.mount(Role::Data)?;
+        fs::write(m.path().join("precious.txt"), DATA_FILE)?;
+        m.close()?;
         Ok(())
     }
 
-    fn format(&self) -> Result<()> {
-        run_ok(
-            Command::new("mkfs.ext2")
-                .args(["-F", "-q", "-L", "abboot"])
-                .arg(self.boot()),
-        )?;
-        {
-            let m = TempMount::new(&self.boot(), "ext2", false)?;
-            fs::create_dir_all(m.path().join("grub"))?;
-            m.close()?;
-        }
-        run_ok(
-            Command::new("mkfs.ext4")
-                .args(["-F", "-q", "-L", "root-a"])
-                .arg(self.slot_a()),
-        )?;
-        {
-            let m = TempMount::new(&self.slot_a(), "ext4", false)?;
-            build_slot_a(m.path())?;
-            m.close()?;
-        }
-        run_ok(
-            Command::new("mkfs.ext4")
-                .args(["-F", "-q", "-L", "data"])
-                .arg(self.data()),
-        )?;
-        {
-            let m = TempMount::new(&self.data(), "ext4", false)?;
-            fs::write(m.path().join("precious.txt"), DATA_FILE)?;
-            m.close()?;
-        }
-        Ok(())
+    /// This disk's configuration: the kit's standard one for its loop device, the host
+    /// tree as the manifest, the test's own lock file.
+    pub fn abupdate_config(&self) -> Result<Config> {
+        let mut c = config::standard(Some(self.device()))?;
+        c.manifest.include = self.host.manifest();
+        c.lock_file = self.lock_file.clone();
+        Ok(c)
     }
 
-    /// The config file's text for this disk (the contract's example with test paths).
-    pub fn config_text(&self) -> String {
-        let include = self
-            .host
-            .manifest()
-            .iter()
-            .map(|p| format!("\"{p}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
-        format!(
-            "disk: {disk}\n\
-             partitions:\n  \
-               boot: {{ partlabel: abboot, mountpoint: /boot/abboot }}\n  \
-               slot_a: {{ partlabel: root-a }}\n  \
-               slot_b: {{ partlabel: root-b }}\n  \
-               data: {{ partlabel: data, mountpoint: /data }}\n\
-             manifest:\n  include: [{include}]\n  exclude: []\n\
-             services: []\n\
-             kernel_cmdline: \"\"\n\
-             grub: {{ timeout: 1, serial: {{ enabled: true, unit: 0, speed: 115200 }} }}\n\
-             trial: {{ tries: 3, panic_seconds: 5 }}\n\
-             bootchain: {{ install: false }}\n\
-             lock_file: {lock}\n",
-            disk = self.loopdev.path().display(),
-            lock = self.lock_file.display(),
-        )
+    /// The config file's text for this disk (what [`TestDisk::abupdate_config`] serializes
+    /// to).
+    pub fn config_text(&self) -> Result<String> {
+        config::to_yaml(&self.abupdate_config()?)
     }
 
     /// The test's temporary directory (images, configs, the lock file).
@@ -331,27 +276,27 @@ impl TestDisk {
 
     /// The whole-disk loop device.
     pub fn device(&self) -> &Path {
-        self.loopdev.path()
+        self.disk.device()
     }
 
     /// The boot partition (1).
     pub fn boot(&self) -> PathBuf {
-        self.loopdev.partition(1)
+        self.parts[0].clone()
     }
 
     /// Slot A (partition 2).
     pub fn slot_a(&self) -> PathBuf {
-        self.loopdev.partition(2)
+        self.parts[1].clone()
     }
 
     /// Slot B (partition 3).
     pub fn slot_b(&self) -> PathBuf {
-        self.loopdev.partition(3)
+        self.parts[2].clone()
     }
 
     /// The data partition (4).
     pub fn data(&self) -> PathBuf {
-        self.loopdev.partition(4)
+        self.parts[3].clone()
     }
 
     /// A `Command` for the binary under test with `--config` and the pretended booted slot.
@@ -544,25 +489,10 @@ pub fn assert_unchanged(before: &Snapshot, after: &Snapshot, what: &str) {
     );
 }
 
-/// Writes slot A's "Debian 12" tree into the mounted filesystem `root`.
+/// Writes slot A's "Debian 12" tree into the mounted filesystem `root`: the kit's minimal
+/// tree plus an `app.conf` with owner, mode, xattr and ACL, a symlink to it and a host key.
 fn build_slot_a(root: &Path) -> Result<()> {
-    for d in ["boot", "etc/ssh", "usr/bin", "var/lib", "tmp"] {
-        fs::create_dir_all(root.join(d))?;
-    }
-    fs::write(
-        root.join("etc/os-release"),
-        "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nNAME=\"Debian GNU/Linux\"\n\
-         VERSION_ID=\"12\"\nVERSION=\"12 (bookworm)\"\nVERSION_CODENAME=bookworm\nID=debian\n",
-    )?;
-    fs::write(
-        root.join("boot/vmlinuz-6.1.0-1-amd64"),
-        "dummy kernel 6.1\n",
-    )?;
-    fs::write(
-        root.join("boot/initrd.img-6.1.0-1-amd64"),
-        "dummy initrd 6.1\n",
-    )?;
-    fs::write(root.join("etc/hostname"), "slot-a\n")?;
+    write_os_tree(root, &DEBIAN_12, "slot-a")?;
     let app = root.join("etc/app.conf");
     fs::write(&app, "# slot A app.conf\nkey = a\n")?;
     std::os::unix::fs::chown(&app, Some(APP_UID), Some(APP_GID))?;

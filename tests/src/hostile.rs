@@ -232,7 +232,7 @@ pub fn config_variant(
     from: &str,
     to: &str,
 ) -> Result<std::path::PathBuf> {
-    let text = disk.config_text();
+    let text = disk.config_text()?;
     if !text.contains(from) {
         bail!("the test config has no {from:?}");
     }

@@ -7,6 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use abupdate_testkit::disk::{write_os_tree, OsTree, DEBIAN_13};
 use anyhow::{Context, Result};
 
 use crate::proc::{run_ok, sha256_file};
@@ -116,34 +117,13 @@ pub fn make_image(dir: &Path, spec: &ImageSpec<'_>) -> Result<Image> {
         .prefix("image-tree-")
         .tempdir_in(dir)?;
     let root = tree.path();
-    for d in [
-        "boot",
-        "etc/ssh",
-        "usr/bin",
-        "usr/lib/abupdate-test",
-        "var/lib",
-        "tmp",
-    ] {
-        fs::create_dir_all(root.join(d))?;
-    }
     fs::set_permissions(root, fs::Permissions::from_mode(0o755))?;
-    let v = spec.version;
-    fs::write(
-        root.join("etc/os-release"),
-        format!(
-            "PRETTY_NAME=\"Debian GNU/Linux {v} (trixie)\"\nNAME=\"Debian GNU/Linux\"\n\
-             VERSION_ID=\"{v}\"\nVERSION=\"{v} (trixie)\"\nVERSION_CODENAME=trixie\nID=debian\n"
-        ),
-    )?;
-    fs::write(
-        root.join("boot/vmlinuz-6.12.0-1-amd64"),
-        "dummy kernel 6.12\n",
-    )?;
-    fs::write(
-        root.join("boot/initrd.img-6.12.0-1-amd64"),
-        "dummy initrd 6.12\n",
-    )?;
-    fs::write(root.join("etc/hostname"), "debian13-image\n")?;
+    let os = OsTree {
+        version: spec.version,
+        ..DEBIAN_13
+    };
+    write_os_tree(root, &os, "debian13-image")?;
+    fs::create_dir_all(root.join("usr/lib/abupdate-test"))?;
     fs::write(root.join("etc/app.conf"), IMAGE_APP_CONF)?;
     fs::write(root.join("etc/fstab"), "# fstab shipped in the image\n")?;
     fs::write(root.join("etc/ssh/ssh_host_ed25519_key"), "image key\n")?;

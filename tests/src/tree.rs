@@ -16,7 +16,7 @@ use crate::image::{make_image, Customize, Image, ImageSpec};
 use crate::proc::run_ok;
 
 /// The kernel version of [`make_image`]'s release tree (`/boot/vmlinuz-<this>`).
-pub const RELEASE_KERNEL: &str = "6.12.0-1-amd64";
+pub const RELEASE_KERNEL: &str = abupdate_testkit::disk::DEBIAN_13.kernel;
 
 /// Present only in trees made by [`prepare_for_chroot`]: the fake `update-initramfs`
 /// refuses to run where it is missing, so an initrd proves the tool ran chrooted in the slot.

@@ -342,10 +342,13 @@ fn malformed_yaml_config() -> Result<()> {
     let _s = serial();
     let disk = TestDisk::new()?;
     let bad = disk.dir().join("bad.yaml");
-    let text = disk.config_text().replacen(
-        "slot_a: { partlabel: root-a }",
-        "slot_a: { partlabel: root-a\n  oops: [",
-        1,
+    // An unclosed flow sequence inside the partitions mapping.
+    let text = disk
+        .config_text()?
+        .replacen("partitions:\n", "partitions:\n  oops: [\n", 1);
+    assert!(
+        text.contains("oops: ["),
+        "the configuration has no partitions: line"
     );
     fs::write(&bad, text)?;
     let before = disk.snapshot()?;
@@ -366,7 +369,7 @@ fn unknown_config_key() -> Result<()> {
     let _s = serial();
     let disk = TestDisk::new()?;
     let bad = disk.dir().join("unknown.yaml");
-    fs::write(&bad, format!("{}bogus_key: 1\n", disk.config_text()))?;
+    fs::write(&bad, format!("{}bogus_key: 1\n", disk.config_text()?))?;
     let out = disk.run_with_config(&bad, ["status"])?;
     out.assert_code(2).assert_mentions_all(&["bogus_key"]);
     let missing = disk.dir().join("does-not-exist.yaml");
@@ -461,11 +464,7 @@ fn two_stages_at_once() -> Result<()> {
     )?;
     let srv = HttpServer::start(
         &[("/slow.img.zst", zst.path.clone())],
-        ServeOptions {
-            fault_path: Some("/slow.img.zst".into()),
-            stall_after: Some(zst.len()? / 3),
-            drop_after: None,
-        },
+        ServeOptions::stall_after("/slow.img.zst", zst.len()? / 3),
     )?;
     let first = ChildGuard::spawn(disk.command("a").args([
         "stage",
@@ -713,13 +712,13 @@ fn config_values_that_would_break_grub_cfg_or_fstab() -> Result<()> {
     for (name, from, to, key) in [
         (
             "brace.yaml",
-            "kernel_cmdline: \"\"",
+            "kernel_cmdline: ''",
             "kernel_cmdline: \"quiet {x}\"",
             "kernel_cmdline",
         ),
         (
             "tab.yaml",
-            "kernel_cmdline: \"\"",
+            "kernel_cmdline: ''",
             "kernel_cmdline: \"quiet\\tsplash\"",
             "kernel_cmdline",
         ),

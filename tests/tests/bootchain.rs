@@ -1046,15 +1046,13 @@ fn init_refuses_a_disk_without_bios_boot_partition_or_esp() -> Result<()> {
         ..DiskOptions::default()
     })?;
     let config = disk.dir().join("with-bootchain.yaml");
-    let text = disk.config_text();
-    assert!(text.contains("bootchain: { install: false }"), "{text}");
-    fs::write(
-        &config,
-        text.replace(
-            "bootchain: { install: false }",
-            "bootchain: { install: true }",
-        ),
-    )?;
+    let mut cfg = disk.abupdate_config()?;
+    assert!(
+        !cfg.bootchain.install,
+        "the test disks leave the boot chain alone"
+    );
+    cfg.bootchain.install = true;
+    fs::write(&config, abupdate_testkit::config::to_yaml(&cfg)?)?;
     let before = sha256_file(disk.device())?;
     disk.run_with_config(&config, ["init", "--slot", "a"])?
         .assert_code(3)

@@ -103,7 +103,7 @@ impl Channel {
 fn use_channel(disk: &TestDisk, channel: &str, root: &Path) -> Result<()> {
     let text = format!(
         "{}update:\n  channel: {channel}\n  root: {}\n",
-        disk.config_text(),
+        disk.config_text()?,
         root.display()
     );
     fs::write(&disk.config, text).with_context(|| format!("write {}", disk.config.display()))

@@ -51,7 +51,7 @@ impl Fx {
              - {{ command: [/bin/sh, -c, \"test -e {d}/healthy && if test -e {d}/hold; then echo held > {d}/held.fifo; read x < {d}/go.fifo; fi\"], timeout: 100 }}\n\
              watchdog:\n  enabled: true\n  device: {d}/watchdog\n\
              hooks_dir: {d}/hooks\n",
-            disk.config_text(),
+            disk.config_text()?,
             d = dir.display()
         );
         fs::write(&config, text)?;

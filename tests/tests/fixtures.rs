@@ -37,11 +37,7 @@ fn http_server_drop_and_range() -> Result<()> {
     std::fs::write(&file, &data)?;
     let srv = HttpServer::start(
         &[("/blob", file.clone())],
-        ServeOptions {
-            fault_path: Some("/blob".into()),
-            drop_after: Some(70_000),
-            stall_after: None,
-        },
+        ServeOptions::drop_after("/blob", 70_000),
     )?;
     let out = dir.path().join("out");
     // First transfer is cut short; curl reports it (exit 18, partial file).

@@ -22,11 +22,7 @@ fn stage_http_resumes_after_dropped_connection() -> Result<()> {
     let cut = zst.len()? / 2;
     let srv = HttpServer::start(
         &[("/debian13.img.zst", zst.path.clone())],
-        ServeOptions {
-            fault_path: Some("/debian13.img.zst".into()),
-            drop_after: Some(cut),
-            stall_after: None,
-        },
+        ServeOptions::drop_after("/debian13.img.zst", cut),
     )?;
     let before = disk.snapshot()?;
     let out = disk.run([

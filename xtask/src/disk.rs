@@ -1,74 +1,82 @@
-//! Assembles the test disk from the cached parts: GPT with fixed uuids, slot A = Debian 12 +
-//! the release abupdate binary and its config, an ext2 boot partition with GRUB's i386-pc
-//! modules, GRUB's core.img in the BIOS boot partition and boot.img in the MBR (GRUB without
+//! Assembles a VM test disk from the cached parts, on the test kit's disk builder: GPT with
+//! fixed identifiers, slot A = Debian 12 + the release abupdate binary and its config (a
+//! typed `Config`, serialized), an ext2 boot partition with GRUB's modules, the firmware's
+//! boot code (BIOS: core.img in the BIOS boot partition and boot.img in the MBR, GRUB without
 //! grub-install, see docs/vm-harness.md), a data partition with a checksummed file. Then the host-built
 //! `abupdate init --slot a` writes grub.cfg, grubenv and state: xtask never writes those.
+//!
+//! The e2e harness builds one such disk per [`DiskKind`] and run, keeps it immutable and
+//! gives every machine its own qcow2 overlay on it (see `vm::create_overlay`).
 
 use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use abupdate_utils::loopdev::LoopDevice;
-use abupdate_utils::mount::TempMount;
+use abupdate_testkit::config::{self, Config, OnFailure};
+use abupdate_testkit::disk::{Disk, Layout, Role};
 use abupdate_utils::Cmd;
 use anyhow::{bail, Context, Result};
 
 use crate::images::Images;
 use crate::util;
 
-const MIB_SECTORS: u64 = 2048;
-/// Partition table: (number, name, start sector, size in sectors, type, partuuid).
-struct Part {
-    name: &'static str,
-    start: u64,
-    size: u64,
-    type_guid: &'static str,
-    uuid: &'static str,
+/// The firmware a test machine boots with; its disk carries the matching boot code and
+/// `vm` starts QEMU with the matching firmware. A UEFI variant adds an EFI system
+/// partition to [`layout`], its boot code to [`install_boot_code`] and OVMF to
+/// `vm::firmware_args`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Firmware {
+    /// SeaBIOS; GRUB's i386-pc core image in a BIOS boot partition, boot.img in the MBR.
+    Bios,
 }
 
-const LINUX_FS: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
-const BIOS_BOOT: &str = "21686148-6449-6E6F-744E-656564454649";
-const SLOT_MIB: u64 = 1600;
+/// What a disk holds besides the common parts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DiskKind {
+    /// Firmware and boot code.
+    pub firmware: Firmware,
+    /// The boot assessment daemon installed and enabled in slot A, with a `health:` section
+    /// (short deadline, checks that pass on a healthy Debian 13 guest).
+    pub daemon: bool,
+}
 
-const PARTS: [Part; 5] = [
-    Part {
-        name: "bios",
-        start: MIB_SECTORS,
-        size: MIB_SECTORS,
-        type_guid: BIOS_BOOT,
-        uuid: "5e1f0000-0000-4000-8000-000000000001",
-    },
-    Part {
-        name: "abboot",
-        start: 2 * MIB_SECTORS,
-        size: 128 * MIB_SECTORS,
-        type_guid: LINUX_FS,
-        uuid: "5e1f0000-0000-4000-8000-000000000002",
-    },
-    Part {
-        name: "root-a",
-        start: 130 * MIB_SECTORS,
-        size: SLOT_MIB * MIB_SECTORS,
-        type_guid: LINUX_FS,
-        uuid: "5e1f0000-0000-4000-8000-000000000003",
-    },
-    Part {
-        name: "root-b",
-        start: (130 + SLOT_MIB) * MIB_SECTORS,
-        size: SLOT_MIB * MIB_SECTORS,
-        type_guid: LINUX_FS,
-        uuid: "5e1f0000-0000-4000-8000-000000000004",
-    },
-    Part {
-        name: "data",
-        start: (130 + 2 * SLOT_MIB) * MIB_SECTORS,
-        size: 64 * MIB_SECTORS,
-        type_guid: LINUX_FS,
-        uuid: "5e1f0000-0000-4000-8000-000000000005",
-    },
-];
+impl DiskKind {
+    /// BIOS, no daemon: the disk of the upgrade, rollback and failure scenarios.
+    pub const PLAIN: DiskKind = DiskKind {
+        firmware: Firmware::Bios,
+        daemon: false,
+    };
+    /// BIOS with the boot assessment daemon enabled.
+    pub const DAEMON: DiskKind = DiskKind {
+        firmware: Firmware::Bios,
+        daemon: true,
+    };
+
+    /// A short name for file names and messages, e.g. `bios-daemon`.
+    pub fn name(self) -> String {
+        let fw = match self.firmware {
+            Firmware::Bios => "bios",
+        };
+        if self.daemon {
+            format!("{fw}-daemon")
+        } else {
+            fw.to_owned()
+        }
+    }
+}
+
+/// Size of each root slot.
+const SLOT_MIB: u64 = 1600;
 const DISK_LABEL_ID: &str = "5e1f0000-0000-4000-8000-0000000000ff";
+/// Partition UUIDs: BIOS boot, boot, root-a, root-b, data.
+const PART_UUIDS: [&str; 5] = [
+    "5e1f0000-0000-4000-8000-000000000001",
+    "5e1f0000-0000-4000-8000-000000000002",
+    "5e1f0000-0000-4000-8000-000000000003",
+    "5e1f0000-0000-4000-8000-000000000004",
+    "5e1f0000-0000-4000-8000-000000000005",
+];
 /// Filesystem uuids (fixed so expectations are simple).
 pub const BOOT_FS_UUID: &str = "5e1f0000-0000-4000-8000-0000000000b2";
 const ROOT_A_FS_UUID: &str = "5e1f0000-0000-4000-8000-0000000000a3";
@@ -77,6 +85,8 @@ const DATA_FS_UUID: &str = "5e1f0000-0000-4000-8000-0000000000d5";
 pub const DATA_FILE: &str = "/data/testdata.bin";
 /// Content of `/etc/app.conf`, an application config the manifest carries to the new slot.
 pub const APP_CONF: &str = "# application config carried across upgrades by abupdate's manifest\nlisten = 0.0.0.0:8080\nsecret = xtask-3f9a\n";
+/// Where slot A's abupdate reads its configuration.
+pub const GUEST_CONFIG: &str = "/etc/abupdate/abupdate.yaml";
 
 /// What the tests need to know about a built disk.
 #[derive(Debug, Clone)]
@@ -85,55 +95,58 @@ pub struct DiskInfo {
     pub data_sha256: String,
 }
 
-/// abupdate's config as installed in slot A (partitions by GPT name, no `disk:`).
-pub fn guest_config() -> String {
-    r#"# abupdate config for the xtask test machine
-partitions:
-  boot:   { partlabel: abboot, mountpoint: /boot/abboot }
-  slot_a: { partlabel: root-a }
-  slot_b: { partlabel: root-b }
-  data:   { partlabel: data, mountpoint: /data }
-manifest:
-  include: [/etc/hostname, "/etc/ssh/ssh_host_*", /etc/app.conf, /etc/abupdate/, /usr/local/sbin/abupdate, /root/.ssh/]
-  exclude: []
-services: [ssh.service, systemd-networkd.service]
-kernel_cmdline: ""
-grub: { timeout: 1, serial: { enabled: true, unit: 0, speed: 115200 } }
-trial: { tries: 3, panic_seconds: 5 }
-lock_file: /run/abupdate.lock
-"#
-    .to_string()
+/// The GPT layout of a disk for `firmware`, with fixed identifiers.
+pub fn layout(firmware: Firmware) -> Layout {
+    let mut l = match firmware {
+        Firmware::Bios => Layout::abupdate(128, SLOT_MIB, 64).with_bios_boot(),
+    };
+    l.disk_guid = Some(DISK_LABEL_ID.to_owned());
+    for (p, uuid) in l.parts.iter_mut().zip(PART_UUIDS) {
+        p.partuuid = Some(uuid.to_owned());
+        p.fs_uuid = match p.role {
+            Role::Boot => Some(BOOT_FS_UUID.to_owned()),
+            Role::SlotA => Some(ROOT_A_FS_UUID.to_owned()),
+            Role::Data => Some(DATA_FS_UUID.to_owned()),
+            Role::BiosBoot | Role::SlotB => None,
+        };
+    }
+    l
+}
+
+/// abupdate's config as installed in slot A of a `daemon` (or plain) disk: partitions by
+/// GPT name, no `disk:`, the manifest and services a real host would carry across.
+pub fn guest_config(daemon: bool) -> Result<Config> {
+    let mut c = config::standard(None)?;
+    c.manifest.include = [
+        "/etc/hostname",
+        "/etc/ssh/ssh_host_*",
+        "/etc/app.conf",
+        "/etc/abupdate/",
+        "/usr/local/sbin/abupdate",
+        "/root/.ssh/",
+    ]
+    .map(String::from)
+    .to_vec();
+    c.services = vec!["ssh.service".into(), "systemd-networkd.service".into()];
+    if daemon {
+        // The daemon's unit travels with the manifest and is enabled in staged slots.
+        c.manifest
+            .include
+            .push("/etc/systemd/system/abupdate.service".into());
+        c.services.push("abupdate.service".into());
+        c.health.deadline = 240;
+        c.health.on_failure = OnFailure::Rollback;
+        c.health.allow_degraded = true;
+        c.health.checks = vec![
+            config::unit_check("ssh.service"),
+            config::tcp_check("127.0.0.1:22"),
+        ];
+    }
+    Ok(c)
 }
 
 /// The boot assessment unit installed (and enabled) in slot A when the daemon is wanted.
 const DAEMON_UNIT: &str = include_str!("../../config/systemd/abupdate.service");
-
-/// [`guest_config`] with the boot assessment daemon: its unit carried by the manifest and
-/// enabled in staged slots, and a `health:` section (short deadline, checks that pass on a
-/// healthy Debian 13 guest).
-pub fn guest_config_daemon() -> String {
-    guest_config()
-        .replace(
-            "/usr/local/sbin/abupdate, /root/.ssh/]",
-            "/usr/local/sbin/abupdate, /root/.ssh/, /etc/systemd/system/abupdate.service]",
-        )
-        .replace(
-            "services: [ssh.service, systemd-networkd.service]",
-            "services: [ssh.service, systemd-networkd.service, abupdate.service]",
-        )
-        + "health:\n  deadline: 240\n  on_failure: rollback\n  allow_degraded: true\n  checks:\n    - { unit: ssh.service }\n    - { tcp: \"127.0.0.1:22\" }\n"
-}
-
-fn sfdisk_script() -> String {
-    let mut s = format!("label: gpt\nlabel-id: {DISK_LABEL_ID}\nunit: sectors\nfirst-lba: 2048\n");
-    for p in &PARTS {
-        s += &format!(
-            "start={}, size={}, type={}, uuid={}, name=\"{}\"\n",
-            p.start, p.size, p.type_guid, p.uuid, p.name
-        );
-    }
-    s
-}
 
 /// Deterministic content for the data file.
 fn data_file_content() -> Vec<u8> {
@@ -148,41 +161,15 @@ fn data_file_content() -> Vec<u8> {
         .collect()
 }
 
-/// Builds the disk image at `out` (overwritten).
-pub fn build(imgs: &Images, abupdate: &Path, out: &Path) -> Result<DiskInfo> {
-    build_with(imgs, abupdate, out, false)
-}
-
-/// [`build`], with the boot assessment daemon installed and enabled in slot A when `daemon`.
-pub fn build_with(imgs: &Images, abupdate: &Path, out: &Path, daemon: bool) -> Result<DiskInfo> {
-    let config = if daemon {
-        guest_config_daemon()
-    } else {
-        guest_config()
-    };
+/// Builds the disk image of `kind` at `out` (overwritten).
+pub fn build(imgs: &Images, abupdate: &Path, out: &Path, kind: DiskKind) -> Result<DiskInfo> {
+    let config = guest_config(kind.daemon)?;
     let start = std::time::Instant::now();
-    let last = PARTS.iter().map(|p| p.start + p.size).max().unwrap_or(0);
-    let size = (last + MIB_SECTORS) * 512;
-    {
-        let f = std::fs::File::create(out).with_context(|| format!("create {}", out.display()))?;
-        f.set_len(size)
-            .with_context(|| format!("size {}", out.display()))?;
-    }
-    Cmd::new("sfdisk")
-        .args(["--quiet", "--no-reread", "--no-tell-kernel"])
-        .arg(out)
-        .stdin(sfdisk_script())
-        .run()
-        .with_context(|| format!("partition {}", out.display()))?;
-
-    let lo = LoopDevice::attach(out).with_context(|| format!("attach {}", out.display()))?;
-    let p = |n: u32| lo.partition(n);
-    mkfs("mkfs.ext2", "abboot", BOOT_FS_UUID, &p(2))?;
-    mkfs("mkfs.ext4", "root-a", ROOT_A_FS_UUID, &p(3))?;
-    mkfs("mkfs.ext4", "data", DATA_FS_UUID, &p(5))?;
+    let layout = layout(kind.firmware);
+    let disk = Disk::create(out, &layout)?;
 
     // Slot A: Debian 12 + abupdate + its config + the application config.
-    let root = TempMount::new(&p(3), "ext4", false).context("mount slot A")?;
+    let root = disk.mount(Role::SlotA)?;
     util::extract_tar(&imgs.bookworm_tar, root.path())?;
     install_file(
         root.path(),
@@ -192,11 +179,11 @@ pub fn build_with(imgs: &Images, abupdate: &Path, out: &Path, daemon: bool) -> R
     )?;
     install_file(
         root.path(),
-        "etc/abupdate/abupdate.yaml",
-        config.as_bytes(),
+        &GUEST_CONFIG[1..],
+        config::to_yaml(&config)?.as_bytes(),
         0o644,
     )?;
-    if daemon {
+    if kind.daemon {
         install_file(
             root.path(),
             "etc/systemd/system/abupdate.service",
@@ -228,24 +215,24 @@ pub fn build_with(imgs: &Images, abupdate: &Path, out: &Path, daemon: bool) -> R
     root.close().context("unmount slot A")?;
 
     // Data partition: one file with a known checksum.
-    let data = TempMount::new(&p(5), "ext4", false).context("mount the data partition")?;
+    let data = disk.mount(Role::Data)?;
     let content = data_file_content();
     install_file(data.path(), "testdata.bin", &content, 0o644)?;
     data.close().context("unmount the data partition")?;
 
     // Boot partition: GRUB's modules (grub.cfg and grubenv are abupdate's).
-    let boot = TempMount::new(&p(2), "ext2", false).context("mount the boot partition")?;
-    copy_grub_modules(boot.path())?;
+    let boot = disk.mount(Role::Boot)?;
+    copy_grub_modules(kind.firmware, boot.path())?;
     boot.close().context("unmount the boot partition")?;
 
-    abupdate_init(abupdate, lo.path(), out, &config)?;
-    lo.close()
-        .with_context(|| format!("detach {}", out.display()))?;
+    abupdate_init(abupdate, &disk, &config)?;
+    disk.close()?;
 
-    install_grub_boot_code(out)?;
+    install_boot_code(kind.firmware, &layout, out)?;
     println!(
-        "disk: {} assembled in {:.1?} (kernel {kernel})",
+        "disk: {} ({}) assembled in {:.1?} (kernel {kernel})",
         out.display(),
+        kind.name(),
         start.elapsed()
     );
     Ok(DiskInfo {
@@ -255,15 +242,6 @@ pub fn build_with(imgs: &Images, abupdate: &Path, out: &Path, daemon: bool) -> R
 
 fn read(p: &Path) -> Result<Vec<u8>> {
     std::fs::read(p).with_context(|| format!("read {}", p.display()))
-}
-
-fn mkfs(prog: &str, label: &str, uuid: &str, dev: &Path) -> Result<()> {
-    Cmd::new(prog)
-        .args(["-q", "-F", "-L", label, "-U", uuid])
-        .arg(dev)
-        .run()
-        .with_context(|| format!("{prog} {}", dev.display()))?;
-    Ok(())
 }
 
 /// Writes `rel` (relative to `root`) with `mode`, creating parent directories.
@@ -291,13 +269,20 @@ fn find_kernel(root: &Path) -> Result<String> {
     bail!("no /boot/vmlinuz-* in {}", boot.display())
 }
 
-const GRUB_DIR: &str = "/usr/lib/grub/i386-pc";
+/// GRUB's platform directory for `firmware`.
+fn grub_dir(firmware: Firmware) -> &'static str {
+    match firmware {
+        Firmware::Bios => "/usr/lib/grub/i386-pc",
+    }
+}
 
-fn copy_grub_modules(boot: &Path) -> Result<()> {
-    let dest = boot.join("grub/i386-pc");
+fn copy_grub_modules(firmware: Firmware, boot: &Path) -> Result<()> {
+    let src = grub_dir(firmware);
+    let platform = Path::new(src).file_name().unwrap_or_default();
+    let dest = boot.join("grub").join(platform);
     std::fs::create_dir_all(&dest).with_context(|| format!("create {}", dest.display()))?;
-    for e in std::fs::read_dir(GRUB_DIR).with_context(|| format!("list {GRUB_DIR}"))? {
-        let path = e.with_context(|| format!("list {GRUB_DIR}"))?.path();
+    for e in std::fs::read_dir(src).with_context(|| format!("list {src}"))? {
+        let path = e.with_context(|| format!("list {src}"))?.path();
         let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
         if ext == "mod" || ext == "lst" {
             let to = dest.join(path.file_name().unwrap_or_default());
@@ -308,31 +293,47 @@ fn copy_grub_modules(boot: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Runs the host-built abupdate's `init --slot a` against the loop-attached disk.
-fn abupdate_init(abupdate: &Path, disk_dev: &Path, image: &Path, config: &str) -> Result<()> {
+/// Runs the host-built abupdate's `init --slot a` against the loop-attached disk, with the
+/// guest's configuration pointed at the loop device.
+fn abupdate_init(abupdate: &Path, disk: &Disk, guest: &Config) -> Result<()> {
     let dir = tempfile::tempdir().context("temporary directory for the init config")?;
     let cfg = dir.path().join("abupdate.yaml");
-    let text = format!("disk: {}\n{}", disk_dev.display(), config);
-    std::fs::write(&cfg, text).with_context(|| format!("write {}", cfg.display()))?;
+    let mut host = guest.clone();
+    host.disk = Some(disk.device().to_owned());
+    config::write(&host, &cfg)?;
     println!(
         "disk: abupdate --config <disk: {}> init --slot a",
-        disk_dev.display()
+        disk.device().display()
     );
     let out = Cmd::new(abupdate)
         .arg("--config")
         .arg(&cfg)
         .args(["init", "--slot", "a"])
         .run()
-        .with_context(|| format!("abupdate init --slot a on {}", image.display()))?;
+        .with_context(|| format!("abupdate init --slot a on {}", disk.image().display()))?;
     for l in out.stdout_str().lines() {
         println!("  abupdate: {l}");
     }
     Ok(())
 }
 
+/// Writes the firmware's boot code into the (detached) image.
+fn install_boot_code(firmware: Firmware, layout: &Layout, image: &Path) -> Result<()> {
+    match firmware {
+        Firmware::Bios => install_grub_bios(layout, image),
+    }
+}
+
 /// GRUB i386-pc boot code without grub-install: core.img into the BIOS boot partition with
 /// its blocklist pointing at itself, boot.img's code into the MBR pointing at core.img.
-fn install_grub_boot_code(image: &Path) -> Result<()> {
+fn install_grub_bios(layout: &Layout, image: &Path) -> Result<()> {
+    let grub = grub_dir(Firmware::Bios);
+    let (Some(bios_start), Some(bios)) = (
+        layout.start_sector(Role::BiosBoot),
+        layout.part(Role::BiosBoot),
+    ) else {
+        bail!("the BIOS layout has no BIOS boot partition");
+    };
     let dir = tempfile::tempdir().context("temporary directory for core.img")?;
     let early = dir.path().join("early.cfg");
     std::fs::write(
@@ -342,7 +343,7 @@ fn install_grub_boot_code(image: &Path) -> Result<()> {
     .with_context(|| format!("write {}", early.display()))?;
     let core_path: PathBuf = dir.path().join("core.img");
     Cmd::new("grub-mkimage")
-        .args(["-O", "i386-pc", "-d", GRUB_DIR, "-c"])
+        .args(["-O", "i386-pc", "-d", grub, "-c"])
         .arg(&early)
         .args(["-p", "/grub", "-o"])
         .arg(&core_path)
@@ -350,17 +351,16 @@ fn install_grub_boot_code(image: &Path) -> Result<()> {
         .run()
         .context("grub-mkimage core.img")?;
     let mut core = read(&core_path)?;
-    let bios = &PARTS[0];
-    if core.len() as u64 > bios.size * 512 || core.len() < 512 {
+    if core.len() as u64 > bios.mib << 20 || core.len() < 512 {
         bail!(
             "core.img is {} bytes, does not fit the BIOS boot partition",
             core.len()
         );
     }
-    core[500..508].copy_from_slice(&(bios.start + 1).to_le_bytes());
-    let boot_img = read(&Path::new(GRUB_DIR).join("boot.img"))?;
+    core[500..508].copy_from_slice(&(bios_start + 1).to_le_bytes());
+    let boot_img = read(&Path::new(grub).join("boot.img"))?;
     if boot_img.len() < 512 {
-        bail!("{GRUB_DIR}/boot.img is too short");
+        bail!("{grub}/boot.img is too short");
     }
 
     let mut f = OpenOptions::new()
@@ -372,12 +372,12 @@ fn install_grub_boot_code(image: &Path) -> Result<()> {
     f.read_exact(&mut mbr)
         .with_context(|| format!("read the MBR of {}", image.display()))?;
     mbr[..440].copy_from_slice(&boot_img[..440]);
-    mbr[0x5c..0x64].copy_from_slice(&bios.start.to_le_bytes());
+    mbr[0x5c..0x64].copy_from_slice(&bios_start.to_le_bytes());
     mbr[0x66] = 0x90;
     mbr[0x67] = 0x90;
     f.seek(SeekFrom::Start(0))
         .and_then(|_| f.write_all(&mbr))
-        .and_then(|_| f.seek(SeekFrom::Start(bios.start * 512)))
+        .and_then(|_| f.seek(SeekFrom::Start(bios_start * 512)))
         .and_then(|_| f.write_all(&core))
         .and_then(|_| f.sync_all())
         .with_context(|| format!("write GRUB boot code into {}", image.display()))?;
@@ -389,16 +389,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn partitions_do_not_overlap_and_slots_are_equal() {
-        for w in PARTS.windows(2) {
-            assert!(
-                w[0].start + w[0].size <= w[1].start,
-                "{} overlaps {}",
-                w[0].name,
-                w[1].name
-            );
-        }
-        assert_eq!(PARTS[2].size, PARTS[3].size);
-        assert!(sfdisk_script().contains("name=\"root-b\""));
+    fn bios_layout_keeps_the_fixed_identifiers() {
+        let l = layout(Firmware::Bios);
+        assert_eq!(l.number(Role::BiosBoot), Some(1));
+        assert_eq!(l.start_sector(Role::BiosBoot), Some(2048));
+        assert_eq!(l.start_sector(Role::SlotA), Some(130 * 2048));
+        let s = l.sfdisk_script();
+        assert!(s.contains("name=\"root-b\", uuid=5e1f0000-0000-4000-8000-000000000004"));
+        assert_eq!(
+            l.part(Role::Boot).and_then(|p| p.fs_uuid.as_deref()),
+            Some(BOOT_FS_UUID)
+        );
+    }
+
+    #[test]
+    fn guest_configs_parse_and_differ_only_by_the_daemon() {
+        let plain = config::to_yaml(&guest_config(false).expect("plain")).expect("yaml");
+        let daemon = guest_config(true).expect("daemon");
+        assert!(!plain.contains("abupdate.service"), "{plain}");
+        assert!(daemon.services.iter().any(|s| s == "abupdate.service"));
+        assert_eq!(daemon.health.checks.len(), 2);
+        assert_eq!(daemon.grub.timeout, 0);
     }
 }

@@ -9,15 +9,19 @@
 //! - `broken.img.zst`: the same with an `/sbin/init` that exits at once (kernel panic).
 
 use std::fmt;
+use std::fs::{File, OpenOptions};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, SystemTime};
 
+use abupdate_testkit::LoopDevice;
 use abupdate_utils::mount::TempMount;
 use abupdate_utils::Cmd;
 use anyhow::{bail, Context, Result};
+use nix::fcntl::{Flock, FlockArg};
 
-use crate::util::{self, FsLoop};
+use crate::util;
 
 /// Where everything is cached (outside the repository).
 pub const CACHE_ROOT: &str = "/var/cache/abupdate-xtask";
@@ -118,6 +122,44 @@ fn early_files() -> Vec<OverlayFile> {
     }]
 }
 
+/// Modules a TCG guest should not load at boot (`/etc/modprobe.d/xtask-tcg.conf`). QEMU's
+/// `-cpu max` advertises VT-x, AES-NI, PCLMUL, SHA and AVX, so udev loads the matching
+/// modules; kvm cannot work without hardware virtualization, and each crypto module runs its
+/// self-tests in emulated vector code, with every module load patching kernel text (which
+/// makes TCG throw away translated code on both vCPUs). systemd 257's ssh generator (Debian
+/// 13) opens an AF_VSOCK socket, which loads the VMware and virtio vsock transports. The
+/// generic code serves the same requests: nothing the guest does changes, and the slow part
+/// of Debian 13's boot under TCG goes away (see xtask/README.md).
+const TCG_BLACKLIST: &str = "\
+# abupdate xtask test guest under QEMU TCG: see xtask/src/images.rs
+blacklist kvm
+blacklist kvm_intel
+blacklist kvm_amd
+blacklist aesni_intel
+blacklist ghash_clmulni_intel
+blacklist polyval_clmulni
+blacklist crc32_pclmul
+blacklist crct10dif_pclmul
+blacklist sha1_ssse3
+blacklist sha256_ssse3
+blacklist sha512_ssse3
+blacklist vsock
+blacklist vsock_loopback
+blacklist vmw_vsock_vmci_transport
+blacklist vmw_vsock_virtio_transport_common
+blacklist vmw_vmci
+";
+
+/// An initramfs-tools hook that leaves udev's hardware database out of the initramfs
+/// (Debian 13's udev hook copies its 13 MiB; finding and mounting the root needs none of
+/// it). Runs after the `udev` hook (`zz-` sorts last).
+const NO_HWDB_HOOK: &str = "\
+#!/bin/sh
+# abupdate xtask test guest: see xtask/src/images.rs
+[ \"$1\" = prereqs ] && exit 0
+rm -f \"${DESTDIR}/usr/lib/udev/hwdb.bin\" \"${DESTDIR}/etc/udev/hwdb.bin\"
+";
+
 /// Files for every suite, copied in after the packages are installed.
 fn late_files() -> Vec<OverlayFile> {
     vec![
@@ -127,9 +169,14 @@ fn late_files() -> Vec<OverlayFile> {
             content: "virtio_pci\nvirtio_blk\nvirtio_scsi\nsd_mod\next4\ncrc32c_generic\n".into(),
         },
         OverlayFile {
-            path: "etc/modprobe.d/xtask-no-kvm.conf",
+            path: "etc/modprobe.d/xtask-tcg.conf",
             mode: 0o644,
-            content: "blacklist kvm\nblacklist kvm_intel\nblacklist kvm_amd\n".into(),
+            content: TCG_BLACKLIST.into(),
+        },
+        OverlayFile {
+            path: "etc/initramfs-tools/hooks/zz-xtask-no-hwdb",
+            mode: 0o755,
+            content: NO_HWDB_HOOK.into(),
         },
         OverlayFile {
             path: "etc/systemd/network/20-wired.network",
@@ -161,6 +208,12 @@ fn old_only_files(ssh_pub: &str) -> Vec<OverlayFile> {
 }
 
 const HOOK_INITRAMFS: &str = "chroot \"$1\" update-initramfs -u -k all";
+/// Records that the image's caches are up to date (`/etc/.updated`, `/var/.updated`), as the
+/// first boot of an installed system does: the package scripts already built `ld.so.cache`
+/// and the journal catalog. Without it Debian 13 rebuilds both (`ldconfig.service`,
+/// `systemd-journal-catalog-update.service`, ordered before `sysinit.target`) on the first
+/// boot of every slot staged from the image. Debian 12 has no such units.
+const HOOK_UPDATE_DONE: &str = "[ ! -x \"$1\"/usr/lib/systemd/systemd-update-done ] || chroot \"$1\" /usr/lib/systemd/systemd-update-done";
 const HOOK_OLD: &[&str] = &["chroot \"$1\" systemctl enable systemd-networkd.service"];
 /// The new image has no identity of its own: hostname and keys come from the manifest.
 const HOOK_NEW: &[&str] = &[
@@ -377,6 +430,7 @@ fn recipes(ssh: &SshKey) -> Result<(Recipe, Recipe)> {
     old_late.extend(old_only_files(&ssh.public));
     let mut old_hooks = vec![HOOK_INITRAMFS.to_string()];
     old_hooks.extend(HOOK_OLD.iter().map(|s| s.to_string()));
+    old_hooks.push(HOOK_UPDATE_DONE.to_string());
     let old = Recipe {
         suite: "bookworm",
         sources: sources_for(&host, "bookworm")?,
@@ -386,6 +440,7 @@ fn recipes(ssh: &SshKey) -> Result<(Recipe, Recipe)> {
     };
     let mut new_hooks = vec![HOOK_INITRAMFS.to_string()];
     new_hooks.extend(HOOK_NEW.iter().map(|s| s.to_string()));
+    new_hooks.push(HOOK_UPDATE_DONE.to_string());
     let new = Recipe {
         suite: "trixie",
         sources: sources_for(&host, "trixie")?,
@@ -396,13 +451,18 @@ fn recipes(ssh: &SshKey) -> Result<(Recipe, Recipe)> {
     Ok((old, new))
 }
 
-/// Builds whatever is missing from the cache and returns the paths.
+/// Builds whatever is missing from the cache and returns the paths. Several xtask
+/// processes (other worktrees) may share the cache: an entry is built under its lock by one
+/// of them, marked as used on every run, and removed only when no run used it for
+/// [`PRUNE_AFTER`].
 pub fn ensure() -> Result<Images> {
     let ssh = ssh_key()?;
     let (old, new) = recipes(&ssh)?;
     let old_dir = Path::new(CACHE_ROOT).join(old.key(""));
     let new_dir =
         Path::new(CACHE_ROOT).join(new.key(&format!("image_mib={NEW_IMAGE_MIB}\nbroken=v1\n")));
+    // Always in this order, so two processes never wait on each other's second lock.
+    let locks = [lock_entry(&old_dir)?, lock_entry(&new_dir)?];
     let need_old = !old_dir.join("bookworm.tar").is_file();
     let need_new = !new_dir.join("trixie.img.zst.sha256").is_file();
     if need_old || need_new {
@@ -421,6 +481,10 @@ pub fn ensure() -> Result<Images> {
         r_new.transpose()?;
         Ok(())
     })?;
+    for d in [&old_dir, &new_dir] {
+        mark_used(d)?;
+    }
+    drop(locks);
     prune_stale(&[&old_dir, &new_dir]);
     let read_sum = |p: &Path| -> Result<String> {
         Ok(std::fs::read_to_string(p)
@@ -438,21 +502,96 @@ pub fn ensure() -> Result<Images> {
     })
 }
 
-/// Removes cache entries of earlier recipes (16-hex-digit directories not in `keep`).
+/// A cache entry unused for this long is removed by the next run of any xtask.
+const PRUNE_AFTER: Duration = Duration::from_secs(3 * 24 * 3600);
+/// The file whose modification time says when an entry was last used.
+const LAST_USED: &str = ".last-used";
+
+/// The lock file of the cache entry `dir` (`<dir>.lock`).
+fn lock_path(dir: &Path) -> PathBuf {
+    dir.with_extension("lock")
+}
+
+/// Takes the exclusive lock of the cache entry `dir`, waiting for a process that builds it.
+fn lock_entry(dir: &Path) -> Result<Flock<File>> {
+    let path = lock_path(dir);
+    std::fs::create_dir_all(CACHE_ROOT).with_context(|| format!("create {CACHE_ROOT}"))?;
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("open the cache lock {}", path.display()))?;
+    Flock::lock(file, FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .with_context(|| format!("lock the cache entry {}", dir.display()))
+}
+
+/// Records that this run uses the cache entry `dir`.
+fn mark_used(dir: &Path) -> Result<()> {
+    let p = dir.join(LAST_USED);
+    std::fs::write(&p, format!("{}\n", std::process::id()))
+        .with_context(|| format!("mark {} as used", dir.display()))
+}
+
+/// When `entry` was last used: its [`LAST_USED`] file, else its own modification time.
+fn last_used(entry: &Path) -> Option<SystemTime> {
+    std::fs::metadata(entry.join(LAST_USED))
+        .or_else(|_| std::fs::symlink_metadata(entry))
+        .and_then(|m| m.modified())
+        .ok()
+}
+
+/// Whether `name` is a cache entry, a build directory or a lock of one (a 16-hex-digit key
+/// with an optional extension).
+fn is_cache_key(name: &str) -> bool {
+    let stem = name.split('.').next().unwrap_or("");
+    stem.len() == 16 && stem.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+/// Removes cache entries (16-hex-digit directories other than `keep`) that no run has used
+/// for [`PRUNE_AFTER`]; an entry whose lock is held (being built or used) stays.
 fn prune_stale(keep: &[&Path]) {
     let Ok(rd) = std::fs::read_dir(CACHE_ROOT) else {
         return;
     };
+    let now = SystemTime::now();
     for e in rd.flatten() {
+        let path = e.path();
         let name = e.file_name().to_string_lossy().into_owned();
-        let stem = name.split('.').next().unwrap_or("");
-        let is_key = stem.len() == 16 && stem.chars().all(|c| c.is_ascii_hexdigit());
-        if is_key && !keep.iter().any(|k| *k == e.path().as_path()) {
-            println!("images: removing stale cache entry {}", e.path().display());
-            if let Err(err) = std::fs::remove_dir_all(e.path()) {
-                eprintln!("warning: remove {}: {err}", e.path().display());
-            }
+        if !is_cache_key(&name) || name.ends_with(".lock") || keep.contains(&path.as_path()) {
+            continue;
         }
+        let idle = last_used(&path)
+            .and_then(|t| now.duration_since(t).ok())
+            .unwrap_or_default();
+        if idle < PRUNE_AFTER {
+            continue;
+        }
+        let entry = path.with_extension("");
+        let Ok(file) = File::open(lock_path(&entry)).or_else(|_| {
+            OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(lock_path(&entry))
+        }) else {
+            continue;
+        };
+        let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
+            continue;
+        };
+        println!(
+            "images: removing cache entry {} (unused for {} days)",
+            path.display(),
+            idle.as_secs() / 86_400
+        );
+        if let Err(err) = std::fs::remove_dir_all(&path) {
+            eprintln!("warning: remove {}: {err}", path.display());
+        } else if !entry.exists() {
+            let _ = std::fs::remove_file(lock_path(&entry));
+        }
+        drop(lock);
     }
 }
 
@@ -527,18 +666,18 @@ fn make_ext4_image(tar: &Path, raw: &Path) -> Result<()> {
         .arg(raw)
         .run()
         .with_context(|| format!("mkfs.ext4 {}", raw.display()))?;
-    let lo = FsLoop::attach(raw)?;
+    let lo = LoopDevice::attach_filesystem(raw)?;
     let mnt = TempMount::new(lo.path(), "ext4", false)
         .with_context(|| format!("mount {}", raw.display()))?;
     util::extract_tar(tar, mnt.path())?;
     mnt.close()
         .with_context(|| format!("unmount {}", raw.display()))?;
-    lo.close()
+    Ok(lo.close()?)
 }
 
-/// Replaces `/sbin/init` in the image by a script that exits at once: the kernel panics.
-fn break_init(raw: &Path) -> Result<()> {
-    let lo = FsLoop::attach(raw)?;
+/// Replaces `/sbin/init` in the raw ext4 image `raw` by the shell script `init`.
+fn replace_init(raw: &Path, init: &str) -> Result<()> {
+    let lo = LoopDevice::attach_filesystem(raw)?;
     let mnt = TempMount::new(lo.path(), "ext4", false)
         .with_context(|| format!("mount {}", raw.display()))?;
     // Resolve /sbin inside the image (merged /usr: /sbin -> usr/sbin), never on the host.
@@ -548,18 +687,89 @@ fn break_init(raw: &Path) -> Result<()> {
         Ok(target) => mnt.path().join(target.strip_prefix("/").unwrap_or(&target)),
         Err(_) => sbin,
     };
-    let init = dir.join("init");
-    let _ = std::fs::remove_file(&init);
-    std::fs::write(
-        &init,
-        "#!/bin/sh\necho 'xtask: broken init exits'\nexit 1\n",
-    )
-    .with_context(|| format!("write {}", init.display()))?;
-    std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755))
-        .with_context(|| format!("chmod {}", init.display()))?;
+    let path = dir.join("init");
+    let _ = std::fs::remove_file(&path);
+    std::fs::write(&path, init).with_context(|| format!("write {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("chmod {}", path.display()))?;
     mnt.close()
         .with_context(|| format!("unmount {}", raw.display()))?;
-    lo.close()
+    Ok(lo.close()?)
+}
+
+/// The `/sbin/init` of the broken image: exits at once, so the kernel panics.
+const BROKEN_INIT: &str = "#!/bin/sh\necho 'xtask: broken init exits'\nexit 1\n";
+
+/// Replaces `/sbin/init` in the image by a script that exits at once: the kernel panics.
+fn break_init(raw: &Path) -> Result<()> {
+    replace_init(raw, BROKEN_INIT)
+}
+
+/// A variant of the Debian 13 image whose `/sbin/init` is the script `init`, built once
+/// beside `trixie.img.zst` in its cache entry as `<name>.img.zst` (rebuilt when `init`
+/// changes) with `scratch` as work space. Returns (path, sha256). For scenarios that need a
+/// slot that fails in a particular way.
+pub fn with_init(
+    imgs: &Images,
+    name: &str,
+    init: &str,
+    scratch: &Path,
+) -> Result<(PathBuf, String)> {
+    let zst = imgs.trixie_zst.with_file_name(format!("{name}.img.zst"));
+    let sum_path = imgs
+        .trixie_zst
+        .with_file_name(format!("{name}.img.zst.sha256"));
+    let marker_path = imgs
+        .trixie_zst
+        .with_file_name(format!("{name}.img.zst.init-sha256"));
+    let marker = util::sha256_bytes(init.as_bytes());
+    let cached = std::fs::read_to_string(&marker_path).is_ok_and(|m| m.trim() == marker);
+    if cached && zst.is_file() {
+        if let Ok(sum) = std::fs::read_to_string(&sum_path) {
+            return Ok((zst, sum.trim().to_string()));
+        }
+    }
+    let t = std::time::Instant::now();
+    let raw = scratch.join(format!("{name}-{}.img", std::process::id()));
+    Cmd::new("zstd")
+        .args(["-q", "-d", "-f"])
+        .arg(&imgs.trixie_zst)
+        .arg("-o")
+        .arg(&raw)
+        .run()
+        .with_context(|| format!("decompress the trixie image for the {name} variant"))?;
+    let built = replace_init(&raw, init).and_then(|()| {
+        // Another xtask process may build the same variant: each writes its own files and
+        // renames them into place, the image before its checksum and marker.
+        let tmp = zst.with_extension(format!("zst.{}", std::process::id()));
+        Cmd::new("zstd")
+            .args(["-q", "-T0", "-f"])
+            .arg(&raw)
+            .arg("-o")
+            .arg(&tmp)
+            .run()
+            .with_context(|| format!("compress the {name} image"))?;
+        let sum = util::sha256_file(&tmp)?;
+        std::fs::rename(&tmp, &zst).with_context(|| format!("rename to {}", zst.display()))?;
+        write_atomic(&sum_path, &format!("{sum}\n"))?;
+        write_atomic(&marker_path, &format!("{marker}\n"))?;
+        Ok(sum)
+    });
+    let _ = std::fs::remove_file(&raw);
+    let sum = built?;
+    println!(
+        "images: {name} variant {} built in {:.1?}",
+        zst.display(),
+        t.elapsed()
+    );
+    Ok((zst, sum))
+}
+
+/// Writes `path` through a temporary file of this process and a rename.
+fn write_atomic(path: &Path, content: &str) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    std::fs::write(&tmp, content).with_context(|| format!("write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("rename to {}", path.display()))
 }
 
 #[cfg(test)]

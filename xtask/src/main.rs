@@ -12,7 +12,6 @@ mod deb;
 mod deps;
 mod disk;
 mod e2e;
-mod http;
 mod images;
 mod setup;
 mod testcmd;
@@ -50,12 +49,15 @@ enum Command {
         /// The disk image.
         path: std::path::PathBuf,
     },
-    /// Run the end-to-end scenarios under QEMU.
+    /// Run the end-to-end scenarios under QEMU (one file each in xtask/src/e2e/scenarios/).
     E2e {
-        /// Run only these scenarios (comma separated): upgrade, rollback, trial, broken,
-        /// powercut, downtime (or a, b, c, d, e, f).
+        /// Run only these scenarios (comma separated letters or names, e.g. `a,b` or
+        /// `upgrade,rollback`); `--list` shows them.
         #[arg(long)]
         only: Option<String>,
+        /// List the scenarios with what each needs, and exit.
+        #[arg(long, conflicts_with = "only")]
+        list: bool,
         /// Keep the run directory (disk, serial logs) even when everything passes.
         #[arg(long)]
         keep: bool,
@@ -115,7 +117,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Images => cmd_images(),
         Command::Disk { path } => cmd_disk(&path),
         Command::Boot { path } => cmd_boot(&path),
-        Command::E2e { only, keep } => cmd_e2e(only.as_deref(), keep),
+        Command::E2e { only, list, keep } => cmd_e2e(only.as_deref(), list, keep),
         Command::Demo => cmd_demo(),
         Command::Bench {
             downtime_only,
@@ -143,7 +145,7 @@ fn cmd_disk(path: &std::path::Path) -> Result<()> {
     setup::ensure_host_packages()?;
     let imgs = images::ensure()?;
     let abupdate = util::build_abupdate_release()?;
-    let info = disk::build(&imgs, &abupdate, path)?;
+    let info = disk::build(&imgs, &abupdate, path, disk::DiskKind::PLAIN)?;
     println!(
         "disk ready: {} (data file sha256 {})",
         path.display(),
@@ -157,7 +159,11 @@ fn cmd_boot(path: &std::path::Path) -> Result<()> {
     e2e::boot_disk(path, &imgs)
 }
 
-fn cmd_e2e(only: Option<&str>, keep: bool) -> Result<()> {
+fn cmd_e2e(only: Option<&str>, list: bool, keep: bool) -> Result<()> {
+    if list {
+        e2e::list();
+        return Ok(());
+    }
     let selected = e2e::parse_selection(only)?;
     e2e::run(&selected, keep)
 }

@@ -6,6 +6,8 @@ use anyhow::{Context, Result};
 /// Host packages used by the harness (see docs/vm-harness.md) and the package build.
 pub const HOST_PACKAGES: &[&str] = &[
     "qemu-system-x86",
+    // qemu-img: every VM boots a qcow2 overlay of an immutable base disk.
+    "qemu-utils",
     "grub-pc-bin",
     "grub-common",
     "grub2-common",

@@ -1,5 +1,5 @@
 //! Small helpers shared by the xtask commands: hashing, the release build of abupdate,
-//! long-running commands logged to a file, and a loop device for a bare filesystem image.
+//! long-running commands logged to a file, tar extraction.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -103,53 +103,6 @@ pub fn build_abupdate_release() -> Result<PathBuf> {
         bail!("build: {} missing after cargo build", bin.display());
     }
     Ok(bin)
-}
-
-/// A loop device over a bare filesystem image (no partition table); detached on drop.
-pub struct FsLoop {
-    dev: PathBuf,
-    closed: bool,
-}
-
-impl FsLoop {
-    /// Attaches `image` to a free loop device.
-    pub fn attach(image: &Path) -> Result<FsLoop> {
-        let out = Cmd::new("losetup")
-            .args(["-f", "--show"])
-            .arg(image)
-            .run()
-            .with_context(|| format!("attach {} to a loop device", image.display()))?;
-        Ok(FsLoop {
-            dev: PathBuf::from(out.stdout_str().trim()),
-            closed: false,
-        })
-    }
-
-    /// The loop device node.
-    pub fn path(&self) -> &Path {
-        &self.dev
-    }
-
-    /// Detaches, reporting failure.
-    pub fn close(mut self) -> Result<()> {
-        self.closed = true;
-        Cmd::new("losetup")
-            .arg("-d")
-            .arg(&self.dev)
-            .run()
-            .with_context(|| format!("detach {}", self.dev.display()))?;
-        Ok(())
-    }
-}
-
-impl Drop for FsLoop {
-    fn drop(&mut self) {
-        if !self.closed {
-            if let Err(e) = Cmd::new("losetup").arg("-d").arg(&self.dev).run() {
-                eprintln!("warning: detach {}: {e}", self.dev.display());
-            }
-        }
-    }
 }
 
 /// Extracts a rootfs tar into `dir` preserving owners, modes and xattrs.

@@ -1,7 +1,8 @@
-//! QEMU driver: one VM per disk image, TCG (docs/vm-harness.md), `-no-reboot` so every guest reboot
-//! or panic ends the QEMU process and the harness starts it again on the same disk; serial
-//! console to one log file per boot; ssh with the cached key through a host port forward.
-//! QEMU is killed on drop, so every failure path leaves no process behind.
+//! QEMU driver: one VM per disk (a raw image, or a qcow2 overlay on an immutable base made
+//! by [`create_overlay`]), TCG (docs/vm-harness.md), `-no-reboot` so every guest reboot or panic ends the QEMU
+//! process and the harness starts it again on the same disk; serial console to one log file
+//! per boot; ssh with the cached key through a host port forward. QEMU is killed on drop, so
+//! every failure path leaves no process behind.
 
 use std::io::Read;
 use std::net::TcpListener;
@@ -10,7 +11,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use abupdate_utils::Cmd;
 use anyhow::{bail, Context, Result};
+
+use crate::disk::Firmware;
 
 /// QEMU processes alive now, killed by the signal thread when xtask is interrupted.
 static LIVE_QEMU: Mutex<Vec<u32>> = Mutex::new(Vec::new());
@@ -59,9 +63,36 @@ pub struct SshOutput {
     pub stderr: String,
 }
 
+/// Creates `overlay`, a qcow2 image whose reads fall through to the raw image `base` and
+/// whose writes stay in the overlay: every machine gets its own disk while `base` is never
+/// written (QEMU opens a backing file read-only).
+pub fn create_overlay(base: &Path, overlay: &Path) -> Result<()> {
+    Cmd::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(base)
+        .arg(overlay)
+        .run()
+        .with_context(|| {
+            format!(
+                "create the qcow2 overlay {} on {}",
+                overlay.display(),
+                base.display()
+            )
+        })?;
+    Ok(())
+}
+
+/// The QEMU arguments that select `firmware` (SeaBIOS is QEMU's default).
+fn firmware_args(firmware: Firmware) -> Vec<String> {
+    match firmware {
+        Firmware::Bios => Vec::new(),
+    }
+}
+
 /// A virtual machine over one disk image.
 pub struct Vm {
     disk: PathBuf,
+    firmware: Firmware,
     log_dir: PathBuf,
     key: PathBuf,
     http_port: u16,
@@ -79,12 +110,20 @@ fn free_port() -> Result<u16> {
 }
 
 impl Vm {
-    /// A stopped VM for `disk`; logs go to `log_dir`.
-    pub fn new(disk: &Path, log_dir: &Path, key: &Path, http_port: u16) -> Result<Vm> {
+    /// A stopped VM for `disk` (qcow2 when its name ends in `.qcow2`, else raw) booting
+    /// with `firmware`; logs go to `log_dir`.
+    pub fn new(
+        disk: &Path,
+        firmware: Firmware,
+        log_dir: &Path,
+        key: &Path,
+        http_port: u16,
+    ) -> Result<Vm> {
         std::fs::create_dir_all(log_dir)
             .with_context(|| format!("create {}", log_dir.display()))?;
         Ok(Vm {
             disk: disk.to_path_buf(),
+            firmware,
             log_dir: log_dir.to_path_buf(),
             key: key.to_path_buf(),
             http_port,
@@ -129,15 +168,21 @@ impl Vm {
             "user,model=virtio-net-pci,restrict=on,hostfwd=tcp:127.0.0.1:{}-:22,guestfwd=tcp:10.0.2.100:80-cmd:socat - TCP:127.0.0.1:{}",
             self.ssh_port, self.http_port
         );
+        let format = if self.disk.extension().is_some_and(|e| e == "qcow2") {
+            "qcow2"
+        } else {
+            "raw"
+        };
         let child = Command::new("qemu-system-x86_64")
             .args(["-accel", "tcg,thread=multi", "-cpu", "max", "-M", "q35"])
             .args(["-smp", "2", "-m", "1024", "-nodefaults", "-display", "none"])
+            .args(firmware_args(self.firmware))
             .arg("-no-reboot")
             .arg("-serial")
             .arg(format!("file:{}", serial.display()))
             .arg("-drive")
             .arg(format!(
-                "file={},format=raw,if=virtio,cache=unsafe",
+                "file={},format={format},if=virtio,cache=unsafe",
                 self.disk.display()
             ))
             .arg("-nic")
@@ -335,6 +380,37 @@ impl Vm {
             );
         }
         Ok(o.stdout)
+    }
+
+    /// Writes `content` to `path` in the guest (through `cat` on the ssh connection).
+    pub fn write_file(&self, path: &str, content: &[u8]) -> Result<()> {
+        use std::io::Write as _;
+        let cmd = format!("cat > '{path}'");
+        let mut child = self
+            .ssh_command(20)
+            .arg(&cmd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("ssh: start {cmd:?}"))?;
+        child
+            .stdin
+            .take()
+            .context("ssh: no stdin")?
+            .write_all(content)
+            .with_context(|| format!("ssh: send the content of {path}"))?;
+        let out = child
+            .wait_with_output()
+            .with_context(|| format!("ssh: wait for {cmd:?}"))?;
+        if !out.status.success() {
+            bail!(
+                "guest: writing {path} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
     }
 
     /// Starts a guest command in the background, its output appended to `log`.

@@ -5,15 +5,13 @@
 
 mod common;
 
-use std::collections::VecDeque;
-
 use abupdate_stream::{
     copy, fetch_text, parse_sha256sums, CopyOptions, CopyStats, Error, ErrorKind, NoProgress,
     OpenOptions, Source, TEXT_LIMIT,
 };
-use common::{quick_opts, sample, sha256_hex, zstd, TestServer};
+use common::{quick_opts, sample, serve, sha256_hex, zstd, HttpServer, ServeOptions};
 
-fn download(server: &TestServer, path: &str) -> (Result<CopyStats, Error>, Vec<u8>) {
+fn download(server: &HttpServer, path: &str) -> (Result<CopyStats, Error>, Vec<u8>) {
     let src = Source::parse(&server.url(path))
         .unwrap()
         .open(&quick_opts())
@@ -27,7 +25,12 @@ fn download(server: &TestServer, path: &str) -> (Result<CopyStats, Error>, Vec<u
 fn plain_download_with_digests() {
     let image = sample(3 << 20);
     let published = zstd(&image);
-    let server = TestServer::start(published.clone(), Some("\"v1\""));
+    let server = serve(
+        "/img/debian.img.zst",
+        published.clone(),
+        Some("\"v1\""),
+        ServeOptions::default(),
+    );
     let src = Source::parse(&server.url("/img/debian.img.zst")).unwrap();
     assert_eq!(src.file_name().as_deref(), Some("debian.img.zst"));
     let opened = src.open(&quick_opts()).unwrap();
@@ -41,19 +44,26 @@ fn plain_download_with_digests() {
     assert!(sink == image);
     assert_eq!(stats.source_sha256, sha256_hex(&published));
     assert_eq!(stats.image_sha256, Some(sha256_hex(&image)));
-    assert_eq!(server.seen().len(), 1);
+    assert_eq!(server.requests().len(), 1);
 }
 
 #[test]
 fn dropped_connection_resumes_with_range() {
     let image = sample(5 << 20);
-    let server = TestServer::start(image.clone(), Some("\"abc\""));
-    server.state.lock().unwrap().drops = VecDeque::from([1_500_000]);
+    let server = serve(
+        "/a.img",
+        image.clone(),
+        Some("\"abc\""),
+        ServeOptions {
+            drops: vec![1_500_000],
+            ..ServeOptions::default()
+        },
+    );
     let (res, sink) = download(&server, "/a.img");
     let stats = res.unwrap();
     assert!(sink == image, "image differs");
     assert_eq!(stats.source_sha256, sha256_hex(&image));
-    let seen = server.seen();
+    let seen = server.requests();
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert_eq!(seen[1].range.as_deref(), Some("bytes=1500000-"));
     assert_eq!(seen[1].if_range.as_deref(), Some("\"abc\""));
@@ -64,32 +74,43 @@ fn dropped_connection_resumes_with_range() {
 fn several_drops_each_resume() {
     let image = sample(3 << 20);
     let published = zstd(&image);
-    let server = TestServer::start(published.clone(), Some("\"abc\""));
     // More drops than max_retries: the count restarts whenever data arrives.
-    server.state.lock().unwrap().drops = VecDeque::from([1000, 200_000, 7, 300_000, 1]);
+    let server = serve(
+        "/a.img.zst",
+        published.clone(),
+        Some("\"abc\""),
+        ServeOptions {
+            drops: vec![1000, 200_000, 7, 300_000, 1],
+            ..ServeOptions::default()
+        },
+    );
     let (res, sink) = download(&server, "/a.img.zst");
     let stats = res.unwrap();
     assert!(sink == image);
     assert_eq!(stats.source_sha256, sha256_hex(&published));
-    assert_eq!(server.seen().len(), 6);
+    assert_eq!(server.requests().len(), 6);
 }
 
 #[test]
 fn server_ignoring_range_rereads_from_start() {
     let image = sample(4 << 20);
     let published = zstd(&image);
-    let server = TestServer::start(published.clone(), Some("\"e1\""));
-    {
-        let mut st = server.state.lock().unwrap();
-        st.drops = VecDeque::from([published.len() / 2]);
-        st.ignore_range = true;
-    }
+    let server = serve(
+        "/b.img.zst",
+        published.clone(),
+        Some("\"e1\""),
+        ServeOptions {
+            drops: vec![published.len() as u64 / 2],
+            ignore_range: true,
+            ..ServeOptions::default()
+        },
+    );
     let (res, sink) = download(&server, "/b.img.zst");
     let stats = res.unwrap();
     assert!(sink == image, "image differs");
     assert_eq!(stats.source_bytes, published.len() as u64);
     assert_eq!(stats.source_sha256, sha256_hex(&published));
-    let seen = server.seen();
+    let seen = server.requests();
     assert_eq!(seen.len(), 2);
     assert_eq!(seen[1].status, 200);
 }
@@ -97,26 +118,34 @@ fn server_ignoring_range_rereads_from_start() {
 #[test]
 fn no_validator_still_resumes() {
     let image = sample(2 << 20);
-    let server = TestServer::start(image.clone(), None);
-    {
-        let mut st = server.state.lock().unwrap();
-        st.drops = VecDeque::from([100_000]);
-        st.ignore_range = true;
-    }
+    let server = serve(
+        "/c.img",
+        image.clone(),
+        None,
+        ServeOptions {
+            drops: vec![100_000],
+            ignore_range: true,
+            ..ServeOptions::default()
+        },
+    );
     let (res, sink) = download(&server, "/c.img");
     res.unwrap();
     assert!(sink == image);
-    assert_eq!(server.seen()[1].if_range, None);
+    assert_eq!(server.requests()[1].if_range, None);
 }
 
 #[test]
 fn changed_etag_is_source_changed() {
-    let server = TestServer::start(sample(2 << 20), Some("\"v1\""));
-    {
-        let mut st = server.state.lock().unwrap();
-        st.drops = VecDeque::from([500_000]);
-        st.etag_after_first = Some("\"v2\"".to_string());
-    }
+    let server = serve(
+        "/d.img",
+        sample(2 << 20),
+        Some("\"v1\""),
+        ServeOptions {
+            drops: vec![500_000],
+            etag_after_first: Some("\"v2\"".to_string()),
+            ..ServeOptions::default()
+        },
+    );
     let (res, _) = download(&server, "/d.img");
     let err = res.unwrap_err();
     assert!(
@@ -131,40 +160,51 @@ fn changed_etag_is_source_changed() {
     );
     assert!(err.to_string().contains("\"v2\""), "{err}");
     // The server answered the If-Range mismatch with 200 and the new ETag.
-    assert_eq!(server.seen()[1].status, 200);
+    assert_eq!(server.requests()[1].status, 200);
 }
 
 #[test]
 fn changed_etag_on_206_is_source_changed() {
-    let server = TestServer::start(sample(2 << 20), Some("\"v1\""));
-    {
-        let mut st = server.state.lock().unwrap();
-        st.drops = VecDeque::from([500_000]);
-        st.etag_after_first = Some("\"v2\"".to_string());
-        st.ignore_if_range = true;
-    }
+    let server = serve(
+        "/d.img",
+        sample(2 << 20),
+        Some("\"v1\""),
+        ServeOptions {
+            drops: vec![500_000],
+            etag_after_first: Some("\"v2\"".to_string()),
+            ignore_if_range: true,
+            ..ServeOptions::default()
+        },
+    );
     let (res, _) = download(&server, "/d.img");
     let err = res.unwrap_err();
     assert!(matches!(err, Error::SourceChanged { .. }), "{err:?}");
-    assert_eq!(server.seen()[1].status, 206);
+    assert_eq!(server.requests()[1].status, 206);
 }
 
 #[test]
 fn retries_exhausted_is_an_io_error() {
-    let server = TestServer::start(sample(1 << 20), Some("\"v1\""));
-    server.state.lock().unwrap().drops = VecDeque::from([1000, 0, 0, 0, 0, 0]);
+    let server = serve(
+        "/e.img",
+        sample(1 << 20),
+        Some("\"v1\""),
+        ServeOptions {
+            drops: vec![1000, 0, 0, 0, 0, 0],
+            ..ServeOptions::default()
+        },
+    );
     let (res, _) = download(&server, "/e.img");
     let err = res.unwrap_err();
     assert!(matches!(err, Error::Http { .. }), "{err:?}");
     assert_eq!(err.kind(), ErrorKind::Io);
     assert!(err.to_string().contains("/e.img"), "{err}");
     // One first request plus max_retries (3) resumes.
-    assert_eq!(server.seen().len(), 4);
+    assert_eq!(server.requests().len(), 4);
 }
 
 #[test]
 fn http_status_error_names_url_and_status() {
-    let server = TestServer::start(Vec::new(), None);
+    let server = HttpServer::builder().start().unwrap();
     let err = Source::parse(&server.url("/missing"))
         .unwrap()
         .open(&quick_opts())
@@ -199,7 +239,12 @@ fn fetch_and_parse_sha256sums() {
         "{}  other.img.zst\n{hex} *debian-13.img.zst\n",
         sha256_hex(b"x")
     );
-    let server = TestServer::start(text.clone().into_bytes(), None);
+    let server = serve(
+        "/SHA256SUMS",
+        text.clone().into_bytes(),
+        None,
+        ServeOptions::default(),
+    );
     let sums = Source::parse(&server.url("/SHA256SUMS")).unwrap();
     let fetched = fetch_text(&sums, &quick_opts()).unwrap();
     assert_eq!(fetched, text);
@@ -214,7 +259,12 @@ fn fetch_and_parse_sha256sums() {
 
 #[test]
 fn fetch_text_refuses_large_and_binary_files() {
-    let server = TestServer::start(vec![b'a'; TEXT_LIMIT as usize + 1], None);
+    let server = serve(
+        "/big",
+        vec![b'a'; TEXT_LIMIT as usize + 1],
+        None,
+        ServeOptions::default(),
+    );
     let err = fetch_text(&Source::parse(&server.url("/big")).unwrap(), &quick_opts()).unwrap_err();
     assert!(matches!(err, Error::TextTooLarge { .. }), "{err:?}");
 
@@ -231,29 +281,29 @@ fn fetch_text_refuses_large_and_binary_files() {
 
 #[test]
 fn plain_http_needs_the_opt_in() {
-    let server = TestServer::start(sample(1000), None);
+    let server = serve("/a.img", sample(1000), None, ServeOptions::default());
     let src = Source::parse(&server.url("/a.img")).unwrap();
     let err = src.open(&OpenOptions::default()).err().unwrap();
     assert!(matches!(err, Error::InsecureTransport { .. }), "{err}");
     assert_eq!(err.kind(), ErrorKind::Input);
-    assert!(server.seen().is_empty(), "nothing was requested");
+    assert!(server.requests().is_empty(), "nothing was requested");
 }
 
 #[test]
 fn redirect_chain_is_cut() {
-    let server = TestServer::start(sample(1000), None);
+    let server = serve("/a.img", sample(1000), None, ServeOptions::default());
     let src = Source::parse(&server.url("/loop/0")).unwrap();
     let err = src.open(&quick_opts()).err().unwrap();
     assert!(matches!(err, Error::Redirect { .. }), "{err}");
     assert!(err.to_string().contains("redirects"), "{err}");
     assert_eq!(err.kind(), ErrorKind::Refused);
     // The first request and five redirects, no retry of a refused chain.
-    assert_eq!(server.seen().len(), 6, "{:?}", server.seen());
+    assert_eq!(server.requests().len(), 6, "{:?}", server.requests());
 }
 
 #[test]
 fn content_length_above_the_bound_is_refused_before_reading() {
-    let server = TestServer::start(sample(10_000), None);
+    let server = serve("/big.img", sample(10_000), None, ServeOptions::default());
     let src = Source::parse(&server.url("/big.img")).unwrap();
     let opts = OpenOptions {
         max_source_bytes: Some(9_999),

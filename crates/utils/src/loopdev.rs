@@ -27,19 +27,7 @@ pub struct LoopDevice {
 impl LoopDevice {
     /// Attaches `image` to a free loop device and creates its partition nodes with `partx -a`.
     pub fn attach(image: &Path) -> Result<LoopDevice, LoopError> {
-        let out = Cmd::new("losetup")
-            .args(["-f", "--show"])
-            .arg(image)
-            .run()
-            .map_err(|source| LoopError {
-                step: "attach",
-                target: image.display().to_string(),
-                source,
-            })?;
-        let dev = LoopDevice {
-            dev: PathBuf::from(out.stdout_str().trim()),
-            closed: false,
-        };
+        let dev = Self::attach_filesystem(image)?;
         Cmd::new("partx")
             .arg("-a")
             .arg(&dev.dev)
@@ -50,6 +38,24 @@ impl LoopDevice {
                 source,
             })?;
         Ok(dev)
+    }
+
+    /// Attaches `image`, a bare filesystem image without a partition table, to a free loop
+    /// device.
+    pub fn attach_filesystem(image: &Path) -> Result<LoopDevice, LoopError> {
+        let out = Cmd::new("losetup")
+            .args(["-f", "--show"])
+            .arg(image)
+            .run()
+            .map_err(|source| LoopError {
+                step: "attach",
+                target: image.display().to_string(),
+                source,
+            })?;
+        Ok(LoopDevice {
+            dev: PathBuf::from(out.stdout_str().trim()),
+            closed: false,
+        })
     }
 
     /// The whole-disk device, e.g. `/dev/loop3`.

@@ -15,8 +15,20 @@ use abupdate_utils::Cmd;
 use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 
-use super::{step, Machine};
+use crate::e2e::machine::{step, Machine};
+use crate::e2e::scenario::{Ctx, MachineSpec, Prep, Scenario, Served, Start};
 use crate::{disk::install_file, util};
+
+/// The declaration.
+pub const SCENARIO: Scenario = Scenario {
+    id: "k",
+    name: "clone-upgrade",
+    about: "stage --clone with an apt upgrade from a local repository, manifest suggest, rollback",
+    machine: MachineSpec::PLAIN,
+    start: Start::InA,
+    serves: Some(repo_files),
+    run: clone_upgrade,
+};
 
 /// Where the harness's file server publishes the repository (the guest sees
 /// `http://10.0.2.100/apt`).
@@ -33,9 +45,14 @@ const OPERATOR_LINE: &str = "listen = 8080   # changed by the operator";
 /// The guest's command that upgrades the copy.
 const UPGRADE: &str = "apt-get update -q && apt-get -y -q install abupdate-demo";
 
+/// The repository, built in the run directory.
+fn repo_files(prep: &Prep<'_>) -> Result<Vec<Served>> {
+    build_repo(&prep.run_dir.join("apt-repo"))
+}
+
 /// Builds `PKG` in versions [`OLD`] and [`NEW`] and a flat apt repository holding both under
 /// `dir`; returns the file server entries (`/apt/Packages`, `/apt/Release`, the debs).
-pub(super) fn build_repo(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+fn build_repo(dir: &Path) -> Result<Vec<Served>> {
     let repo = dir.join("apt");
     let pool = repo.join("pool");
     std::fs::create_dir_all(&pool).with_context(|| format!("create {}", pool.display()))?;
@@ -121,7 +138,8 @@ impl Machine {
 }
 
 /// Scenario k (see the module doc); starts and ends booted in A.
-pub(super) fn clone_upgrade(m: &mut Machine) -> Result<()> {
+fn clone_upgrade(cx: &mut Ctx<'_>) -> Result<()> {
+    let m = &mut *cx.m;
     // The guest cannot reach the image's own mirror (restricted user network): its only apt
     // source is the harness's repository.
     m.vm.ssh_ok(&format!(

@@ -1,0 +1,356 @@
+//! A test machine (a VM over its own disk) and what scenarios do with it: run `abupdate` in
+//! the guest, reboot, power on and wait for GRUB and ssh, stage, and assert on the booted
+//! slot, `abupdate status` and the data partition.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::Value;
+
+use super::scenario::MachineSpec;
+use super::{GRUB_TIMEOUT, STAGE_TIMEOUT, TRIES};
+use crate::disk::{DiskInfo, DATA_FILE};
+use crate::vm::{self, Vm, BOOT_TIMEOUT};
+
+/// How long the daemon may take to commit or roll back after ssh answers in B.
+pub const ASSESS_TIMEOUT: Duration = Duration::from_secs(420);
+
+/// Files the manifest must carry to the new slot unchanged.
+const MANIFEST_FILES: &str = "/etc/hostname /etc/ssh/ssh_host_* /etc/app.conf /etc/abupdate/abupdate.yaml /root/.ssh/authorized_keys";
+
+/// Prints one narrated step.
+pub fn step(msg: &str) {
+    println!("  -> {msg}");
+}
+
+/// Prints a command's output, indented.
+pub fn show_output(text: &str) {
+    for l in text.lines().filter(|l| !l.trim().is_empty()) {
+        println!("       | {l}");
+    }
+}
+
+/// The JSON of `abupdate --json status`.
+#[derive(Debug)]
+pub struct Status(pub Value);
+
+impl Status {
+    /// The booted slot.
+    pub fn booted(&self) -> &str {
+        self.0["booted"].as_str().unwrap_or("?")
+    }
+
+    /// The default slot.
+    pub fn default(&self) -> &str {
+        self.0["default"].as_str().unwrap_or("?")
+    }
+
+    /// Slot `id`'s entry.
+    pub fn slot(&self, id: &str) -> &Value {
+        self.0["slots"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["id"] == id))
+            .unwrap_or(&Value::Null)
+    }
+
+    /// Slot `id`'s state.
+    pub fn state(&self, id: &str) -> &str {
+        self.slot(id)["state"].as_str().unwrap_or("?")
+    }
+
+    /// One line for the log.
+    pub fn summary(&self) -> String {
+        format!(
+            "booted={} default={} trial={} a={} b={}",
+            self.booted(),
+            self.default(),
+            self.0["trial"],
+            self.state("a"),
+            self.state("b")
+        )
+    }
+}
+
+/// A test machine: one disk (an overlay of its kind's base) and its VM.
+pub struct Machine {
+    /// The VM.
+    pub vm: Vm,
+    /// What the disk's builder recorded.
+    pub disk: DiskInfo,
+    /// Its directory (overlay, serial and stage logs).
+    pub dir: PathBuf,
+    /// What it was built as.
+    pub spec: MachineSpec,
+}
+
+impl Machine {
+    /// Runs `abupdate ARGS` in the guest, narrating; a non-zero exit is an error.
+    pub fn abupdate(&self, args: &str) -> Result<String> {
+        println!("     $ abupdate {args}");
+        let t = Instant::now();
+        let o = self.vm.ssh(&format!("abupdate {args}"))?;
+        show_output(&o.stdout);
+        show_output(&o.stderr);
+        println!("       ({:.1?}, exit {})", t.elapsed(), o.code);
+        if o.code != 0 {
+            bail!("`abupdate {args}` failed in the guest with exit {}", o.code);
+        }
+        Ok(o.stdout)
+    }
+
+    /// Runs a command that reboots the guest; a dropped connection (255) is expected.
+    pub fn rebooting(&mut self, cmd: &str) -> Result<()> {
+        println!("     $ {cmd}");
+        let o = self.vm.ssh(cmd)?;
+        show_output(&o.stdout);
+        show_output(&o.stderr);
+        if o.code != 0 && o.code != 255 {
+            bail!("`{cmd}` failed in the guest with exit {}", o.code);
+        }
+        let st = self.vm.wait_exit(Duration::from_secs(180))?;
+        step(&format!("QEMU exited ({st}): the guest rebooted"));
+        Ok(())
+    }
+
+    /// `abupdate --json status`.
+    pub fn status(&self) -> Result<Status> {
+        let out = self
+            .vm
+            .ssh_ok("abupdate --json status")
+            .context("abupdate --json status")?;
+        let v: Value = serde_json::from_str(&out)
+            .with_context(|| format!("parse `abupdate --json status` output: {out}"))?;
+        Ok(Status(v))
+    }
+
+    /// Polls `status` until `done` holds or [`ASSESS_TIMEOUT`] passes (the daemon's work).
+    pub fn wait_status(&self, what: &str, done: impl Fn(&Status) -> bool) -> Result<Status> {
+        let t = Instant::now();
+        loop {
+            if let Ok(st) = self.status() {
+                if done(&st) {
+                    return Ok(st);
+                }
+                ensure!(
+                    t.elapsed() < ASSESS_TIMEOUT,
+                    "{what} did not happen within {ASSESS_TIMEOUT:?}: {}",
+                    st.summary()
+                );
+            } else {
+                ensure!(
+                    t.elapsed() < ASSESS_TIMEOUT,
+                    "{what}: no status within {ASSESS_TIMEOUT:?}"
+                );
+            }
+            std::thread::sleep(Duration::from_secs(3));
+        }
+    }
+
+    /// `VERSION_ID PRETTY_NAME` from the guest's /etc/os-release.
+    pub fn os_version(&self) -> Result<String> {
+        Ok(self
+            .vm
+            .ssh_ok(". /etc/os-release && echo \"$VERSION_ID $PRETTY_NAME\"")?
+            .trim()
+            .to_string())
+    }
+
+    fn data_sha256(&self) -> Result<String> {
+        let out = self.vm.ssh_ok(&format!("sha256sum {DATA_FILE}"))?;
+        Ok(out.split_whitespace().next().unwrap_or("").to_string())
+    }
+
+    /// sha256sum of the files the manifest must carry unchanged.
+    pub fn manifest_sums(&self) -> Result<String> {
+        self.vm.ssh_ok(&format!("sha256sum {MANIFEST_FILES}"))
+    }
+
+    /// Starts QEMU and waits for GRUB's boot marker (so a boot loader failure shows early).
+    pub fn power_on(&mut self) -> Result<()> {
+        self.vm.start()?;
+        self.vm
+            .wait_serial("abupdate: booting slot", GRUB_TIMEOUT)
+            .context("GRUB did not print its boot marker")
+    }
+
+    /// Starts QEMU, waits for ssh, asserts the booted slot and the GRUB marker.
+    pub fn boot_expect(&mut self, slot: &str) -> Result<Duration> {
+        let t = Instant::now();
+        self.power_on()?;
+        self.vm.wait_ssh(BOOT_TIMEOUT)?;
+        let took = t.elapsed();
+        self.assert_booted(slot)?;
+        step(&format!(
+            "boot {}: ssh answered after {took:.1?}, booted slot {slot} ({})",
+            self.vm.boots(),
+            self.os_version()?
+        ));
+        Ok(took)
+    }
+
+    /// Powers the machine on until ssh answers, counting the trial boots of B that end before
+    /// it does (`what`: a panic, a watchdog reset). Each must show GRUB's trial marker and
+    /// pass `check` on its serial log; there must be exactly [`TRIES`], then A must be booted.
+    pub fn failing_trial_boots(&mut self, what: &str, check: impl Fn(&str) -> bool) -> Result<u32> {
+        let mut failed = 0;
+        loop {
+            let t = Instant::now();
+            self.power_on()?;
+            if self.vm.wait_ssh_or_exit(BOOT_TIMEOUT)? {
+                break;
+            }
+            failed += 1;
+            let serial = self.vm.serial();
+            let log = self.vm.serial_path();
+            ensure!(
+                serial.contains("abupdate: booting slot b (trial"),
+                "boot {} ended without booting slot b on trial ({})",
+                self.vm.boots(),
+                log.display()
+            );
+            ensure!(
+                check(&serial),
+                "boot {} should have ended in {what} ({})",
+                self.vm.boots(),
+                log.display()
+            );
+            step(&format!(
+                "boot {}: slot b's trial ended in {what} after {:.1?}",
+                self.vm.boots(),
+                t.elapsed()
+            ));
+            ensure!(
+                failed <= TRIES,
+                "more than {TRIES} trial boots of b ended in {what}"
+            );
+        }
+        self.assert_booted("a")?;
+        ensure!(
+            failed == TRIES,
+            "expected {TRIES} trial boots ending in {what}, saw {failed}"
+        );
+        Ok(failed)
+    }
+
+    /// Asserts GRUB's marker for `slot` on this boot's console and `status`'s booted slot.
+    pub fn assert_booted(&self, slot: &str) -> Result<()> {
+        let marker = format!("abupdate: booting slot {slot}");
+        let serial = self.vm.serial();
+        ensure!(
+            serial.contains(&marker),
+            "expected GRUB's {marker:?} on the serial console of boot {} ({})",
+            self.vm.boots(),
+            self.vm.serial_path().display()
+        );
+        let st = self.status()?;
+        ensure!(
+            st.booted() == slot,
+            "expected to be booted in slot {slot}, abupdate status says {}",
+            st.summary()
+        );
+        Ok(())
+    }
+
+    /// Asserts the data partition's file still has the checksum the disk was built with.
+    pub fn assert_data_intact(&self) -> Result<()> {
+        let sum = self.data_sha256()?;
+        ensure!(
+            sum == self.disk.data_sha256,
+            "data partition file {DATA_FILE} changed: sha256 {sum}, expected {}",
+            self.disk.data_sha256
+        );
+        Ok(())
+    }
+
+    /// `abupdate stage http://10.0.2.100<url> --sha256 <sha> --allow-insecure-http` (the
+    /// harness serves plain http through QEMU's guestfwd).
+    pub fn stage(&self, url: &str, sha: &str) -> Result<Duration> {
+        self.stage_with(&format!(
+            "stage http://10.0.2.100{url} --sha256 {sha} --allow-insecure-http"
+        ))
+    }
+
+    /// Slot B staged from `url`: kept when `status` already shows B `staged` from that very
+    /// URL (an earlier scenario on this machine staged it and nothing touched it since),
+    /// else staged now. For scenarios that need "a staged B", not a stage.
+    pub fn ensure_staged(&self, url: &str, sha: &str) -> Result<()> {
+        let source = format!("http://10.0.2.100{url}");
+        let st = self.status()?;
+        if st.state("b") == "staged" && st.slot("b")["source"] == source.as_str() {
+            step(&format!(
+                "slot B is already staged from {source} on this machine: not staging it again"
+            ));
+            return Ok(());
+        }
+        let took = self.stage(url, sha)?;
+        step(&format!("staged in {took:.1?}"));
+        Ok(())
+    }
+
+    /// Runs `abupdate CMD` (a stage) in the background under [`STAGE_TIMEOUT`], showing the
+    /// tail of its output; a non-zero exit is an error.
+    pub fn stage_with(&self, cmd: &str) -> Result<Duration> {
+        let t = Instant::now();
+        println!("     $ abupdate {cmd}");
+        let log = self.dir.join(format!("stage-{}.log", self.vm.boots()));
+        let mut child = self.vm.ssh_spawn(&format!("abupdate {cmd}"), &log)?;
+        let status = loop {
+            if let Some(st) = child.try_wait().context("wait for ssh stage")? {
+                break st;
+            }
+            if t.elapsed() > STAGE_TIMEOUT {
+                let _ = child.kill();
+                bail!(
+                    "stage did not finish within {STAGE_TIMEOUT:?} (log {})",
+                    log.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        let text = vm::read_text(&log);
+        let lines: Vec<&str> = text.lines().collect();
+        let shown = lines.len().saturating_sub(6);
+        show_output(&lines[shown..].join("\n"));
+        println!("       ({:.1?}, {status})", t.elapsed());
+        ensure!(
+            status.success(),
+            "`abupdate {cmd}` failed ({status}); log {}",
+            log.display()
+        );
+        Ok(t.elapsed())
+    }
+
+    /// A plain reboot that must come back in `slot`, timed from the command to ssh answering.
+    pub fn reboot_time(&mut self, slot: &str) -> Result<Duration> {
+        let t = Instant::now();
+        self.rebooting("systemctl reboot")?;
+        let down = t.elapsed();
+        self.power_on()?;
+        self.vm.wait_ssh(BOOT_TIMEOUT)?;
+        let took = t.elapsed();
+        self.assert_booted(slot)?;
+        step(&format!(
+            "plain reboot in {} → ssh: {took:.1?} (shutdown {down:.1?}, boot {:.1?})",
+            slot.to_uppercase(),
+            took - down
+        ));
+        Ok(took)
+    }
+
+    /// `abupdate switch` in A, timed until ssh answers in B.
+    pub fn timed_switch(&mut self) -> Result<Duration> {
+        let t = Instant::now();
+        self.rebooting("abupdate switch")?;
+        let down = t.elapsed();
+        self.power_on()?;
+        self.vm.wait_ssh(BOOT_TIMEOUT)?;
+        let took = t.elapsed();
+        self.assert_booted("b")?;
+        step(&format!(
+            "abupdate switch → ssh in B: {took:.1?} (switch + shutdown {down:.1?}, boot {:.1?})",
+            took - down
+        ));
+        Ok(took)
+    }
+}

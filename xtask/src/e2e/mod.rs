@@ -1,0 +1,455 @@
+//! End-to-end scenarios on real disks under QEMU, driving the real `abupdate` in the guest
+//! over ssh, plus `demo` and `bench`.
+//!
+//! A scenario is one file in `scenarios/`, listed once in [`scenarios::ALL`]; it declares
+//! the machine it needs, whether it can continue on a shared machine, and extra files to
+//! serve (see [`scenario::Scenario`] and `xtask/README.md`). The runner prepares once per
+//! run: the cached images, the release binary, one HTTP server (the Debian 13 image, its
+//! broken variant and every selected scenario's files), and, when first needed, one base
+//! disk per disk kind, never written afterwards. Every machine boots a qcow2 overlay of its
+//! kind's base. Scenarios that continue on a shared machine do so while they pass; a
+//! scenario that fails gets its machine thrown away, and the next one starts on a fresh one.
+
+pub mod machine;
+pub mod scenario;
+pub mod scenarios;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use abupdate_testkit::HttpServer;
+use anyhow::{bail, Context, Result};
+
+use self::machine::{show_output, step, Machine};
+use self::scenario::{Ctx, Downtime, MachineSpec, Prep, Scenario, Start};
+use crate::disk::{self, DiskInfo, DiskKind, Firmware};
+use crate::images::{self, Images};
+use crate::vm::{self, Vm, BOOT_TIMEOUT};
+use crate::{setup, util};
+
+/// How long a full stage may take in the guest under TCG.
+pub const STAGE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// How long GRUB may take to print its marker after QEMU starts.
+pub const GRUB_TIMEOUT: Duration = Duration::from_secs(120);
+/// Trial tries configured in the guest's abupdate.yaml.
+pub const TRIES: u32 = 3;
+/// The Debian 13 image, served to every run.
+pub const TRIXIE_URL: &str = "/trixie.img.zst";
+/// The Debian 13 image whose init exits at once, served to every run.
+pub const BROKEN_URL: &str = "/broken.img.zst";
+
+/// Parses `--only a,b` (letters or names; every scenario when absent), in list order.
+pub fn parse_selection(only: Option<&str>) -> Result<Vec<&'static Scenario>> {
+    let all = scenarios::ALL;
+    let Some(only) = only else {
+        return Ok(all.to_vec());
+    };
+    let mut wanted = Vec::new();
+    for s in only.split(',').filter(|s| !s.trim().is_empty()) {
+        let sc = all.iter().find(|sc| sc.is(s)).with_context(|| {
+            let known: Vec<String> = all.iter().map(|sc| sc.label()).collect();
+            format!("unknown scenario {s:?} (known: {})", known.join(" "))
+        })?;
+        wanted.push(sc.id);
+    }
+    Ok(all
+        .iter()
+        .copied()
+        .filter(|sc| wanted.contains(&sc.id))
+        .collect())
+}
+
+/// Prints the scenario list with what each needs.
+pub fn list() {
+    for sc in scenarios::ALL {
+        let start = match sc.start {
+            Start::InA => "shared machine in A",
+            Start::AsLeft => "shared machine as left",
+            Start::Fresh => "fresh machine",
+        };
+        println!(
+            "{:<22} {} ({}{}{}, {start})",
+            sc.label(),
+            sc.about,
+            sc.machine.disk.name(),
+            if sc.machine.watchdog {
+                ", watchdog"
+            } else {
+                ""
+            },
+            if sc.serves.is_some() {
+                ", extra HTTP files"
+            } else {
+                ""
+            },
+        );
+    }
+}
+
+/// An immutable base disk of one kind, built once per run.
+struct Base {
+    kind: DiskKind,
+    image: PathBuf,
+    info: DiskInfo,
+}
+
+/// Everything a run shares: images, the abupdate binary, the HTTP server, the run
+/// directory, the base disks.
+pub struct Env {
+    /// The cached images.
+    pub imgs: Images,
+    /// The release `abupdate` installed in slot A.
+    pub abupdate: PathBuf,
+    /// The HTTP server the guests reach at 10.0.2.100.
+    pub http: HttpServer,
+    /// This run's directory (`/var/tmp/abupdate-xtask/run-<time>-<pid>`).
+    pub run_dir: PathBuf,
+    machines: u32,
+    bases: Vec<Base>,
+}
+
+impl Env {
+    /// Images, the release build, the run directory and the HTTP server with the standard
+    /// images and the extra files of `selected`.
+    pub fn prepare(selected: &[&Scenario]) -> Result<Env> {
+        let t = Instant::now();
+        setup::ensure_host_packages()?;
+        let imgs = images::ensure()?;
+        let abupdate = util::build_abupdate_release()?;
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        // The pid too: other worktrees run xtask on this machine at the same time.
+        let run_dir = PathBuf::from(format!(
+            "/var/tmp/abupdate-xtask/run-{stamp}-{}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&run_dir)
+            .with_context(|| format!("create {}", run_dir.display()))?;
+        let mut http = HttpServer::builder()
+            .file(TRIXIE_URL, &imgs.trixie_zst)
+            .file(BROKEN_URL, &imgs.broken_zst);
+        let prep = Prep {
+            imgs: &imgs,
+            run_dir: &run_dir,
+        };
+        for sc in selected {
+            if let Some(serves) = sc.serves {
+                for (url, path) in serves(&prep)
+                    .with_context(|| format!("prepare the files scenario {} serves", sc.label()))?
+                {
+                    http = http.file(&url, path);
+                }
+            }
+        }
+        let http = http.start()?;
+        println!(
+            "prepare: images, release build and HTTP server (127.0.0.1:{}) ready in {:.0?}; run directory {}",
+            http.port(),
+            t.elapsed(),
+            run_dir.display()
+        );
+        Ok(Env {
+            imgs,
+            abupdate,
+            http,
+            run_dir,
+            machines: 0,
+            bases: Vec::new(),
+        })
+    }
+
+    /// The base disk of `kind`, built on first use.
+    fn base(&mut self, kind: DiskKind) -> Result<&Base> {
+        if let Some(i) = self.bases.iter().position(|b| b.kind == kind) {
+            return Ok(&self.bases[i]);
+        }
+        let image = self.run_dir.join(format!("base-{}.img", kind.name()));
+        let info = disk::build(&self.imgs, &self.abupdate, &image, kind)?;
+        // Read-only from now on: machines write their own overlays.
+        std::fs::set_permissions(&image, std::os::unix::fs::PermissionsExt::from_mode(0o444))
+            .with_context(|| format!("make {} read-only", image.display()))?;
+        self.bases.push(Base { kind, image, info });
+        self.bases.last().context("no base disk")
+    }
+
+    /// A fresh machine of `spec` (a new overlay of its base disk), booted in slot A with ssh
+    /// answering.
+    pub fn new_machine(&mut self, spec: MachineSpec) -> Result<Machine> {
+        let (base, info) = {
+            let b = self.base(spec.disk)?;
+            (b.image.clone(), b.info.clone())
+        };
+        self.machines += 1;
+        let n = self.machines;
+        let dir = self.run_dir.join(format!("machine-{n}"));
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        let overlay = dir.join("disk.qcow2");
+        vm::create_overlay(&base, &overlay)?;
+        let mut vm = Vm::new(
+            &overlay,
+            spec.disk.firmware,
+            &dir,
+            &self.imgs.ssh.private,
+            self.http.port(),
+        )?;
+        if spec.watchdog {
+            vm.extra_args = ["-device", "i6300esb", "-action", "watchdog=poweroff"]
+                .map(String::from)
+                .to_vec();
+        }
+        let mut m = Machine {
+            vm,
+            disk: info,
+            dir,
+            spec,
+        };
+        step(&format!(
+            "power on machine-{n} (overlay on {}, {}{})",
+            base.file_name().unwrap_or_default().to_string_lossy(),
+            spec.disk.name(),
+            if spec.watchdog {
+                ", i6300esb watchdog, watchdog action poweroff"
+            } else {
+                ""
+            }
+        ));
+        m.boot_expect("a")?;
+        Ok(m)
+    }
+}
+
+fn print_ratio(d: &Downtime) {
+    let (Some(reboot), Some(switch)) = (d.reboot_a, d.switch) else {
+        return;
+    };
+    let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(0.001);
+    println!(
+        "  downtime: switch → ssh in B {:.1} s, plain reboot in A → ssh {:.1} s, ratio {:.2}",
+        switch.as_secs_f64(),
+        reboot.as_secs_f64(),
+        ratio(switch, reboot)
+    );
+    if let Some(rb) = d.reboot_b {
+        println!(
+            "  (same OS on both sides: plain reboot in B → ssh {:.1} s, switch / reboot-in-B ratio {:.2})",
+            rb.as_secs_f64(),
+            ratio(switch, rb)
+        );
+    }
+}
+
+/// Result line of one scenario.
+struct Outcome {
+    label: String,
+    took: Duration,
+    error: Option<String>,
+}
+
+/// The machine `sc` starts on: the shared one when it may continue there, else a fresh one.
+fn machine_for<'a>(
+    env: &mut Env,
+    current: &'a mut Option<Machine>,
+    sc: &Scenario,
+) -> Result<&'a mut Machine> {
+    let reuse = current.as_ref().is_some_and(|m| {
+        m.spec == sc.machine
+            && match sc.start {
+                Start::Fresh => false,
+                Start::AsLeft => true,
+                Start::InA => m.status().is_ok_and(|s| s.booted() == "a"),
+            }
+    });
+    if !reuse {
+        // Power the old one off first: one VM at a time on this machine.
+        *current = None;
+        *current = Some(env.new_machine(sc.machine)?);
+    }
+    current.as_mut().context("no machine")
+}
+
+/// Runs the selected scenarios in order, sharing machines while they pass.
+pub fn run(selected: &[&'static Scenario], keep: bool) -> Result<()> {
+    let total = Instant::now();
+    let mut env = Env::prepare(selected)?;
+    let mut current: Option<Machine> = None;
+    let mut outcomes: Vec<Outcome> = Vec::new();
+    let mut downtime = Downtime::default();
+    for sc in selected {
+        println!("\n=== scenario {} ===", sc.label());
+        let t = Instant::now();
+        let r = machine_for(&mut env, &mut current, sc).and_then(|m| {
+            (sc.run)(&mut Ctx {
+                env: &env,
+                m,
+                downtime: &mut downtime,
+                selected,
+            })
+        });
+        let took = t.elapsed();
+        match &r {
+            Ok(()) => println!("=== {} passed in {took:.1?}", sc.label()),
+            Err(e) => println!("=== {} FAILED after {took:.1?}: {e:#}", sc.label()),
+        }
+        if r.is_err() || sc.start == Start::Fresh {
+            // A failed scenario leaves its machine in an unknown state; a fresh one's
+            // machine is its own.
+            current = None;
+        }
+        print_ratio(&downtime);
+        outcomes.push(Outcome {
+            label: sc.label(),
+            took,
+            error: r.err().map(|e| format!("{e:#}")),
+        });
+    }
+    drop(current);
+    println!("\n=== e2e summary (total {:.0?}) ===", total.elapsed());
+    for o in &outcomes {
+        println!(
+            "  {:<22} {:>8.1?}  {}",
+            o.label,
+            o.took,
+            o.error
+                .as_deref()
+                .map(|e| format!("FAILED: {e}"))
+                .unwrap_or("ok".into())
+        );
+    }
+    print_ratio(&downtime);
+    let failed = outcomes.iter().filter(|o| o.error.is_some()).count();
+    if failed > 0 {
+        println!("  serial logs and disks kept in {}", env.run_dir.display());
+        bail!(
+            "{failed} scenario(s) failed; logs in {}",
+            env.run_dir.display()
+        );
+    }
+    cleanup_run_dir(&env.run_dir, keep);
+    Ok(())
+}
+
+fn cleanup_run_dir(dir: &Path, keep: bool) {
+    if keep {
+        println!("  run directory kept: {}", dir.display());
+    } else if let Err(e) = std::fs::remove_dir_all(dir) {
+        eprintln!("warning: remove {}: {e}", dir.display());
+    }
+}
+
+/// `cargo xtask boot DISK`: boots an existing disk once and shows what came up.
+pub fn boot_disk(disk: &Path, imgs: &Images) -> Result<()> {
+    let dir = disk.with_extension("logs");
+    let http = HttpServer::builder().start()?;
+    let mut vm = Vm::new(disk, Firmware::Bios, &dir, &imgs.ssh.private, http.port())?;
+    let t = Instant::now();
+    vm.start()?;
+    println!(
+        "boot: QEMU started, serial log {}",
+        vm.serial_path().display()
+    );
+    vm.wait_ssh(BOOT_TIMEOUT)?;
+    println!("boot: ssh answered after {:.1?}", t.elapsed());
+    let o = vm.ssh(". /etc/os-release; echo $PRETTY_NAME; abupdate --json status")?;
+    show_output(&o.stdout);
+    show_output(&o.stderr);
+    vm.kill();
+    Ok(())
+}
+
+/// `cargo xtask demo`: upgrade and rollback on a real boot, narrated, with a final table.
+pub fn demo() -> Result<()> {
+    let total = Instant::now();
+    let demo: Vec<&'static Scenario> = parse_selection(Some("a,b"))?;
+    let mut env = Env::prepare(&demo)?;
+    println!("\n=== demo: a fresh server disk, Debian 12 in slot A ===");
+    let mut m = env.new_machine(MachineSpec::PLAIN)?;
+    let mut downtime = Downtime::default();
+    println!("\n=== a plain reboot, for comparison ===");
+    downtime.reboot_a = Some(m.reboot_time("a")?);
+    println!("\n=== upgrade to Debian 13 with one reboot ===");
+    let mut cx = Ctx {
+        env: &env,
+        m: &mut m,
+        downtime: &mut downtime,
+        selected: &demo,
+    };
+    scenarios::a_upgrade::upgrade(&mut cx)?;
+    let st_b = m.status()?;
+    println!("\n=== rollback to Debian 12 ===");
+    (scenarios::b_rollback::SCENARIO.run)(&mut Ctx {
+        env: &env,
+        m: &mut m,
+        downtime: &mut downtime,
+        selected: &demo,
+    })?;
+    let st_a = m.status()?;
+    println!("\n=== result ===");
+    println!("  {:<5} {:<34} {:<8} flags", "slot", "OS", "state");
+    for id in ["a", "b"] {
+        let s = st_a.slot(id);
+        let mut flags = Vec::new();
+        if s["booted"] == true {
+            flags.push("booted");
+        }
+        if s["default"] == true {
+            flags.push("default");
+        }
+        println!(
+            "  {:<5} {:<34} {:<8} {}",
+            id,
+            s["os_pretty_name"].as_str().unwrap_or("?"),
+            s["state"].as_str().unwrap_or("?"),
+            flags.join(",")
+        );
+    }
+    println!("  (while in B after the upgrade: {})", st_b.summary());
+    print_ratio(&downtime);
+    println!("  demo took {:.0?}", total.elapsed());
+    drop(m);
+    cleanup_run_dir(&env.run_dir, false);
+    Ok(())
+}
+
+/// `cargo xtask bench`: the downtime of `switch` against a plain reboot.
+pub fn bench() -> Result<()> {
+    let mut env = Env::prepare(&[])?;
+    let mut m = env.new_machine(MachineSpec::PLAIN)?;
+    let mut d = Downtime {
+        reboot_a: Some(m.reboot_time("a")?),
+        ..Downtime::default()
+    };
+    m.stage(TRIXIE_URL, &env.imgs.trixie_sha256)?;
+    d.switch = Some(m.timed_switch()?);
+    // The same OS on both sides of a reboot: B → B (a trial reboot spends one more try).
+    d.reboot_b = Some(m.reboot_time("b")?);
+    print_ratio(&d);
+    drop(m);
+    cleanup_run_dir(&env.run_dir, false);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selection_keeps_list_order_and_takes_letters_and_names() {
+        let all = parse_selection(None).expect("all");
+        assert_eq!(all.len(), scenarios::ALL.len());
+        let d: Vec<&str> = parse_selection(Some("g,j,i,h"))
+            .expect("parses")
+            .iter()
+            .map(|s| s.id)
+            .collect();
+        assert_eq!(d, ["h", "j", "g", "i"]);
+        let s: Vec<&str> = parse_selection(Some("rollback,a-upgrade"))
+            .expect("parses")
+            .iter()
+            .map(|s| s.id)
+            .collect();
+        assert_eq!(s, ["a", "b"]);
+        assert!(parse_selection(Some("zz")).is_err());
+    }
+}

@@ -1,0 +1,61 @@
+//! g: on a daemon machine, stage and switch, and nobody commits: the daemon in B commits
+//! after its health checks pass; `status` shows its assessment. Ends committed in B.
+
+use std::time::Instant;
+
+use anyhow::{ensure, Result};
+
+use crate::e2e::machine::step;
+use crate::e2e::scenario::{Ctx, MachineSpec, Scenario, Start};
+use crate::e2e::TRIXIE_URL;
+use crate::vm::BOOT_TIMEOUT;
+
+/// The declaration.
+pub const SCENARIO: Scenario = Scenario {
+    id: "g",
+    name: "daemon-commits",
+    about: "nobody commits: the daemon in B commits a healthy trial by itself",
+    machine: MachineSpec::DAEMON,
+    start: Start::InA,
+    serves: None,
+    run,
+};
+
+fn run(cx: &mut Ctx<'_>) -> Result<()> {
+    let m = &mut *cx.m;
+    m.ensure_staged(TRIXIE_URL, &cx.env.imgs.trixie_sha256)?;
+    m.rebooting("abupdate switch")?;
+    let t = Instant::now();
+    m.power_on()?;
+    m.vm.wait_ssh(BOOT_TIMEOUT)?;
+    m.assert_booted("b")?;
+    step(&format!(
+        "trial boot of B: ssh after {:.1?}; nobody runs commit",
+        t.elapsed()
+    ));
+    let st = m.wait_status("the daemon's commit", |s| {
+        s.state("b") == "good" && s.default() == "b"
+    })?;
+    step(&format!(
+        "the daemon committed B {:.1?} after power-on: {}",
+        t.elapsed(),
+        st.summary()
+    ));
+    ensure!(
+        st.0["trial"].is_null(),
+        "after the daemon's commit no trial may remain: {}",
+        st.summary()
+    );
+    let la = &st.0["last_assessment"];
+    step(&format!("last assessment: {la}"));
+    ensure!(
+        la["result"] == "committed" && la["slot"] == "b",
+        "status should show the daemon's committed assessment of b: {la}"
+    );
+    let text = m.abupdate("status")?;
+    ensure!(
+        text.to_lowercase().contains("assess"),
+        "`abupdate status` should mention the last assessment"
+    );
+    m.assert_data_intact()
+}

@@ -1,0 +1,53 @@
+//! The VM scenarios, one file each, and THE list of them.
+//!
+//! To add a scenario: write `x_name.rs` here with a `pub const SCENARIO: Scenario` (what
+//! it needs: the machine, whether it continues on a shared one, extra HTTP files) and its
+//! `run` function, then add its `mod` line and one entry in [`ALL`] (see
+//! `xtask/README.md`).
+
+pub mod a_upgrade;
+pub mod b_rollback;
+mod c_uncommitted_trial;
+mod d_broken_slot;
+mod e_powercut_staging;
+mod f_downtime;
+mod g_daemon_commits;
+mod h_failed_check;
+mod i_hang;
+mod j_pre_switch_hook;
+mod k_clone_upgrade;
+
+use super::scenario::Scenario;
+
+/// Every scenario, in the order a full run executes them (also the default selection).
+/// Neighbours that share a machine are kept together: f..c run on one plain machine (c
+/// finds B staged by e), h, j, g on one daemon machine (g finds B staged by j), i on its
+/// own.
+pub const ALL: &[&Scenario] = &[
+    &f_downtime::SCENARIO,
+    &a_upgrade::SCENARIO,
+    &b_rollback::SCENARIO,
+    &k_clone_upgrade::SCENARIO,
+    &d_broken_slot::SCENARIO,
+    &e_powercut_staging::SCENARIO,
+    &c_uncommitted_trial::SCENARIO,
+    &h_failed_check::SCENARIO,
+    &j_pre_switch_hook::SCENARIO,
+    &g_daemon_commits::SCENARIO,
+    &i_hang::SCENARIO,
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_and_names_are_unique() {
+        for (i, a) in ALL.iter().enumerate() {
+            for b in &ALL[i + 1..] {
+                assert_ne!(a.id, b.id, "two scenarios with id {}", a.id);
+                assert_ne!(a.name, b.name, "two scenarios named {}", a.name);
+            }
+        }
+    }
+}
