@@ -81,10 +81,38 @@ impl<'a> Transaction<'a> {
     }
 
     /// Takes the writer lock and reads whatever records exist, for `init`: nothing is
-    /// settled, `init` starts over.
-    pub fn begin_init(ctx: &'a Context) -> Result<Transaction<'a>> {
+    /// settled, `init` starts over. With `force`, records that cannot be read (a damaged
+    /// state.json or grubenv) count as absent: `init --force` rewrites them.
+    pub fn begin_init(ctx: &'a Context, force: bool) -> Result<Transaction<'a>> {
         let lock = ctx.lock()?;
-        Transaction::open(ctx, Some(lock), false)
+        match Transaction::open(ctx, Some(lock), false) {
+            Err(e) if force && crate::repair::is_damage(&e) => {
+                tracing::warn!(
+                    "{}; init --force rewrites it",
+                    crate::error::chain(&e)
+                );
+                let lock = ctx.lock()?;
+                let booted = ctx.booted()?;
+                let boot = ctx.mount_boot(false)?;
+                let snap = Snapshot {
+                    booted,
+                    state: None,
+                    grubenv: None,
+                    menu: None,
+                    fs_uuids: [ctx.slot_fs_uuid(SlotId::A)?, ctx.slot_fs_uuid(SlotId::B)?],
+                };
+                Ok(Transaction {
+                    ctx,
+                    lock: Some(lock),
+                    boot: Some(boot),
+                    writable: false,
+                    snap,
+                    settings: settings(ctx),
+                    settled: Vec::new(),
+                })
+            }
+            other => other,
+        }
     }
 
     fn open(ctx: &'a Context, lock: Option<WriterLock>, settled: bool) -> Result<Transaction<'a>> {
