@@ -106,7 +106,7 @@ pub fn discover(cfg: &Config) -> Result<Layout> {
         Some(d) => d.clone(),
         None => disk_of_root()?,
     };
-    let parts = read_gpt(&disk)?;
+    let (parts, block_size) = read_gpt(&disk)?;
     let find = |what: &str, spec: &PartitionSpec| -> Result<PartitionInfo> {
         let found: Vec<&GptEntry> = parts
             .iter()
@@ -117,7 +117,7 @@ pub fn discover(cfg: &Config) -> Result<Layout> {
             })
             .collect();
         match found.as_slice() {
-            [p] => partition_info(&disk, p),
+            [p] => partition_info(&disk, p, block_size),
             [] => Err(Error::Refused(format!(
                 "{what} partition ({}) not found in the GPT of {}",
                 spec.describe(),
@@ -164,16 +164,32 @@ pub fn booted_slot(layout: &Layout) -> Result<SlotId> {
     )))
 }
 
-/// A GPT entry as read from the disk.
-#[derive(Debug, Clone)]
-struct GptEntry {
-    number: u32,
-    partuuid: String,
-    name: String,
-    size_bytes: u64,
+/// A used GPT entry as read from the disk (read-only, with the `gpt` crate).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GptEntry {
+    /// 1-based partition number.
+    pub number: u32,
+    /// Type GUID, lowercase.
+    pub type_guid: String,
+    /// Partition GUID, lowercase.
+    pub partuuid: String,
+    /// Partition name.
+    pub name: String,
+    /// First LBA.
+    pub first_lba: u64,
+    /// Last LBA (inclusive).
+    pub last_lba: u64,
 }
 
-fn read_gpt(disk: &Path) -> Result<Vec<GptEntry>> {
+impl GptEntry {
+    /// Its size with `block_size`-byte logical blocks.
+    pub fn size_bytes(&self, block_size: u64) -> u64 {
+        (self.last_lba + 1).saturating_sub(self.first_lba) * block_size
+    }
+}
+
+/// The used entries of `disk`'s GPT and its logical block size in bytes.
+pub fn read_gpt(disk: &Path) -> Result<(Vec<GptEntry>, u64)> {
     let lb = logical_block_size(disk);
     let gpt = gpt::GptConfig::new()
         .writable(false)
@@ -182,26 +198,22 @@ fn read_gpt(disk: &Path) -> Result<Vec<GptEntry>> {
         .map_err(|e| Error::Io {
             step: "read GPT of".into(),
             path: disk.to_owned(),
-            source: std::io::Error::other(e.to_string()),
+            source: std::io::Error::other(e),
         })?;
-    let mut out = Vec::new();
-    for (n, p) in gpt.partitions() {
-        if !p.is_used() {
-            continue;
-        }
-        let size = p.bytes_len(lb).map_err(|e| Error::Io {
-            step: format!("size of GPT entry {n} on"),
-            path: disk.to_owned(),
-            source: e,
-        })?;
-        out.push(GptEntry {
+    let parts = gpt
+        .partitions()
+        .iter()
+        .filter(|(_, p)| p.is_used())
+        .map(|(n, p)| GptEntry {
             number: *n,
+            type_guid: p.part_type_guid.guid.hyphenated().to_string(),
             partuuid: p.part_guid.hyphenated().to_string(),
             name: p.name.clone(),
-            size_bytes: size,
-        });
-    }
-    Ok(out)
+            first_lba: p.first_lba,
+            last_lba: p.last_lba,
+        })
+        .collect();
+    Ok((parts, lb.into()))
 }
 
 pub(crate) fn logical_block_size(disk: &Path) -> gpt::disk::LogicalBlockSize {
@@ -216,7 +228,7 @@ pub(crate) fn logical_block_size(disk: &Path) -> gpt::disk::LogicalBlockSize {
     }
 }
 
-fn partition_info(disk: &Path, e: &GptEntry) -> Result<PartitionInfo> {
+fn partition_info(disk: &Path, e: &GptEntry, block_size: u64) -> Result<PartitionInfo> {
     let device = partition_node(disk, e.number)?;
     let meta = std::fs::metadata(&device).map_err(Error::io("stat", &device))?;
     if !meta.file_type().is_block_device() {
@@ -230,7 +242,7 @@ fn partition_info(disk: &Path, e: &GptEntry) -> Result<PartitionInfo> {
         device,
         partuuid: e.partuuid.clone(),
         partlabel: e.name.clone(),
-        size_bytes: e.size_bytes,
+        size_bytes: e.size_bytes(block_size),
         rdev: meta.rdev(),
     })
 }

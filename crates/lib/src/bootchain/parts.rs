@@ -7,29 +7,13 @@ use std::path::PathBuf;
 
 use crate::config::PartitionSpec;
 use crate::context::Context;
+use crate::disk::GptEntry;
 use crate::error::{Error, Result};
 
 /// GPT type of a BIOS boot partition.
 pub const BIOS_BOOT_TYPE: &str = "21686148-6449-6e6f-744e-656564454649";
 /// GPT type of an EFI system partition.
 pub const ESP_TYPE: &str = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b";
-
-/// A GPT entry as the selection needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GptPart {
-    /// 1-based partition number.
-    pub number: u32,
-    /// Type GUID, lowercase.
-    pub type_guid: String,
-    /// Partition GUID, lowercase.
-    pub partuuid: String,
-    /// Partition name.
-    pub name: String,
-    /// First LBA.
-    pub first_lba: u64,
-    /// Last LBA (inclusive).
-    pub last_lba: u64,
-}
 
 /// A firmware partition found on the disk.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -63,13 +47,13 @@ pub struct Firmware {
 /// `type_guid` (pure). Several of the type without a config entry is an error, as is a
 /// configured one that is missing.
 pub fn select<'a>(
-    parts: &'a [GptPart],
+    parts: &'a [GptEntry],
     spec: Option<&PartitionSpec>,
     type_guid: &str,
     what: &str,
     key: &str,
-) -> std::result::Result<Option<&'a GptPart>, String> {
-    let found: Vec<&GptPart> = match spec {
+) -> std::result::Result<Option<&'a GptEntry>, String> {
+    let found: Vec<&GptEntry> = match spec {
         Some(s) => parts
             .iter()
             .filter(|p| match (&s.partlabel, &s.partuuid) {
@@ -106,45 +90,18 @@ pub fn select<'a>(
     }
 }
 
-fn read_gpt(disk: &std::path::Path) -> Result<(Vec<GptPart>, u64)> {
-    let lb = crate::disk::logical_block_size(disk);
-    let gpt = gpt::GptConfig::new()
-        .writable(false)
-        .logical_block_size(lb)
-        .open(disk)
-        .map_err(|e| Error::Io {
-            step: "read GPT of".into(),
-            path: disk.to_owned(),
-            source: std::io::Error::other(e),
-        })?;
-    let parts = gpt
-        .partitions()
-        .iter()
-        .filter(|(_, p)| p.is_used())
-        .map(|(n, p)| GptPart {
-            number: *n,
-            type_guid: p.part_type_guid.guid.hyphenated().to_string(),
-            partuuid: p.part_guid.hyphenated().to_string(),
-            name: p.name.clone(),
-            first_lba: p.first_lba,
-            last_lba: p.last_lba,
-        })
-        .collect();
-    Ok((parts, lb.into()))
-}
-
 /// Finds the firmware partitions of the abupdate disk.
 pub fn discover(ctx: &Context) -> Result<Firmware> {
     let disk = &ctx.layout.disk;
-    let (parts, block_size) = read_gpt(disk)?;
+    let (parts, block_size) = crate::disk::read_gpt(disk)?;
     let cfg = &ctx.cfg.bootchain;
-    let to_fw = |p: &GptPart| -> Result<FwPartition> {
+    let to_fw = |p: &GptEntry| -> Result<FwPartition> {
         Ok(FwPartition {
             number: p.number,
             device: crate::disk::partition_node(disk, p.number)?,
             partuuid: p.partuuid.clone(),
             first_lba: p.first_lba,
-            size_bytes: (p.last_lba + 1 - p.first_lba) * block_size,
+            size_bytes: p.size_bytes(block_size),
         })
     };
     let bios = select(
@@ -175,8 +132,8 @@ pub fn discover(ctx: &Context) -> Result<Firmware> {
 mod tests {
     use super::*;
 
-    fn part(n: u32, t: &str, name: &str) -> GptPart {
-        GptPart {
+    fn part(n: u32, t: &str, name: &str) -> GptEntry {
+        GptEntry {
             number: n,
             type_guid: t.into(),
             partuuid: format!("5e1f0000-0000-4000-8000-00000000000{n}"),
