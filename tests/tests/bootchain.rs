@@ -724,6 +724,12 @@ fn verify_refuses_a_slot_with_an_ext4_feature_grub_cannot_read() -> Result<()> {
     let j = disk.run(["--json", "verify", "--slot", "b"])?;
     j.assert_code(4);
     assert_eq!(j.json()?["ok"], false);
+    // switch runs the same proof before its first write: refused, the disk unchanged.
+    let before = disk.fingerprint()?;
+    disk.run(["switch", "--no-reboot"])?
+        .assert_code(4)
+        .assert_mentions_all(&["switch refused", "slot-b-filesystem", "nothing was changed"]);
+    assert_eq!(disk.fingerprint()?, before, "a refused switch changed the disk");
     Ok(())
 }
 
@@ -814,6 +820,17 @@ fn verify_fails_on_a_missing_initrd_and_boot_code_pointing_elsewhere() -> Result
             .arg("::/EFI/debian/grub.cfg"),
     )?;
     assert_verify_fails(&disk, &["esp", "/efi/debian/grub.cfg", &uuid_a])?;
+    let before = disk.fingerprint()?;
+    disk.run(["switch", "--no-reboot"])?
+        .assert_code(4)
+        .assert_mentions_all(&["switch refused", "esp"]);
+    assert_eq!(disk.fingerprint()?, before, "a refused switch changed the disk");
+
+    // With the chain as init left it, the proof passes and the switch goes ahead.
+    disk.run(["init", "--chain-only"])?.assert_ok();
+    disk.run(["switch", "--no-reboot"])?.assert_ok();
+    let records = disk.records()?;
+    assert_eq!(records["grubenv"]["ab_trial"], "b", "{records:#}");
     Ok(())
 }
 

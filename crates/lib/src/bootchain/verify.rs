@@ -669,6 +669,24 @@ pub fn verify(ctx: &Context, slot: Option<SlotId>) -> Result<VerifyReport> {
     })
 }
 
+/// What `switch` and `rollback` check before their first write, when abupdate owns the boot
+/// chain (`bootchain.install`): [`verify`] of the slot they make GRUB boot next. A failed
+/// check refuses the operation (exit 4) with the boot partition untouched.
+pub fn before_boot(ctx: &Context, slot: SlotId, op: &str) -> Result<()> {
+    if !ctx.cfg.bootchain.install {
+        return Ok(());
+    }
+    let report = verify(ctx, Some(slot))?;
+    if report.ok {
+        return Ok(());
+    }
+    Err(Error::Verification(format!(
+        "{op} refused: GRUB could not boot slot {slot}: {}; nothing was changed \
+         (`abupdate verify --slot {slot}` shows every check)",
+        report.failures()
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,5 +28,12 @@ pub fn rollback(ctx: &Context, opts: &RollbackOpts) -> Result<Outcome> {
             None => return Err(Error::Refused(refused)),
         },
     };
+    // A rollback between good slots makes the other slot GRUB's default: prove GRUB can
+    // boot it. Leaving a trial (for the slot that was good before it) or cancelling one is
+    // not held up by a proof. (The plan names the other slot only in the first case.)
+    let booted = tx.snapshot().booted;
+    if let Some(target) = plan.slot.filter(|s| *s != booted && plan.reboot) {
+        crate::bootchain::verify::before_boot(ctx, target, "rollback")?;
+    }
     finish_reboot(Outcome::of(&tx.apply(plan)?, !opts.no_reboot))
 }

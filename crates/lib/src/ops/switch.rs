@@ -16,7 +16,8 @@ pub struct SwitchOpts {
     pub tries: Option<u32>,
 }
 
-/// `abupdate switch`: the pre-switch hooks run once the plan is known and may refuse it.
+/// `abupdate switch`: once the plan is known, `verify` proves GRUB can boot the staged slot
+/// (when abupdate owns the boot chain), then the pre-switch hooks run and may refuse it.
 pub fn switch(ctx: &Context, opts: &SwitchOpts) -> Result<Outcome> {
     let tries = opts.tries.unwrap_or(ctx.cfg.trial.tries);
     if !(1..=crate::config::MAX_TRIES).contains(&tries) {
@@ -36,6 +37,7 @@ pub fn switch(ctx: &Context, opts: &SwitchOpts) -> Result<Outcome> {
     if plan.steps.is_empty() {
         return Ok(Outcome::of(&tx.apply(plan)?, false));
     }
+    crate::bootchain::verify::before_boot(ctx, booted.other(), "switch")?;
     hooks::run(
         &ctx.cfg,
         HookPoint::PreSwitch,
