@@ -22,6 +22,7 @@ use abupdate_tests::checks::{slot_status, stage_args};
 use abupdate_tests::disk::DiskOptions;
 use abupdate_tests::{abupdate_bin, serial, sha256_file, ChildGuard, Output, TestDisk};
 use abupdate_utils::mount::TempMount;
+use abupdate_testkit::config::{CheckConfig, OnFailure};
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
@@ -46,15 +47,28 @@ impl Fx {
         let dir = disk.dir().to_owned();
         fs::create_dir_all(dir.join("hooks"))?;
         let config = dir.join("abupdate-daemon.yaml");
-        let text = format!(
-            "{}health:\n  deadline: 120\n  on_failure: keep\n  checks:\n    \
-             - {{ command: [/bin/sh, -c, \"test -e {d}/healthy && if test -e {d}/hold; then echo held > {d}/held.fifo; read x < {d}/go.fifo; fi\"], timeout: 100 }}\n\
-             watchdog:\n  enabled: true\n  device: {d}/watchdog\n\
-             hooks_dir: {d}/hooks\n",
-            disk.config_text()?,
-            d = dir.display()
-        );
-        fs::write(&config, text)?;
+        let d = dir.display();
+        let mut cfg = disk.abupdate_config()?;
+        cfg.health.deadline = 120;
+        cfg.health.on_failure = OnFailure::Keep;
+        cfg.health.checks = vec![CheckConfig {
+            unit: None,
+            command: Some(vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                format!(
+                    "test -e {d}/healthy && if test -e {d}/hold; then echo held > {d}/held.fifo; \
+                     read x < {d}/go.fifo; fi"
+                ),
+            ]),
+            tcp: None,
+            http: None,
+            timeout: 100,
+        }];
+        cfg.watchdog.enabled = true;
+        cfg.watchdog.device = dir.join("watchdog");
+        cfg.hooks_dir = dir.join("hooks");
+        fs::write(&config, abupdate_testkit::config::to_yaml(&cfg)?)?;
         fs::write(dir.join("healthy"), "")?;
         fs::write(dir.join("watchdog"), "")?;
         let start = fs::read(disk.boot()).context("read the boot partition")?;

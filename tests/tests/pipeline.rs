@@ -19,7 +19,7 @@ use abupdate_tests::proc::run_ok;
 use abupdate_tests::{
     compress, make_image, serial, Compression, DiskOptions, Image, ImageSpec, Output, TestDisk,
 };
-use abupdate_utils::mount::TempMount;
+use abupdate_utils::mount::{BindMount, TempMount};
 use anyhow::{ensure, Context, Result};
 
 /// Bytes held back until the image is verified (`abupdate_lib::stage::HEAD_LEN`).
@@ -202,8 +202,12 @@ fn a_device_that_cannot_zero_gets_the_zeros_written() -> Result<()> {
     // A loop device over a file on ramfs: ramfs has no fallocate, so the loop device has
     // no write-zeroes and punching a hole in it fails with EOPNOTSUPP.
     let ram = TempMount::new(Path::new("ramfs"), "ramfs", false).context("mount a ramfs")?;
+    // abupdate mounts a tmpfs of its own on /run/abupdate, where the ramfs is: it sees the
+    // ramfs through a bind mount outside it.
+    let seen = tempfile::tempdir().context("a directory for the ramfs")?;
+    let bind = BindMount::new(ram.path(), seen.path()).context("bind the ramfs")?;
     let disk = TestDisk::with(DiskOptions {
-        dir: Some(ram.path().to_owned()),
+        dir: Some(seen.path().to_owned()),
         ..Default::default()
     })?;
     let zeroes = fs::read_to_string(format!(
@@ -223,6 +227,7 @@ fn a_device_that_cannot_zero_gets_the_zeros_written() -> Result<()> {
     assert_eq!(report["image_writes"]["zeroing"], "write", "{report:#}");
     assert_eq!(report["image_writes"]["zeroed_bytes"], 0, "{report:#}");
     drop(disk);
+    bind.close()?;
     ram.close()?;
     Ok(())
 }

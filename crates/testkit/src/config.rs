@@ -79,12 +79,25 @@ pub fn tcp_check(addr: &str) -> CheckConfig {
 
 /// The YAML text of `cfg`, checked by parsing it back with abupdate's own parser.
 pub fn to_yaml(cfg: &Config) -> Result<String> {
-    let text = serde_yaml::to_string(cfg).context("serialize the test configuration")?;
+    let mut value = serde_yaml::to_value(cfg).context("serialize the test configuration")?;
+    drop_nulls(&mut value);
+    let text = serde_yaml::to_string(&value).context("serialize the test configuration")?;
     Config::parse(&text, Path::new("<serialized test configuration>"))
         .with_context(|| format!("abupdate rejects the serialized configuration:\n{text}"))?;
     Ok(format!(
         "# written by abupdate-testkit from abupdate_lib::config::Config\n{text}"
     ))
+}
+
+/// Leaves out the keys of absent optional values (`update: null`), as a written
+/// configuration would, so that a test can append a section for them.
+fn drop_nulls(v: &mut serde_yaml::Value) {
+    if let serde_yaml::Value::Mapping(m) = v {
+        m.retain(|_, v| !v.is_null());
+        for (_, v) in m.iter_mut() {
+            drop_nulls(v);
+        }
+    }
 }
 
 /// Writes `cfg` as YAML to `path`.
