@@ -1,7 +1,7 @@
 //! `cargo xtask test`: README's test command, run by `.ci/run`. Unit and privileged tests
 //! (`cargo test --workspace`, as root), the dependency check, GRUB's own script run under
-//! QEMU, the Debian package (lintian and its install/upgrade/purge check), then the VM
-//! end-to-end scenarios.
+//! QEMU, the Debian package (lintian and its install/upgrade/purge check), the Ansible
+//! collection against fake hosts, then the VM end-to-end scenarios.
 
 use std::process::Command;
 
@@ -18,6 +18,19 @@ fn cargo(args: &[&str]) -> Result<()> {
         .with_context(|| format!("run cargo {}", args.join(" ")))?;
     if !status.success() {
         bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// `ansible/tests/run`: the fleet collection's module and playbooks against fake hosts.
+fn ansible_tests() -> Result<()> {
+    let run = util::workspace_root().join("ansible/tests/run");
+    eprintln!("xtask: {}", run.display());
+    let status = Command::new(&run)
+        .status()
+        .with_context(|| format!("run {}", run.display()))?;
+    if !status.success() {
+        bail!("{} failed ({status})", run.display());
     }
     Ok(())
 }
@@ -46,6 +59,8 @@ pub fn run(vm: bool) -> Result<()> {
     ])?;
     // The package: lintian, then install, upgrade, removal and purge in a Debian 12 tree.
     deb::run(None, true)?;
+    // The Ansible collection against fake hosts (ansible-playbook, connection=local).
+    ansible_tests()?;
     if vm {
         let all = e2e::parse_selection(None)?;
         e2e::run(&all, false)?;
