@@ -820,13 +820,9 @@ fn verify_fails_on_a_missing_initrd_and_boot_code_pointing_elsewhere() -> Result
             .arg("::/EFI/debian/grub.cfg"),
     )?;
     assert_verify_fails(&disk, &["esp", "/efi/debian/grub.cfg", &uuid_a])?;
-    let before = disk.fingerprint()?;
-    disk.run(["switch", "--no-reboot"])?
-        .assert_code(4)
-        .assert_mentions_all(&["switch refused", "esp"]);
-    assert_eq!(disk.fingerprint()?, before, "a refused switch changed the disk");
 
-    // With the chain as init left it, the proof passes and the switch goes ahead.
+    // switch proves the slot it boots next (not the chain, which only init changes): the
+    // slot is readable, so the switch goes ahead.
     disk.run(["init", "--chain-only"])?.assert_ok();
     disk.run(["switch", "--no-reboot"])?.assert_ok();
     let records = disk.records()?;

@@ -581,6 +581,11 @@ fn check_esp(
 /// slot (default: every slot with a menu entry to boot). A refused verification (nothing
 /// to verify) is an error; failed checks are in the report (`ok: false`).
 pub fn verify(ctx: &Context, slot: Option<SlotId>) -> Result<VerifyReport> {
+    verify_with(ctx, slot, true)
+}
+
+/// [`verify`], with or without the boot chain's checks (`chain`).
+fn verify_with(ctx: &Context, slot: Option<SlotId>, chain: bool) -> Result<VerifyReport> {
     let version = match Cmd::new("grub-fstest").arg("--version").run() {
         Ok(o) => parse_grub_version(&o.stdout_str()).unwrap_or_else(|| o.stdout_str()),
         Err(abupdate_utils::CmdError::Spawn { source, .. }) => {
@@ -615,7 +620,11 @@ pub fn verify(ctx: &Context, slot: Option<SlotId>) -> Result<VerifyReport> {
     let grub_cfg =
         std::fs::read_to_string(&grub_cfg_path).map_err(Error::io("read", &grub_cfg_path))?;
     let boot_uuid = check_boot(ctx, boot.root(), &mut checks)?;
-    let rec = ChainRecord::load(boot.root())?;
+    let rec = if chain {
+        ChainRecord::load(boot.root())?
+    } else {
+        None
+    };
     let mut installed = Vec::new();
     match &rec {
         Some(r) => {
@@ -640,6 +649,7 @@ pub fn verify(ctx: &Context, slot: Option<SlotId>) -> Result<VerifyReport> {
             }
             check_chain(ctx, boot.root(), &boot_uuid, r, &mut checks, &mut notes)?;
         }
+        None if !chain => {}
         None if ctx.cfg.bootchain.install => checks.add(
             "boot-chain",
             Err(
@@ -670,13 +680,15 @@ pub fn verify(ctx: &Context, slot: Option<SlotId>) -> Result<VerifyReport> {
 }
 
 /// What `switch` and `rollback` check before their first write, when abupdate owns the boot
-/// chain (`bootchain.install`): [`verify`] of the slot they make GRUB boot next. A failed
-/// check refuses the operation (exit 4) with the boot partition untouched.
+/// chain (`bootchain.install`): [`verify`] of the slot they make GRUB boot next and of the
+/// boot partition (the chain itself changes only in `init`, which records and `verify`
+/// checks it). A failed check refuses the operation (exit 4) with the boot partition
+/// untouched.
 pub fn before_boot(ctx: &Context, slot: SlotId, op: &str) -> Result<()> {
     if !ctx.cfg.bootchain.install {
         return Ok(());
     }
-    let report = verify(ctx, Some(slot))?;
+    let report = verify_with(ctx, Some(slot), false)?;
     if report.ok {
         return Ok(());
     }
