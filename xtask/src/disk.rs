@@ -1,9 +1,13 @@
 //! Assembles a VM test disk from the cached parts, on the test kit's disk builder: GPT with
 //! fixed identifiers, slot A = Debian 12 + the release abupdate binary and its config (a
-//! typed `Config`, serialized), an ext2 boot partition with GRUB's modules, the firmware's
-//! boot code (BIOS: core.img in the BIOS boot partition and boot.img in the MBR, GRUB without
-//! grub-install, see docs/vm-harness.md), a data partition with a checksummed file. Then the host-built
-//! `abupdate init --slot a` writes grub.cfg, grubenv and state: xtask never writes those.
+//! typed `Config`, serialized), an ext2 boot partition, the firmware's boot code, a data
+//! partition with a checksummed file. Then the host-built `abupdate init --slot a` writes
+//! grub.cfg, grubenv and state: xtask never writes those. BIOS: xtask copies GRUB's modules
+//! and writes core.img in the BIOS boot partition and boot.img in the MBR itself (the
+//! harness's own GRUB without grub-install, see docs/vm-harness.md). UEFI: `init` installs
+//! the chain too (`bootchain.install: true`): GRUB's x86_64-efi modules on the boot
+//! partition and its unsigned image as `\EFI\BOOT\BOOTX64.EFI` on the FAT16 ESP, written
+//! with mtools on the loop partition (the host has no vfat driver).
 //!
 //! The e2e harness builds one such disk per [`DiskKind`] and run, keeps it immutable and
 //! gives every machine its own qcow2 overlay on it (see `vm::create_overlay`).
@@ -13,7 +17,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use abupdate_testkit::config::{self, Config, OnFailure};
+use abupdate_testkit::config::{self, Config, EfiLoader, OnFailure};
 use abupdate_testkit::disk::{Disk, Layout, Role};
 use abupdate_utils::Cmd;
 use anyhow::{bail, Context, Result};
@@ -21,14 +25,16 @@ use anyhow::{bail, Context, Result};
 use crate::images::Images;
 use crate::util;
 
-/// The firmware a test machine boots with; its disk carries the matching boot code and
-/// `vm` starts QEMU with the matching firmware. A UEFI variant adds an EFI system
-/// partition to [`layout`], its boot code to [`install_boot_code`] and OVMF to
-/// `vm::firmware_args`.
+/// The firmware a test machine boots with; its disk carries the matching boot code
+/// ([`layout`], [`install_boot_code`]) and `vm` starts QEMU with the matching firmware
+/// (`vm::firmware_args`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Firmware {
     /// SeaBIOS; GRUB's i386-pc core image in a BIOS boot partition, boot.img in the MBR.
     Bios,
+    /// OVMF without Secure Boot; an EFI system partition with the unsigned GRUB image that
+    /// `abupdate init` builds and installs itself.
+    Uefi,
 }
 
 /// What a disk holds besides the common parts.
@@ -57,6 +63,7 @@ impl DiskKind {
     pub fn name(self) -> String {
         let fw = match self.firmware {
             Firmware::Bios => "bios",
+            Firmware::Uefi => "uefi",
         };
         if self.daemon {
             format!("{fw}-daemon")
@@ -69,7 +76,7 @@ impl DiskKind {
 /// Size of each root slot.
 const SLOT_MIB: u64 = 1600;
 const DISK_LABEL_ID: &str = "5e1f0000-0000-4000-8000-0000000000ff";
-/// Partition UUIDs: BIOS boot, boot, root-a, root-b, data.
+/// Partition UUIDs: BIOS boot (or ESP), boot, root-a, root-b, data.
 const PART_UUIDS: [&str; 5] = [
     "5e1f0000-0000-4000-8000-000000000001",
     "5e1f0000-0000-4000-8000-000000000002",
@@ -81,6 +88,10 @@ const PART_UUIDS: [&str; 5] = [
 pub const BOOT_FS_UUID: &str = "5e1f0000-0000-4000-8000-0000000000b2";
 const ROOT_A_FS_UUID: &str = "5e1f0000-0000-4000-8000-0000000000a3";
 const DATA_FS_UUID: &str = "5e1f0000-0000-4000-8000-0000000000d5";
+/// The ESP's FAT volume id.
+const ESP_VOLUME_ID: &str = "5e1f00e1";
+/// Size of the ESP: FAT16, room for GRUB's image (a few MiB at most).
+const ESP_MIB: u64 = 32;
 /// The file on the data partition whose checksum must never change.
 pub const DATA_FILE: &str = "/data/testdata.bin";
 /// Content of `/etc/app.conf`, an application config the manifest carries to the new slot.
@@ -99,6 +110,7 @@ pub struct DiskInfo {
 pub fn layout(firmware: Firmware) -> Layout {
     let mut l = match firmware {
         Firmware::Bios => Layout::abupdate(128, SLOT_MIB, 64).with_bios_boot(),
+        Firmware::Uefi => Layout::abupdate(128, SLOT_MIB, 64).with_esp(ESP_MIB),
     };
     l.disk_guid = Some(DISK_LABEL_ID.to_owned());
     for (p, uuid) in l.parts.iter_mut().zip(PART_UUIDS) {
@@ -107,16 +119,26 @@ pub fn layout(firmware: Firmware) -> Layout {
             Role::Boot => Some(BOOT_FS_UUID.to_owned()),
             Role::SlotA => Some(ROOT_A_FS_UUID.to_owned()),
             Role::Data => Some(DATA_FS_UUID.to_owned()),
+            Role::Esp => Some(ESP_VOLUME_ID.to_owned()),
             Role::BiosBoot | Role::SlotB => None,
         };
     }
     l
 }
 
-/// abupdate's config as installed in slot A of a `daemon` (or plain) disk: partitions by
-/// GPT name, no `disk:`, the manifest and services a real host would carry across.
-pub fn guest_config(daemon: bool) -> Result<Config> {
+/// abupdate's config as installed in slot A of a disk of `kind`: partitions by GPT name, no
+/// `disk:`, the manifest and services a real host would carry across. On UEFI disks abupdate
+/// owns the boot chain (`bootchain.install: true`, so `stage` guards the new slot's GRUB
+/// packages) with the unsigned GRUB image (OVMF runs without Secure Boot) and no NVRAM
+/// entry (the firmware boots the removable path `\EFI\BOOT\BOOTX64.EFI`).
+pub fn guest_config(kind: DiskKind) -> Result<Config> {
+    let daemon = kind.daemon;
     let mut c = config::standard(None)?;
+    if kind.firmware == Firmware::Uefi {
+        c.bootchain.install = true;
+        c.bootchain.efi_loader = EfiLoader::Unsigned;
+        c.bootchain.nvram = false;
+    }
     c.manifest.include = [
         "/etc/hostname",
         "/etc/ssh/ssh_host_*",
@@ -163,7 +185,7 @@ fn data_file_content() -> Vec<u8> {
 
 /// Builds the disk image of `kind` at `out` (overwritten).
 pub fn build(imgs: &Images, abupdate: &Path, out: &Path, kind: DiskKind) -> Result<DiskInfo> {
-    let config = guest_config(kind.daemon)?;
+    let config = guest_config(kind)?;
     let start = std::time::Instant::now();
     let layout = layout(kind.firmware);
     let disk = Disk::create(out, &layout)?;
@@ -220,10 +242,13 @@ pub fn build(imgs: &Images, abupdate: &Path, out: &Path, kind: DiskKind) -> Resu
     install_file(data.path(), "testdata.bin", &content, 0o644)?;
     data.close().context("unmount the data partition")?;
 
-    // Boot partition: GRUB's modules (grub.cfg and grubenv are abupdate's).
-    let boot = disk.mount(Role::Boot)?;
-    copy_grub_modules(kind.firmware, boot.path())?;
-    boot.close().context("unmount the boot partition")?;
+    // Boot partition: GRUB's modules for BIOS (grub.cfg and grubenv are abupdate's, and so
+    // is everything of the UEFI chain).
+    if kind.firmware == Firmware::Bios {
+        let boot = disk.mount(Role::Boot)?;
+        copy_grub_modules(boot.path())?;
+        boot.close().context("unmount the boot partition")?;
+    }
 
     abupdate_init(abupdate, &disk, &config)?;
     disk.close()?;
@@ -269,15 +294,11 @@ fn find_kernel(root: &Path) -> Result<String> {
     bail!("no /boot/vmlinuz-* in {}", boot.display())
 }
 
-/// GRUB's platform directory for `firmware`.
-fn grub_dir(firmware: Firmware) -> &'static str {
-    match firmware {
-        Firmware::Bios => "/usr/lib/grub/i386-pc",
-    }
-}
+/// GRUB's BIOS platform directory (the UEFI chain is `abupdate init`'s).
+const GRUB_BIOS_DIR: &str = "/usr/lib/grub/i386-pc";
 
-fn copy_grub_modules(firmware: Firmware, boot: &Path) -> Result<()> {
-    let src = grub_dir(firmware);
+fn copy_grub_modules(boot: &Path) -> Result<()> {
+    let src = GRUB_BIOS_DIR;
     let platform = Path::new(src).file_name().unwrap_or_default();
     let dest = boot.join("grub").join(platform);
     std::fs::create_dir_all(&dest).with_context(|| format!("create {}", dest.display()))?;
@@ -305,7 +326,14 @@ fn abupdate_init(abupdate: &Path, disk: &Disk, guest: &Config) -> Result<()> {
         "disk: abupdate --config <disk: {}> init --slot a",
         disk.device().display()
     );
-    let out = Cmd::new(abupdate)
+    let mut cmd = Cmd::new(abupdate);
+    if guest.bootchain.install {
+        // Installing the chain also guards slot A's boot-loader packages, which init does
+        // in the booted slot: on the host building the disk that is slot A of the loop
+        // disk (as in the privileged tests; never set in a guest).
+        cmd = cmd.env("ABUPDATE_ASSUME_BOOTED", "a");
+    }
+    let out = cmd
         .arg("--config")
         .arg(&cfg)
         .args(["init", "--slot", "a"])
@@ -317,17 +345,37 @@ fn abupdate_init(abupdate: &Path, disk: &Disk, guest: &Config) -> Result<()> {
     Ok(())
 }
 
-/// Writes the firmware's boot code into the (detached) image.
+/// Writes the firmware's boot code into the (detached) image: BIOS only, `abupdate init`
+/// installed the UEFI chain (checked here: the ESP holds a FAT after it).
 fn install_boot_code(firmware: Firmware, layout: &Layout, image: &Path) -> Result<()> {
     match firmware {
         Firmware::Bios => install_grub_bios(layout, image),
+        Firmware::Uefi => check_esp(layout, image),
     }
+}
+
+/// Lists `\EFI\BOOT` on the detached image's ESP with mtools: `BOOTX64.EFI` must be there.
+fn check_esp(layout: &Layout, image: &Path) -> Result<()> {
+    let start = layout
+        .start_sector(Role::Esp)
+        .context("the UEFI layout has no EFI system partition")?;
+    let out = Cmd::new("mdir")
+        .arg("-i")
+        .arg(format!("{}@@{}", image.display(), start * 512))
+        .args(["-b", "::/EFI/BOOT"])
+        .run()
+        .with_context(|| format!("list the ESP of {} with mdir", image.display()))?;
+    let list = out.stdout_str();
+    if !list.to_uppercase().contains("BOOTX64.EFI") {
+        bail!("abupdate init left no \\EFI\\BOOT\\BOOTX64.EFI on the ESP: {list}");
+    }
+    Ok(())
 }
 
 /// GRUB i386-pc boot code without grub-install: core.img into the BIOS boot partition with
 /// its blocklist pointing at itself, boot.img's code into the MBR pointing at core.img.
 fn install_grub_bios(layout: &Layout, image: &Path) -> Result<()> {
-    let grub = grub_dir(Firmware::Bios);
+    let grub = GRUB_BIOS_DIR;
     let (Some(bios_start), Some(bios)) = (
         layout.start_sector(Role::BiosBoot),
         layout.part(Role::BiosBoot),
@@ -404,11 +452,29 @@ mod tests {
 
     #[test]
     fn guest_configs_parse_and_differ_only_by_the_daemon() {
-        let plain = config::to_yaml(&guest_config(false).expect("plain")).expect("yaml");
-        let daemon = guest_config(true).expect("daemon");
+        let plain = config::to_yaml(&guest_config(DiskKind::PLAIN).expect("plain")).expect("yaml");
+        let daemon = guest_config(DiskKind::DAEMON).expect("daemon");
         assert!(!plain.contains("abupdate.service"), "{plain}");
         assert!(daemon.services.iter().any(|s| s == "abupdate.service"));
         assert_eq!(daemon.health.checks.len(), 2);
         assert_eq!(daemon.grub.timeout, 0);
+        assert!(!daemon.bootchain.install);
+    }
+
+    #[test]
+    fn uefi_disk_has_an_esp_and_abupdate_owns_its_chain() {
+        let l = layout(Firmware::Uefi);
+        assert_eq!(l.number(Role::Esp), Some(1));
+        assert_eq!(l.number(Role::BiosBoot), None);
+        assert!(l
+            .sfdisk_script()
+            .contains("type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=\"esp\""));
+        let c = guest_config(DiskKind {
+            firmware: Firmware::Uefi,
+            daemon: false,
+        })
+        .expect("uefi");
+        assert!(c.bootchain.install && !c.bootchain.nvram);
+        assert_eq!(c.bootchain.efi_loader, EfiLoader::Unsigned);
     }
 }

@@ -82,17 +82,46 @@ pub fn create_overlay(base: &Path, overlay: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The QEMU arguments that select `firmware` (SeaBIOS is QEMU's default).
-fn firmware_args(firmware: Firmware) -> Vec<String> {
-    match firmware {
-        Firmware::Bios => Vec::new(),
+/// OVMF's code (read-only) and the template of its variable store, from the `ovmf`
+/// package; no Secure Boot.
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+/// The empty variable store every UEFI machine starts from (copied per machine).
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// The machine's own OVMF variable store in `dir` (its NVRAM, kept across the machine's
+/// boots like a real one), copied from [`OVMF_VARS`] when missing.
+fn ovmf_vars(dir: &Path) -> Result<PathBuf> {
+    let vars = dir.join("OVMF_VARS.fd");
+    if !vars.exists() {
+        std::fs::copy(OVMF_VARS, &vars)
+            .with_context(|| format!("copy {OVMF_VARS} to {}", vars.display()))?;
     }
+    Ok(vars)
+}
+
+/// The QEMU arguments that select `firmware` (SeaBIOS is QEMU's default; UEFI: OVMF's code
+/// and the machine's variable store `vars` as pflash).
+fn firmware_args(firmware: Firmware, vars: Option<&Path>) -> Result<Vec<String>> {
+    Ok(match firmware {
+        Firmware::Bios => Vec::new(),
+        Firmware::Uefi => {
+            let vars = vars.context("a UEFI machine without its OVMF variable store")?;
+            vec![
+                "-drive".into(),
+                format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
+                "-drive".into(),
+                format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+            ]
+        }
+    })
 }
 
 /// A virtual machine over one disk image.
 pub struct Vm {
     disk: PathBuf,
     firmware: Firmware,
+    /// The OVMF variable store of a UEFI machine.
+    vars: Option<PathBuf>,
     log_dir: PathBuf,
     key: PathBuf,
     http_port: u16,
@@ -111,7 +140,7 @@ fn free_port() -> Result<u16> {
 
 impl Vm {
     /// A stopped VM for `disk` (qcow2 when its name ends in `.qcow2`, else raw) booting
-    /// with `firmware`; logs go to `log_dir`.
+    /// with `firmware`; logs (and a UEFI machine's variable store) go to `log_dir`.
     pub fn new(
         disk: &Path,
         firmware: Firmware,
@@ -121,9 +150,14 @@ impl Vm {
     ) -> Result<Vm> {
         std::fs::create_dir_all(log_dir)
             .with_context(|| format!("create {}", log_dir.display()))?;
+        let vars = match firmware {
+            Firmware::Bios => None,
+            Firmware::Uefi => Some(ovmf_vars(log_dir)?),
+        };
         Ok(Vm {
             disk: disk.to_path_buf(),
             firmware,
+            vars,
             log_dir: log_dir.to_path_buf(),
             key: key.to_path_buf(),
             http_port,
@@ -176,7 +210,7 @@ impl Vm {
         let child = Command::new("qemu-system-x86_64")
             .args(["-accel", "tcg,thread=multi", "-cpu", "max", "-M", "q35"])
             .args(["-smp", "2", "-m", "1024", "-nodefaults", "-display", "none"])
-            .args(firmware_args(self.firmware))
+            .args(firmware_args(self.firmware, self.vars.as_deref())?)
             .arg("-no-reboot")
             .arg("-serial")
             .arg(format!("file:{}", serial.display()))

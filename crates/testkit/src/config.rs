@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 
 pub use abupdate_lib::config::{
-    CheckConfig, Config, OnFailure, PartitionSpec, SerialConfig, DEFAULT_BOOT_MOUNTPOINT,
-    DEFAULT_DATA_MOUNTPOINT,
+    CheckConfig, Config, EfiLoader, OnFailure, PartitionSpec, SerialConfig,
+    DEFAULT_BOOT_MOUNTPOINT, DEFAULT_DATA_MOUNTPOINT,
 };
 use anyhow::{Context, Result};
 

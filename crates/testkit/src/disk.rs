@@ -1,5 +1,5 @@
 //! The one disk builder: a sparse GPT image laid out like an abupdate host (an optional BIOS
-//! boot partition, the ext2 boot partition `abboot`, slots `root-a` and `root-b`, `data`),
+//! boot partition or FAT EFI system partition, the ext2 boot partition `abboot`, slots `root-a` and `root-b`, `data`),
 //! attached to a loop device with its partitions visible, formatted, and the minimal
 //! "Debian" tree that stands in for an installed system in a slot.
 //!
@@ -22,12 +22,17 @@ const SECTORS_PER_MIB: u64 = 2048;
 pub const LINUX_FS: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
 /// GPT type of a BIOS boot partition (GRUB's i386-pc core image).
 pub const BIOS_BOOT: &str = "21686148-6449-6E6F-744E-656564454649";
+/// GPT type of an EFI system partition.
+pub const ESP: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
 
 /// What a partition is for; its GPT name is what abupdate's config selects it by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     /// BIOS boot partition, no filesystem.
     BiosBoot,
+    /// EFI system partition (FAT16, empty; written with mtools: it is never mounted, the
+    /// hosts the tests run on may have no vfat driver).
+    Esp,
     /// The shared boot partition (ext2).
     Boot,
     /// Root slot A (ext4, filled by the caller).
@@ -43,6 +48,7 @@ impl Role {
     pub fn partlabel(self) -> &'static str {
         match self {
             Role::BiosBoot => "bios",
+            Role::Esp => "esp",
             Role::Boot => "abboot",
             Role::SlotA => "root-a",
             Role::SlotB => "root-b",
@@ -55,7 +61,8 @@ impl Role {
         match self {
             Role::Boot => Some("mkfs.ext2"),
             Role::SlotA | Role::Data => Some("mkfs.ext4"),
-            Role::BiosBoot | Role::SlotB => None,
+            // FAT, formatted apart: mkfs.vfat takes other options.
+            Role::Esp | Role::BiosBoot | Role::SlotB => None,
         }
     }
 
@@ -63,6 +70,7 @@ impl Role {
     pub fn fstype(self) -> &'static str {
         match self {
             Role::Boot => "ext2",
+            Role::Esp => "vfat",
             _ => "ext4",
         }
     }
@@ -123,6 +131,12 @@ impl Layout {
         self
     }
 
+    /// The same layout behind an EFI system partition of `mib` MiB (partition 1).
+    pub fn with_esp(mut self, mib: u64) -> Layout {
+        self.parts.insert(0, PartSpec::new(Role::Esp, mib));
+        self
+    }
+
     /// The partition number (1-based) of `role`.
     pub fn number(&self, role: Role) -> Option<u32> {
         let i = self.parts.iter().position(|p| p.role == role)?;
@@ -165,10 +179,10 @@ impl Layout {
         s += "unit: sectors\nfirst-lba: 2048\n";
         let mut at = SECTORS_PER_MIB;
         for p in &self.parts {
-            let ty = if p.role == Role::BiosBoot {
-                BIOS_BOOT
-            } else {
-                LINUX_FS
+            let ty = match p.role {
+                Role::BiosBoot => BIOS_BOOT,
+                Role::Esp => ESP,
+                _ => LINUX_FS,
             };
             s += &format!(
                 "start={at}, size={}, type={ty}, name=\"{}\"",
@@ -187,7 +201,7 @@ impl Layout {
 
 /// A disk image built from a [`Layout`], attached to a loop device: the boot partition is
 /// ext2 with an empty `/grub`, slot A and data are empty ext4 filesystems labelled by their
-/// role, slot B and the BIOS boot partition are left as zeros. Detached on drop or `close`.
+/// role, an ESP is an empty FAT16, slot B and the BIOS boot partition are left as zeros. Detached on drop or `close`.
 #[derive(Debug)]
 pub struct Disk {
     layout: Layout,
@@ -223,7 +237,17 @@ impl Disk {
                     dev.display()
                 );
             }
-            if let Some(mkfs) = p.role.mkfs() {
+            if p.role == Role::Esp {
+                // FAT16 (FAT32 wants 32 MiB or more); a fixed fs_uuid is the volume id
+                // (8 hex digits, e.g. `5E1F00E1`).
+                let mut cmd = Cmd::new("mkfs.vfat").args(["-F", "16", "-n", "ESP"]);
+                if let Some(u) = &p.fs_uuid {
+                    cmd = cmd.args(["-i", &u.replace('-', "")]);
+                }
+                cmd.arg(&dev)
+                    .run()
+                    .with_context(|| format!("mkfs.vfat {}", dev.display()))?;
+            } else if let Some(mkfs) = p.role.mkfs() {
                 let mut cmd = Cmd::new(mkfs).args(["-q", "-F", "-L", p.role.partlabel()]);
                 if let Some(u) = &p.fs_uuid {
                     cmd = cmd.args(["-U", u]);

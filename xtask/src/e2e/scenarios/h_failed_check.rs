@@ -7,7 +7,7 @@ use std::time::Instant;
 use abupdate_testkit::config;
 use anyhow::{ensure, Result};
 
-use crate::disk::{guest_config, GUEST_CONFIG};
+use crate::disk::{guest_config, DiskKind, GUEST_CONFIG};
 use crate::e2e::machine::{step, Machine, ASSESS_TIMEOUT};
 use crate::e2e::scenario::{Ctx, MachineSpec, Scenario, Start};
 use crate::e2e::TRIXIE_URL;
@@ -28,7 +28,7 @@ const MISSING_UNIT: &str = "abupdate-missing-app.service";
 
 fn run(cx: &mut Ctx<'_>) -> Result<()> {
     let m = &mut *cx.m;
-    let mut cfg = guest_config(true)?;
+    let mut cfg = guest_config(DiskKind::DAEMON)?;
     cfg.health.checks.push(config::unit_check(MISSING_UNIT));
     m.vm.ssh_ok(&format!("cp {GUEST_CONFIG} {GUEST_CONFIG}.xtask-orig"))?;
     m.vm.write_file(GUEST_CONFIG, config::to_yaml(&cfg)?.as_bytes())?;

@@ -16,13 +16,14 @@ mod h_failed_check;
 mod i_hang;
 mod j_pre_switch_hook;
 mod k_clone_upgrade;
+mod m_uefi_upgrade;
 
 use super::scenario::Scenario;
 
 /// Every scenario, in the order a full run executes them (also the default selection).
 /// Neighbours that share a machine are kept together: f..c run on one plain machine (c
 /// finds B staged by e), h, j, g on one daemon machine (g finds B staged by j), i on its
-/// own.
+/// own, m on its own UEFI machine.
 pub const ALL: &[&Scenario] = &[
     &f_downtime::SCENARIO,
     &a_upgrade::SCENARIO,
@@ -35,6 +36,7 @@ pub const ALL: &[&Scenario] = &[
     &j_pre_switch_hook::SCENARIO,
     &g_daemon_commits::SCENARIO,
     &i_hang::SCENARIO,
+    &m_uefi_upgrade::SCENARIO,
 ];
 
 #[cfg(test)]
