@@ -729,7 +729,11 @@ fn verify_refuses_a_slot_with_an_ext4_feature_grub_cannot_read() -> Result<()> {
     disk.run(["switch", "--no-reboot"])?
         .assert_code(4)
         .assert_mentions_all(&["switch refused", "slot-b-filesystem", "nothing was changed"]);
-    assert_eq!(disk.fingerprint()?, before, "a refused switch changed the disk");
+    assert_eq!(
+        disk.fingerprint()?,
+        before,
+        "a refused switch changed the disk"
+    );
     Ok(())
 }
 

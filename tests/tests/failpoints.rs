@@ -18,11 +18,11 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use abupdate_testkit::config::{CheckConfig, OnFailure};
 use abupdate_tests::checks::{slot_status, stage_args};
 use abupdate_tests::disk::DiskOptions;
 use abupdate_tests::{abupdate_bin, serial, sha256_file, ChildGuard, Output, TestDisk};
 use abupdate_utils::mount::TempMount;
-use abupdate_testkit::config::{CheckConfig, OnFailure};
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 

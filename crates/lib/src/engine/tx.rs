@@ -87,10 +87,7 @@ impl<'a> Transaction<'a> {
         let lock = ctx.lock()?;
         match Transaction::open(ctx, Some(lock), false) {
             Err(e) if force && crate::repair::is_damage(&e) => {
-                tracing::warn!(
-                    "{}; init --force rewrites it",
-                    crate::error::chain(&e)
-                );
+                tracing::warn!("{}; init --force rewrites it", crate::error::chain(&e));
                 let lock = ctx.lock()?;
                 let booted = ctx.booted()?;
                 let boot = ctx.mount_boot(false)?;
