@@ -80,16 +80,18 @@ impl<'a> Transaction<'a> {
         Transaction::open(ctx, None, true)
     }
 
-    /// Takes the writer lock and reads whatever records exist, for `init`: nothing is
-    /// settled, `init` starts over. With `force`, records that cannot be read (a damaged
-    /// state.json or grubenv) count as absent: `init --force` rewrites them.
-    pub fn begin_init(ctx: &'a Context, force: bool) -> Result<Transaction<'a>> {
+    /// Takes the writer lock and reads whatever records exist, for `init --slot slot`:
+    /// nothing is settled, `init` starts over. It may run on a system booted from neither
+    /// slot (a rescue system, a machine preparing the disk): the snapshot then counts
+    /// `slot` as booted. With `force`, records that cannot be read (a damaged state.json or
+    /// grubenv) count as absent: `init --force` rewrites them.
+    pub fn begin_init(ctx: &'a Context, slot: SlotId, force: bool) -> Result<Transaction<'a>> {
+        let booted = ctx.booted().unwrap_or(slot);
         let lock = ctx.lock()?;
-        match Transaction::open(ctx, Some(lock), false) {
+        match Transaction::open_as(ctx, Some(lock), false, booted) {
             Err(e) if force && crate::repair::is_damage(&e) => {
                 tracing::warn!("{}; init --force rewrites it", crate::error::chain(&e));
                 let lock = ctx.lock()?;
-                let booted = ctx.booted()?;
                 let boot = ctx.mount_boot(false)?;
                 let snap = Snapshot {
                     booted,
@@ -114,6 +116,15 @@ impl<'a> Transaction<'a> {
 
     fn open(ctx: &'a Context, lock: Option<WriterLock>, settled: bool) -> Result<Transaction<'a>> {
         let booted = ctx.booted()?;
+        Transaction::open_as(ctx, lock, settled, booted)
+    }
+
+    fn open_as(
+        ctx: &'a Context,
+        lock: Option<WriterLock>,
+        settled: bool,
+        booted: SlotId,
+    ) -> Result<Transaction<'a>> {
         let boot = ctx.mount_boot(false)?;
         let snap = read_snapshot(ctx, &boot, booted, settled)?;
         let mut tx = Transaction {

@@ -45,7 +45,7 @@ pub fn inspect_slot(ctx: &Context, slot: SlotId) -> Result<SlotRecord> {
 /// `abupdate init --slot X`: first-time setup of the boot partition with `slot` as the good
 /// default (its kernel and os-release read from the slot itself).
 pub fn init(ctx: &Context, slot: SlotId, force: bool) -> Result<Outcome> {
-    let tx = Transaction::begin_init(ctx, force)?;
+    let tx = Transaction::begin_init(ctx, slot, force)?;
     if tx.snapshot().state.is_some() && !force {
         return Err(Error::Refused(format!(
             "the boot partition {} is already set up (`init --chain-only` reinstalls the boot chain, `--force` starts over)",
