@@ -16,14 +16,15 @@ mod h_failed_check;
 mod i_hang;
 mod j_pre_switch_hook;
 mod k_clone_upgrade;
+mod l_powercut_matrix;
 mod m_uefi_upgrade;
 
 use super::scenario::Scenario;
 
 /// Every scenario, in the order a full run executes them (also the default selection).
-/// Neighbours that share a machine are kept together: f..c run on one plain machine (c
-/// finds B staged by e), h, j, g on one daemon machine (g finds B staged by j), i on its
-/// own, m on its own UEFI machine.
+/// Neighbours that share a machine are kept together: f..l run on one plain machine (c
+/// finds B staged by e, l stages it again), h, j, g on one daemon machine (g finds B
+/// staged by j), i on its own, m on its own UEFI machine.
 pub const ALL: &[&Scenario] = &[
     &f_downtime::SCENARIO,
     &a_upgrade::SCENARIO,
@@ -32,6 +33,7 @@ pub const ALL: &[&Scenario] = &[
     &d_broken_slot::SCENARIO,
     &e_powercut_staging::SCENARIO,
     &c_uncommitted_trial::SCENARIO,
+    &l_powercut_matrix::SCENARIO,
     &h_failed_check::SCENARIO,
     &j_pre_switch_hook::SCENARIO,
     &g_daemon_commits::SCENARIO,
