@@ -42,7 +42,9 @@ const ABORTED: i32 = 134;
 fn cut_at(m: &mut Machine, point: &str, args: &str) -> Result<()> {
     let cmd = format!("ABUPDATE_FAILPOINT={point} abupdate {args}");
     println!("     $ {cmd}");
-    let o = m.vm.ssh(&cmd)?;
+    // `; exit $?` keeps the remote shell from exec'ing abupdate: the shell reports the
+    // abort as 134, where ssh itself would exit 255 for a command killed by a signal.
+    let o = m.vm.ssh(&format!("{cmd}; exit $?"))?;
     show_output(&o.stdout);
     show_output(&o.stderr);
     ensure!(
