@@ -61,6 +61,11 @@ enum Command {
         /// Keep the run directory (disk, serial logs) even when everything passes.
         #[arg(long)]
         keep: bool,
+        /// Run the scenarios in this many parallel lanes (child processes, one VM each;
+        /// scenarios that continue on one machine stay in one lane). Two by default: a
+        /// guest under TCG keeps about one core busy, and the reference machine has two.
+        #[arg(long, default_value_t = e2e::DEFAULT_LANES)]
+        lanes: usize,
     },
     /// Set everything up and narrate an upgrade and a rollback on a real boot.
     Demo,
@@ -117,7 +122,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Images => cmd_images(),
         Command::Disk { path } => cmd_disk(&path),
         Command::Boot { path } => cmd_boot(&path),
-        Command::E2e { only, list, keep } => cmd_e2e(only.as_deref(), list, keep),
+        Command::E2e {
+            only,
+            list,
+            keep,
+            lanes,
+        } => cmd_e2e(only.as_deref(), list, keep, lanes),
         Command::Demo => cmd_demo(),
         Command::Bench {
             downtime_only,
@@ -159,13 +169,13 @@ fn cmd_boot(path: &std::path::Path) -> Result<()> {
     e2e::boot_disk(path, &imgs)
 }
 
-fn cmd_e2e(only: Option<&str>, list: bool, keep: bool) -> Result<()> {
+fn cmd_e2e(only: Option<&str>, list: bool, keep: bool, lanes: usize) -> Result<()> {
     if list {
         e2e::list();
         return Ok(());
     }
     let selected = e2e::parse_selection(only)?;
-    e2e::run(&selected, keep)
+    e2e::run(&selected, keep, lanes)
 }
 
 fn cmd_demo() -> Result<()> {

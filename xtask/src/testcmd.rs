@@ -63,7 +63,7 @@ pub fn run(vm: bool) -> Result<()> {
     ansible_tests()?;
     if vm {
         let all = e2e::parse_selection(None)?;
-        e2e::run(&all, false)?;
+        e2e::run(&all, false, e2e::DEFAULT_LANES)?;
     }
     Ok(())
 }

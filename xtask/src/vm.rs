@@ -23,8 +23,26 @@ fn live_qemu() -> std::sync::MutexGuard<'static, Vec<u32>> {
     LIVE_QEMU.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Blocks SIGINT/SIGTERM/SIGHUP in every thread and handles them in one thread that kills
-/// the running QEMU processes before exiting (Drop guards do not run on a signal). Call first
+/// Child xtask processes alive now (parallel lanes), sent SIGTERM when xtask is interrupted
+/// so that each kills its own QEMU processes.
+static LIVE_LANES: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+fn live_lanes() -> std::sync::MutexGuard<'static, Vec<u32>> {
+    LIVE_LANES.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Records a child xtask process to be terminated if this one is interrupted.
+pub fn track_lane(pid: u32) {
+    live_lanes().push(pid);
+}
+
+/// Forgets a child xtask process that has exited.
+pub fn untrack_lane(pid: u32) {
+    live_lanes().retain(|p| *p != pid);
+}
+
+/// Blocks SIGINT/SIGTERM/SIGHUP in every thread and handles them in one thread that
+/// terminates the child lanes and kills the running QEMU processes before exiting (Drop guards do not run on a signal). Call first
 /// in `main`, before any thread exists; child processes start with an empty signal mask.
 pub fn install_signal_cleanup() -> Result<()> {
     use nix::sys::signal::{SigSet, Signal};
@@ -35,6 +53,12 @@ pub fn install_signal_cleanup() -> Result<()> {
     set.thread_block().context("block termination signals")?;
     std::thread::spawn(move || {
         if let Ok(sig) = set.wait() {
+            for pid in live_lanes().clone() {
+                if let Ok(pid) = i32::try_from(pid) {
+                    let _ =
+                        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM);
+                }
+            }
             let pids: Vec<u32> = live_qemu().clone();
             eprintln!("xtask: {sig:?}: killing QEMU {pids:?} and exiting");
             for pid in pids {

@@ -10,6 +10,7 @@
 //! kind's base. Scenarios that continue on a shared machine do so while they pass; a
 //! scenario that fails gets its machine thrown away, and the next one starts on a fresh one.
 
+pub mod lanes;
 pub mod machine;
 pub mod scenario;
 pub mod scenarios;
@@ -33,6 +34,8 @@ pub const STAGE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 pub const GRUB_TIMEOUT: Duration = Duration::from_secs(120);
 /// Trial tries configured in the guest's abupdate.yaml.
 pub const TRIES: u32 = 3;
+/// Parallel lanes of a run unless told otherwise (see [`lanes`]).
+pub const DEFAULT_LANES: usize = 2;
 /// The Debian 13 image, served to every run.
 pub const TRIXIE_URL: &str = "/trixie.img.zst";
 /// The Debian 13 image whose init exits at once, served to every run.
@@ -269,8 +272,17 @@ fn machine_for<'a>(
     current.as_mut().context("no machine")
 }
 
+/// Runs the selected scenarios: in `lanes` parallel child processes when they form more
+/// than one chain ([`lanes`]), else here, in order.
+pub fn run(selected: &[&'static Scenario], keep: bool, lanes: usize) -> Result<()> {
+    if lanes > 1 && lanes::chains(selected).len() > 1 {
+        return lanes::run(selected, keep, lanes);
+    }
+    run_serial(selected, keep)
+}
+
 /// Runs the selected scenarios in order, sharing machines while they pass.
-pub fn run(selected: &[&'static Scenario], keep: bool) -> Result<()> {
+fn run_serial(selected: &[&'static Scenario], keep: bool) -> Result<()> {
     let total = Instant::now();
     let mut env = Env::prepare(selected)?;
     let mut current: Option<Machine> = None;

@@ -14,6 +14,7 @@ pub const SCENARIO: Scenario = Scenario {
     about: "times a plain reboot of A against `switch` → ssh in B (ratio in the summary)",
     machine: MachineSpec::PLAIN,
     start: Start::InA,
+    secs: 194,
     serves: None,
     run,
 };

@@ -17,6 +17,7 @@ pub const SCENARIO: Scenario = Scenario {
     about: "nobody commits: the daemon in B commits a healthy trial by itself",
     machine: MachineSpec::DAEMON,
     start: Start::InA,
+    secs: 91,
     serves: None,
     run,
 };

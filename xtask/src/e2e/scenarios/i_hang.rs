@@ -23,6 +23,7 @@ pub const SCENARIO: Scenario = Scenario {
         watchdog: true,
     },
     start: Start::Fresh,
+    secs: 246,
     serves: Some(hang_image),
     run,
 };

@@ -26,6 +26,7 @@ pub const SCENARIO: Scenario = Scenario {
     about: "stage --clone with an apt upgrade from a local repository, manifest suggest, rollback",
     machine: MachineSpec::PLAIN,
     start: Start::InA,
+    secs: 275,
     serves: Some(repo_files),
     run: clone_upgrade,
 };

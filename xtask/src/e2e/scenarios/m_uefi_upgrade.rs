@@ -25,6 +25,7 @@ pub const SCENARIO: Scenario = Scenario {
         watchdog: false,
     },
     start: Start::Fresh,
+    secs: 261,
     serves: None,
     run,
 };

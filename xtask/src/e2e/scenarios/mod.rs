@@ -22,9 +22,10 @@ mod m_uefi_upgrade;
 use super::scenario::Scenario;
 
 /// Every scenario, in the order a full run executes them (also the default selection).
-/// Neighbours that share a machine are kept together: f..l run on one plain machine (c
-/// finds B staged by e, l stages it again), h, j, g on one daemon machine (g finds B
-/// staged by j), i on its own, m on its own UEFI machine.
+/// Neighbours that share a machine are kept together (a chain, which `--lanes` never
+/// splits): f..c run on one plain machine (c finds B staged by e), h, j, g on one daemon
+/// machine (g finds B staged by j), i on its own, m on its own UEFI machine, l on a plain
+/// machine of its own (after m, so that it is a chain of its own for the lanes).
 pub const ALL: &[&Scenario] = &[
     &f_downtime::SCENARIO,
     &a_upgrade::SCENARIO,
@@ -33,12 +34,12 @@ pub const ALL: &[&Scenario] = &[
     &d_broken_slot::SCENARIO,
     &e_powercut_staging::SCENARIO,
     &c_uncommitted_trial::SCENARIO,
-    &l_powercut_matrix::SCENARIO,
     &h_failed_check::SCENARIO,
     &j_pre_switch_hook::SCENARIO,
     &g_daemon_commits::SCENARIO,
     &i_hang::SCENARIO,
     &m_uefi_upgrade::SCENARIO,
+    &l_powercut_matrix::SCENARIO,
 ];
 
 #[cfg(test)]
