@@ -74,6 +74,20 @@ impl Output {
         self
     }
 
+    /// Fails unless the command was killed at `failpoint` (it aborts there, as a power cut
+    /// would stop it, after saying so on stderr).
+    pub fn killed_at(self, failpoint: &str) -> Result<Output> {
+        if self.code == -1
+            && self
+                .stderr
+                .contains(&format!("failpoint {failpoint} reached"))
+        {
+            Ok(self)
+        } else {
+            bail!("expected abupdate to be killed at {failpoint}:\n{self}")
+        }
+    }
+
     /// Parses standard output as JSON.
     pub fn json(&self) -> Result<serde_json::Value> {
         serde_json::from_str(&self.stdout)

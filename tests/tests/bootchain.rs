@@ -250,15 +250,7 @@ impl BootDisk {
 
     /// Runs `args` killed at `failpoint` (an abort, as a power cut stops it); asserts it was.
     fn kill(&self, args: &[&str], failpoint: &str) -> Result<Output> {
-        let out = Output::of(self.command(Some(failpoint)).args(args))?;
-        ensure!(
-            out.code == -1
-                && out
-                    .stderr
-                    .contains(&format!("failpoint {failpoint} reached")),
-            "expected abupdate to be killed at {failpoint}:\n{out}"
-        );
-        Ok(out)
+        Output::of(self.command(Some(failpoint)).args(args))?.killed_at(failpoint)
     }
 
     /// The bytes of the regions a case may change: `0` is the MBR sector of the disk, `n`

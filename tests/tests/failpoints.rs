@@ -127,15 +127,7 @@ impl Fx {
 
     /// Runs `args` killed at `failpoint`; asserts it was.
     fn kill(&self, booted: &str, args: &[&str], failpoint: &str) -> Result<Output> {
-        let out = Output::of(self.command(booted, Some(failpoint)).args(args))?;
-        ensure!(
-            out.code == -1
-                && out
-                    .stderr
-                    .contains(&format!("failpoint {failpoint} reached")),
-            "expected abupdate to be killed at {failpoint}:\n{out}"
-        );
-        Ok(out)
+        Output::of(self.command(booted, Some(failpoint)).args(args))?.killed_at(failpoint)
     }
 
     /// As [`Fx::kill`], in a mount namespace of its own whose `/run/abupdate` is a
@@ -154,14 +146,7 @@ impl Fx {
             .args(inner.get_args())
             .envs(inner.get_envs().filter_map(|(k, v)| Some((k, v?))))
             .args(args);
-        let out = Output::of(&mut c)?;
-        ensure!(
-            out.code == -1
-                && out
-                    .stderr
-                    .contains(&format!("failpoint {failpoint} reached")),
-            "expected abupdate to be killed at {failpoint}:\n{out}"
-        );
+        let out = Output::of(&mut c)?.killed_at(failpoint)?;
         let left: Vec<_> = fs::read_dir(&base)?
             .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
             .collect::<Result<_>>()?;

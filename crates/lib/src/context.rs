@@ -204,7 +204,7 @@ pub fn load_all(
     boot: &BootPartition,
     booted: SlotId,
 ) -> Result<(State, BootState, Facts)> {
-    let snap = crate::engine::read_snapshot(ctx, boot, booted, true)?;
+    let snap = crate::engine::read_snapshot(ctx, boot, booted, crate::engine::Records::Required)?;
     let settled = crate::engine::settle(&snap, &crate::engine::settings(ctx))
         .iter()
         .flat_map(|p| p.steps.iter())

@@ -24,7 +24,7 @@ pub use plans::{
     plan_commit, plan_init, plan_note, plan_refresh_menu, plan_rollback, plan_staged, plan_switch,
     plan_trial_failed, settle, FailedAssessment, Refusal,
 };
-pub use tx::{read_snapshot, settings, Transaction};
+pub use tx::{read_snapshot, settings, Records, Transaction};
 pub use view::{
     next_boot, status_view, view, LiveTrial, NextBoot, Settings, Snapshot, StatusView, View,
 };

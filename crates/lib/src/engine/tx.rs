@@ -16,14 +16,59 @@ use super::plan::{Plan, Write};
 use super::plans::settle;
 use super::view::{view, Settings, Snapshot, View};
 
-/// Reads the records from a mounted boot partition. `need_setup`: a missing state or
-/// grubenv is an error telling to run `init`.
+/// Which records a transaction needs, and what a damaged one means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Records {
+    /// state.json and grubenv must exist (the boot partition is set up); an interrupted
+    /// operation is settled.
+    Required,
+    /// Whatever exists is read, nothing is settled (`init`).
+    IfPresent,
+    /// As `IfPresent`, and records that cannot be read (damaged) count as absent, all of
+    /// them (`init --force` starts over).
+    DamagedAsAbsent,
+}
+
+/// Reads the records from a mounted boot partition.
 pub fn read_snapshot(
     ctx: &Context,
     boot: &BootPartition,
     booted: SlotId,
-    need_setup: bool,
+    records: Records,
 ) -> Result<Snapshot> {
+    let fs_uuids = [ctx.slot_fs_uuid(SlotId::A)?, ctx.slot_fs_uuid(SlotId::B)?];
+    match read_records(boot, records == Records::Required) {
+        Ok((state, grubenv, menu)) => Ok(Snapshot {
+            booted,
+            state,
+            grubenv,
+            menu,
+            fs_uuids,
+        }),
+        Err(e) if records == Records::DamagedAsAbsent && crate::repair::is_damage(&e) => {
+            tracing::warn!("{}; init --force rewrites it", crate::error::chain(&e));
+            Ok(Snapshot {
+                booted,
+                state: None,
+                grubenv: None,
+                menu: None,
+                fs_uuids,
+            })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// state.json, grubenv and the menu; `need_setup`: a missing state or grubenv is an error
+/// telling to run `init`.
+fn read_records(
+    boot: &BootPartition,
+    need_setup: bool,
+) -> Result<(
+    Option<state::State>,
+    Option<crate::boot::BootState>,
+    Option<abupdate_grub::script::Menu>,
+)> {
     let store = boot.store();
     let flow = boot.flow();
     let state = if need_setup {
@@ -38,13 +83,7 @@ pub fn read_snapshot(
             flow.env_path().display()
         )));
     }
-    Ok(Snapshot {
-        booted,
-        state,
-        grubenv,
-        menu: flow.read_menu()?,
-        fs_uuids: [ctx.slot_fs_uuid(SlotId::A)?, ctx.slot_fs_uuid(SlotId::B)?],
-    })
+    Ok((state, grubenv, flow.read_menu()?))
 }
 
 /// Plan inputs from the host: the time now and the slots' PARTUUIDs.
@@ -71,13 +110,13 @@ impl<'a> Transaction<'a> {
     /// Takes the writer lock, reads the records and settles an interrupted operation.
     pub fn begin(ctx: &'a Context) -> Result<Transaction<'a>> {
         let lock = ctx.lock()?;
-        Transaction::open(ctx, Some(lock), true)
+        Transaction::open(ctx, Some(lock))
     }
 
     /// As [`Transaction::begin`], for a caller that holds the writer lock already (`stage`
     /// holds it from its checks to its record).
     pub fn begin_locked(ctx: &'a Context, _held: &WriterLock) -> Result<Transaction<'a>> {
-        Transaction::open(ctx, None, true)
+        Transaction::open(ctx, None)
     }
 
     /// Takes the writer lock and reads whatever records exist, for `init --slot slot`:
@@ -88,45 +127,27 @@ impl<'a> Transaction<'a> {
     pub fn begin_init(ctx: &'a Context, slot: SlotId, force: bool) -> Result<Transaction<'a>> {
         let booted = ctx.booted().unwrap_or(slot);
         let lock = ctx.lock()?;
-        match Transaction::open_as(ctx, Some(lock), false, booted) {
-            Err(e) if force && crate::repair::is_damage(&e) => {
-                tracing::warn!("{}; init --force rewrites it", crate::error::chain(&e));
-                let lock = ctx.lock()?;
-                let boot = ctx.mount_boot(false)?;
-                let snap = Snapshot {
-                    booted,
-                    state: None,
-                    grubenv: None,
-                    menu: None,
-                    fs_uuids: [ctx.slot_fs_uuid(SlotId::A)?, ctx.slot_fs_uuid(SlotId::B)?],
-                };
-                Ok(Transaction {
-                    ctx,
-                    lock: Some(lock),
-                    boot: Some(boot),
-                    writable: false,
-                    snap,
-                    settings: settings(ctx),
-                    settled: Vec::new(),
-                })
-            }
-            other => other,
-        }
+        let records = if force {
+            Records::DamagedAsAbsent
+        } else {
+            Records::IfPresent
+        };
+        Transaction::open_as(ctx, Some(lock), booted, records)
     }
 
-    fn open(ctx: &'a Context, lock: Option<WriterLock>, settled: bool) -> Result<Transaction<'a>> {
+    fn open(ctx: &'a Context, lock: Option<WriterLock>) -> Result<Transaction<'a>> {
         let booted = ctx.booted()?;
-        Transaction::open_as(ctx, lock, settled, booted)
+        Transaction::open_as(ctx, lock, booted, Records::Required)
     }
 
     fn open_as(
         ctx: &'a Context,
         lock: Option<WriterLock>,
-        settled: bool,
         booted: SlotId,
+        records: Records,
     ) -> Result<Transaction<'a>> {
         let boot = ctx.mount_boot(false)?;
-        let snap = read_snapshot(ctx, &boot, booted, settled)?;
+        let snap = read_snapshot(ctx, &boot, booted, records)?;
         let mut tx = Transaction {
             ctx,
             lock,
@@ -136,7 +157,7 @@ impl<'a> Transaction<'a> {
             settings: settings(ctx),
             settled: Vec::new(),
         };
-        if settled {
+        if records == Records::Required {
             tx.settle()?;
         }
         Ok(tx)

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::context::Context;
 use crate::disk::SlotId;
-use crate::engine::{read_snapshot, settings, status_view, NextBoot};
+use crate::engine::{read_snapshot, settings, status_view, NextBoot, Records};
 use crate::error::Result;
 use crate::state::{self, OpRecord, SlotState};
 
@@ -166,7 +166,7 @@ impl fmt::Display for StatusReport {
 pub fn status(ctx: &Context) -> Result<StatusReport> {
     let booted = ctx.booted()?;
     let boot = ctx.mount_boot(false)?;
-    let snap = read_snapshot(ctx, &boot, booted, true)?;
+    let snap = read_snapshot(ctx, &boot, booted, Records::Required)?;
     boot.close()?;
     let view = status_view(&snap, &settings(ctx));
     let st = snap.state.unwrap_or_default();
