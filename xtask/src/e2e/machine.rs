@@ -16,6 +16,10 @@ use crate::vm::{self, Vm, BOOT_TIMEOUT};
 /// How long the daemon may take to commit or roll back after ssh answers in B.
 pub const ASSESS_TIMEOUT: Duration = Duration::from_secs(420);
 
+/// The systemd drop-in that arms a failpoint for the daemon ([`Machine::arm_daemon_failpoint`]).
+const DAEMON_DROPIN_DIR: &str = "/etc/systemd/system/abupdate.service.d";
+const DAEMON_DROPIN: &str = "/etc/systemd/system/abupdate.service.d/xtask-failpoint.conf";
+
 /// Files the manifest must carry to the new slot unchanged.
 const MANIFEST_FILES: &str = "/etc/hostname /etc/ssh/ssh_host_* /etc/app.conf /etc/abupdate/abupdate.yaml /root/.ssh/authorized_keys";
 
@@ -145,6 +149,62 @@ impl Machine {
             }
             std::thread::sleep(Duration::from_secs(3));
         }
+    }
+
+    /// Polls the guest command `cmd` until it exits 0, for at most [`ASSESS_TIMEOUT`].
+    pub fn wait_guest(&self, what: &str, cmd: &str) -> Result<()> {
+        let t = Instant::now();
+        loop {
+            if self.vm.ssh(cmd).is_ok_and(|o| o.code == 0) {
+                return Ok(());
+            }
+            ensure!(
+                t.elapsed() < ASSESS_TIMEOUT,
+                "{what}: `{cmd}` did not succeed within {ASSESS_TIMEOUT:?}"
+            );
+            std::thread::sleep(Duration::from_secs(3));
+        }
+    }
+
+    /// Arms `ABUPDATE_FAILPOINT=point` for the daemon of the slot whose partition is named
+    /// `partlabel` only: a systemd drop-in written into that slot's filesystem, mounted
+    /// from the running slot.
+    pub fn arm_daemon_failpoint(&self, partlabel: &str, point: &str) -> Result<()> {
+        self.vm.ssh_ok(&format!(
+            "set -e; d=$(mktemp -d); mount /dev/disk/by-partlabel/{partlabel} $d; \
+             mkdir -p $d{DAEMON_DROPIN_DIR}; \
+             printf '[Service]\\nEnvironment=ABUPDATE_FAILPOINT={point}\\n' > $d{DAEMON_DROPIN}; \
+             sync; umount $d; rmdir $d"
+        ))?;
+        step(&format!(
+            "daemon failpoint {point} armed in {partlabel} ({DAEMON_DROPIN})"
+        ));
+        Ok(())
+    }
+
+    /// In the slot whose daemon was armed with `point`: waits until the daemon aborted there
+    /// (its unit failed, the operation `op` pending in `status`), disarms the failpoint,
+    /// syncs and cuts the power. Returns the status seen before the cut.
+    pub fn daemon_cut(&mut self, point: &str, op: &str) -> Result<Status> {
+        self.wait_guest(
+            &format!("the daemon's abort at {point}"),
+            "systemctl is-failed -q abupdate.service",
+        )?;
+        let st = self.status()?;
+        ensure!(
+            st.0["pending"].as_str().is_some_and(|p| p.contains(op)),
+            "after the daemon aborted at {point}, `{op}` must be pending: {}",
+            st.0
+        );
+        self.vm.ssh_ok(&format!(
+            "rm -f {DAEMON_DROPIN}; systemctl daemon-reload; sync"
+        ))?;
+        self.vm.kill();
+        step(&format!(
+            "the daemon aborted at {point} (pending: {}); failpoint disarmed; power cut",
+            st.0["pending"]
+        ));
+        Ok(st)
     }
 
     /// `VERSION_ID PRETTY_NAME` from the guest's /etc/os-release.

@@ -1,5 +1,9 @@
 //! g: on a daemon machine, stage and switch, and nobody commits: the daemon in B commits
 //! after its health checks pass; `status` shows its assessment. Ends committed in B.
+//!
+//! The first trial boot's daemon is killed at `commit.after-intent` (a failpoint armed in
+//! B only) and the power is cut there: GRUB boots B on trial again (one try less), and that
+//! boot's daemon undoes the interrupted commit and commits.
 
 use std::time::Instant;
 
@@ -14,24 +18,37 @@ use crate::vm::BOOT_TIMEOUT;
 pub const SCENARIO: Scenario = Scenario {
     id: "g",
     name: "daemon-commits",
-    about: "nobody commits: the daemon in B commits a healthy trial by itself",
+    about: "nobody commits: the daemon in B commits a healthy trial by itself (after a power cut inside its first commit)",
     machine: MachineSpec::DAEMON,
     start: Start::InA,
-    secs: 91,
+    secs: 150,
     serves: None,
     run,
 };
 
+/// Where the first trial boot's daemon is killed.
+const CUT: &str = "commit.after-intent";
+
 fn run(cx: &mut Ctx<'_>) -> Result<()> {
     let m = &mut *cx.m;
     m.ensure_staged(TRIXIE_URL, &cx.env.imgs.trixie_sha256)?;
+    m.arm_daemon_failpoint("root-b", CUT)?;
     m.rebooting("abupdate switch")?;
-    let t = Instant::now();
     m.power_on()?;
     m.vm.wait_ssh(BOOT_TIMEOUT)?;
     m.assert_booted("b")?;
+    m.daemon_cut(CUT, "commit")?;
+    let t = Instant::now();
+    m.power_on()?;
+    ensure!(
+        m.vm.serial().contains("abupdate: booting slot b (trial"),
+        "after the daemon's cut commit GRUB must boot B on trial again ({})",
+        m.vm.serial_path().display()
+    );
+    m.vm.wait_ssh(BOOT_TIMEOUT)?;
+    m.assert_booted("b")?;
     step(&format!(
-        "trial boot of B: ssh after {:.1?}; nobody runs commit",
+        "trial boot of B again: ssh after {:.1?}; nobody runs commit",
         t.elapsed()
     ));
     let st = m.wait_status("the daemon's commit", |s| {

@@ -1,6 +1,10 @@
 //! h: on a daemon machine whose health checks include a unit that exists nowhere
 //! (`on_failure: rollback`), a switch ends with the host back in A without any command:
 //! the daemon in B fails the check, marks B failed and reboots; the history names the check.
+//!
+//! The first trial boot's daemon is killed at `rollback.after-intent` (a failpoint armed in
+//! B only) and the power is cut there: GRUB boots B on trial again (only the intent was
+//! written), and that boot's daemon finishes the rollback and reboots into A.
 
 use std::time::Instant;
 
@@ -20,10 +24,13 @@ pub const SCENARIO: Scenario = Scenario {
     about: "a failing health check in B: the daemon returns to A by itself, history names it",
     machine: MachineSpec::DAEMON,
     start: Start::InA,
-    secs: 260,
+    secs: 330,
     serves: None,
     run,
 };
+
+/// Where the first trial boot's daemon is killed.
+const CUT: &str = "rollback.after-intent";
 
 const MISSING_UNIT: &str = "abupdate-missing-app.service";
 
@@ -50,25 +57,33 @@ fn run(cx: &mut Ctx<'_>) -> Result<()> {
 fn failed_check_flow(trixie_sha256: &str, m: &mut Machine) -> Result<()> {
     // Staged after the change, so that B's config (carried by the manifest) has the check.
     m.stage(TRIXIE_URL, trixie_sha256)?;
+    m.arm_daemon_failpoint("root-b", CUT)?;
     m.rebooting("abupdate switch")?;
-    let t = Instant::now();
     m.power_on()?;
     ensure!(
         m.vm.serial().contains("abupdate: booting slot b (trial"),
         "expected a trial boot of b ({})",
         m.vm.serial_path().display()
     );
-    let st = m.vm.wait_exit(BOOT_TIMEOUT + ASSESS_TIMEOUT)?;
-    let in_b = t.elapsed();
-    step(&format!(
-        "trial of B ended by itself after {in_b:.1?} (QEMU exited: {st})"
-    ));
-    let serial = m.vm.serial();
+    m.vm.wait_ssh(BOOT_TIMEOUT)?;
+    m.daemon_cut(CUT, "rollback")?;
     ensure!(
-        serial.contains(MISSING_UNIT),
+        m.vm.serial().contains(MISSING_UNIT),
         "B's console should show the failed check naming {MISSING_UNIT} ({})",
         m.vm.serial_path().display()
     );
+    let t = Instant::now();
+    m.power_on()?;
+    ensure!(
+        m.vm.serial().contains("abupdate: booting slot b (trial"),
+        "with only the rollback's intent written GRUB must boot B on trial again ({})",
+        m.vm.serial_path().display()
+    );
+    let st = m.vm.wait_exit(BOOT_TIMEOUT + ASSESS_TIMEOUT)?;
+    let in_b = t.elapsed();
+    step(&format!(
+        "the daemon finished the interrupted rollback: B's boot ended by itself after {in_b:.1?} (QEMU exited: {st})"
+    ));
     m.boot_expect("a")?;
     let back = t.elapsed();
     step(&format!(
