@@ -207,6 +207,26 @@ impl Machine {
         Ok(st)
     }
 
+    /// From a committed B: `abupdate rollback`, then asserts the next boot runs Debian 12 in
+    /// A, the good default, with B still good. Returns the status.
+    pub fn rollback_to_a(&mut self) -> Result<Status> {
+        self.rebooting("abupdate rollback")?;
+        self.boot_expect("a")?;
+        let v = self.os_version()?;
+        ensure!(
+            v.starts_with("12 "),
+            "after rollback slot A should run Debian 12: {v}"
+        );
+        let st = self.status()?;
+        step(&format!("status: {}", st.summary()));
+        ensure!(
+            st.default() == "a" && st.state("a") == "good" && st.state("b") == "good",
+            "after rollback A should be the good default and B still good: {}",
+            st.summary()
+        );
+        Ok(st)
+    }
+
     /// `VERSION_ID PRETTY_NAME` from the guest's /etc/os-release.
     pub fn os_version(&self) -> Result<String> {
         Ok(self

@@ -95,21 +95,8 @@ fn run(cx: &mut Ctx<'_>) -> Result<()> {
         st.summary()
     );
 
-    m.rebooting("abupdate rollback")?;
-    m.boot_expect("a")?;
+    m.rollback_to_a()?;
     assert_uefi(m)?;
-    let v = m.os_version()?;
-    ensure!(
-        v.starts_with("12 "),
-        "after rollback slot A should run Debian 12: {v}"
-    );
-    let st = m.status()?;
-    step(&format!("status: {}", st.summary()));
-    ensure!(
-        st.default() == "a" && st.state("a") == "good" && st.state("b") == "good",
-        "after rollback A should be the good default and B still good: {}",
-        st.summary()
-    );
     ensure!(m.vm.boots() == 3, "expected 3 boots, saw {}", m.vm.boots());
     step(&format!(
         "UEFI: switch → ssh in B {switch:.1?}, {} boots",
