@@ -26,17 +26,15 @@
 //! External tools are run with `std::process::Command`.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use serde::Deserialize;
+
+use abupdate_testkit::HttpServer;
 
 use crate::{bench_sources, images, setup};
 
@@ -235,9 +233,11 @@ fn bench_image(
         &dd_name,
         Some(target_ratio),
     );
-    let server = FileServer::start(pair.zst.clone())?;
     let zst_name = file_name(&pair.zst);
-    let url = format!("http://{}/{zst_name}", server.addr);
+    let server = HttpServer::builder()
+        .file(&format!("/{zst_name}"), &pair.zst)
+        .start()?;
+    let url = server.url(&format!("/{zst_name}"));
     let raw_name = file_name(&pair.raw);
     for round in 1..=RUNS {
         eprintln!("bench: {}: round {round}/{RUNS}: dd", pair.name);
@@ -919,102 +919,6 @@ fn build_image(dir: &Path, image: &Path) -> Result<()> {
         .arg(format!("{IMAGE_MIB}M")))
     .with_context(|| format!("pack {} into {}", tree.display(), image.display()))?;
     fs::remove_dir_all(&tree).with_context(|| format!("remove {}", tree.display()))?;
-    Ok(())
-}
-
-/// A minimal HTTP/1.1 file server on 127.0.0.1 (GET/HEAD, `Range: bytes=N-`), stopped on
-/// drop.
-struct FileServer {
-    /// Where it listens.
-    addr: std::net::SocketAddr,
-    /// Set to stop the accept loop.
-    stop: Arc<AtomicBool>,
-    /// The accept loop.
-    accept: Option<JoinHandle<()>>,
-}
-
-impl FileServer {
-    /// Serves `file` on an ephemeral port of 127.0.0.1 until dropped.
-    fn start(file: PathBuf) -> Result<FileServer> {
-        let listener = TcpListener::bind("127.0.0.1:0").context("bind 127.0.0.1:0")?;
-        let addr = listener
-            .local_addr()
-            .context("local address of the bench HTTP server")?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let accept = std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if s.load(Ordering::SeqCst) {
-                    break;
-                }
-                if let Ok(conn) = conn {
-                    let file = file.clone();
-                    std::thread::spawn(move || {
-                        let _ = serve(conn, &file);
-                    });
-                }
-            }
-        });
-        Ok(FileServer {
-            addr,
-            stop,
-            accept: Some(accept),
-        })
-    }
-}
-
-impl Drop for FileServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        if let Some(h) = self.accept.take() {
-            let _ = h.join();
-        }
-    }
-}
-
-/// Answers one request on `conn` with `file` (or its tail from a `Range` start).
-fn serve(mut conn: TcpStream, file: &Path) -> Result<()> {
-    let mut reader = BufReader::new(conn.try_clone()?);
-    let mut request = String::new();
-    reader.read_line(&mut request)?;
-    let mut start = 0u64;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            if k.trim().eq_ignore_ascii_case("range") {
-                start = v
-                    .trim()
-                    .strip_prefix("bytes=")
-                    .and_then(|r| r.split('-').next())
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(0);
-            }
-        }
-    }
-    let mut f = fs::File::open(file)?;
-    let len = f.metadata()?.len();
-    let start = start.min(len);
-    let head = if start > 0 {
-        format!(
-            "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {start}-{}/{len}\r\nAccept-Ranges: bytes\r\nETag: \"bench\"\r\nConnection: close\r\n\r\n",
-            len - start,
-            len.saturating_sub(1)
-        )
-    } else {
-        format!(
-            "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nAccept-Ranges: bytes\r\nETag: \"bench\"\r\nConnection: close\r\n\r\n"
-        )
-    };
-    conn.write_all(head.as_bytes())?;
-    if request.starts_with("HEAD ") {
-        return Ok(());
-    }
-    f.seek(SeekFrom::Start(start))?;
-    std::io::copy(&mut f, &mut conn)?;
     Ok(())
 }
 
