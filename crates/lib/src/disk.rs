@@ -108,14 +108,7 @@ pub fn discover(cfg: &Config) -> Result<Layout> {
     };
     let (parts, block_size) = read_gpt(&disk)?;
     let find = |what: &str, spec: &PartitionSpec| -> Result<PartitionInfo> {
-        let found: Vec<&GptEntry> = parts
-            .iter()
-            .filter(|p| match (&spec.partlabel, &spec.partuuid) {
-                (Some(l), _) => &p.name == l,
-                (None, Some(u)) => p.partuuid.eq_ignore_ascii_case(u),
-                _ => false,
-            })
-            .collect();
+        let found: Vec<&GptEntry> = parts.iter().filter(|p| p.matches(spec)).collect();
         match found.as_slice() {
             [p] => partition_info(&disk, p, block_size),
             [] => Err(Error::Refused(format!(
@@ -185,6 +178,16 @@ impl GptEntry {
     /// Its size with `block_size`-byte logical blocks.
     pub fn size_bytes(&self, block_size: u64) -> u64 {
         (self.last_lba + 1).saturating_sub(self.first_lba) * block_size
+    }
+
+    /// Whether this entry is the one `spec` names (by GPT name when it has one, else by
+    /// partition GUID, in any case).
+    pub fn matches(&self, spec: &PartitionSpec) -> bool {
+        match (&spec.partlabel, &spec.partuuid) {
+            (Some(l), _) => &self.name == l,
+            (None, Some(u)) => self.partuuid.eq_ignore_ascii_case(u),
+            _ => false,
+        }
     }
 }
 

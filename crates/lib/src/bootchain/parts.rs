@@ -54,14 +54,7 @@ pub fn select<'a>(
     key: &str,
 ) -> std::result::Result<Option<&'a GptEntry>, String> {
     let found: Vec<&GptEntry> = match spec {
-        Some(s) => parts
-            .iter()
-            .filter(|p| match (&s.partlabel, &s.partuuid) {
-                (Some(l), _) => &p.name == l,
-                (None, Some(u)) => p.partuuid.eq_ignore_ascii_case(u),
-                _ => false,
-            })
-            .collect(),
+        Some(s) => parts.iter().filter(|p| p.matches(s)).collect(),
         None => parts
             .iter()
             .filter(|p| p.type_guid.eq_ignore_ascii_case(type_guid))
