@@ -16,6 +16,9 @@ use crate::vm::{self, Vm, BOOT_TIMEOUT};
 /// How long the daemon may take to commit or roll back after ssh answers in B.
 pub const ASSESS_TIMEOUT: Duration = Duration::from_secs(420);
 
+/// grubenv on the guest's boot partition (mounted by its fstab).
+const GRUBENV: &str = "/boot/abboot/grub/grubenv";
+
 /// The systemd drop-in that arms a failpoint for the daemon ([`Machine::arm_daemon_failpoint`]).
 const DAEMON_DROPIN_DIR: &str = "/etc/systemd/system/abupdate.service.d";
 const DAEMON_DROPIN: &str = "/etc/systemd/system/abupdate.service.d/xtask-failpoint.conf";
@@ -225,6 +228,12 @@ impl Machine {
             st.summary()
         );
         Ok(st)
+    }
+
+    /// grubenv's variables and its sha256, to show that a refused command left it alone.
+    pub fn grubenv_sum(&self) -> Result<String> {
+        self.vm
+            .ssh_ok(&format!("grub-editenv {GRUBENV} list; sha256sum {GRUBENV}"))
     }
 
     /// `VERSION_ID PRETTY_NAME` from the guest's /etc/os-release.

@@ -19,13 +19,8 @@ pub const SCENARIO: Scenario = Scenario {
     run,
 };
 
-const GRUBENV: &str = "/boot/abboot/grub/grubenv";
 const HOOK_DIR: &str = "/etc/abupdate/hooks/pre-switch.d";
 const HOOK: &str = "/etc/abupdate/hooks/pre-switch.d/10-no";
-
-fn grubenv_sum(m: &Machine) -> Result<String> {
-    m.vm.ssh_ok(&format!("grub-editenv {GRUBENV} list; sha256sum {GRUBENV}"))
-}
 
 fn run(cx: &mut Ctx<'_>) -> Result<()> {
     let m = &mut *cx.m;
@@ -43,7 +38,7 @@ fn run(cx: &mut Ctx<'_>) -> Result<()> {
 }
 
 fn refused_switch(m: &Machine) -> Result<()> {
-    let before = grubenv_sum(m)?;
+    let before = m.grubenv_sum()?;
     println!("     $ abupdate switch   (the pre-switch hook exits 1)");
     let o = m.vm.ssh("abupdate switch")?;
     show_output(&o.stdout);
@@ -58,7 +53,7 @@ fn refused_switch(m: &Machine) -> Result<()> {
         out.contains("maintenance window closed"),
         "the refusal should carry the hook's output: {out}"
     );
-    let after = grubenv_sum(m)?;
+    let after = m.grubenv_sum()?;
     ensure!(
         before == after,
         "grubenv changed although the switch was refused:\nbefore:\n{before}\nafter:\n{after}"
