@@ -40,17 +40,22 @@ pub const SCENARIO: Scenario = Scenario {
 /// Where the unreadable image is served and kept in the run directory.
 const UNREADABLE: &str = "/inline-data.img";
 
-/// A 64 MiB Debian 13 look-alike (os-release, fstab, a kernel and an initrd) on an ext4
+/// A 64 MiB Debian 13 look-alike (os-release, fstab, the units stage enables, a kernel and
+/// an initrd) on an ext4
 /// with `inline_data`, which GRUB 2.06 cannot read.
 fn unreadable_image(prep: &Prep<'_>) -> Result<Vec<Served>> {
     let tree = prep.run_dir.join("inline-data-tree");
     let kernel = "6.12.0-1-amd64";
-    let files: [(&str, Vec<u8>); 4] = [
+    // The units of `services:` that stage enables in the new slot.
+    let unit = b"[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n".to_vec();
+    let files: [(&str, Vec<u8>); 6] = [
         (
             "etc/os-release",
             b"PRETTY_NAME=\"Debian GNU/Linux 13 (trixie)\"\nNAME=\"Debian GNU/Linux\"\nVERSION_ID=\"13\"\nID=debian\n".to_vec(),
         ),
         ("etc/fstab", b"# shipped\n".to_vec()),
+        ("usr/lib/systemd/system/ssh.service", unit.clone()),
+        ("usr/lib/systemd/system/systemd-networkd.service", unit),
         (&format!("boot/vmlinuz-{kernel}"), vec![0x5a; 256 << 10]),
         (&format!("boot/initrd.img-{kernel}"), vec![0xa5; 128 << 10]),
     ];
