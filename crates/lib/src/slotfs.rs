@@ -6,7 +6,8 @@ use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
-use rustix::fs::{openat2, Mode, OFlags, ResolveFlags};
+use abupdate_utils::resolve::openat2;
+use rustix::fs::{Mode, OFlags, ResolveFlags};
 
 use crate::error::{Error, Result};
 

@@ -390,7 +390,7 @@ impl Cloner<'_> {
             Ok(()) | Err(Errno::EXIST) => {}
             Err(e) => return Err(dest_err(&display, "create directory", e)),
         }
-        let dst_dir = rustix::fs::openat2(
+        let dst_dir = abupdate_utils::resolve::openat2(
             dst,
             name,
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
@@ -431,7 +431,7 @@ impl Cloner<'_> {
         }
         let meta = fd_meta(file.as_fd(), &st_now, &src_path)?;
         let fd = create_replacing(dst, name, rel, &display, "create file", || {
-            rustix::fs::openat2(
+            abupdate_utils::resolve::openat2(
                 dst,
                 name,
                 OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,

@@ -149,7 +149,7 @@ fn kind_name(kind: EntryKind) -> &'static str {
 
 /// Opens the directory `name` beneath `dir`, refusing symlinks.
 fn open_dir_beneath(dir: BorrowedFd<'_>, name: &OsStr, flags: OFlags) -> Result<OwnedFd, Errno> {
-    rustix::fs::openat2(dir, name, flags, Mode::empty(), RESOLVE)
+    abupdate_utils::resolve::openat2(dir, name, flags, Mode::empty(), RESOLVE)
 }
 
 /// The refusal for a symlink of the new image found at `name` beneath `dir`.
@@ -391,7 +391,7 @@ impl Writer<'_> {
             EntryKind::File => {
                 let mut src = host::open_file(on_host, &meta)?;
                 let mut temp = self.temp_name(parent.as_fd(), &display);
-                let fd = rustix::fs::openat2(
+                let fd = abupdate_utils::resolve::openat2(
                     parent,
                     &temp.name,
                     OFlags::WRONLY
@@ -501,7 +501,7 @@ impl Writer<'_> {
     fn finish_dirs(&mut self) -> Result<(), Error> {
         for (rel, meta) in self.dirs.iter().rev() {
             let display = self.slot.display(rel);
-            let fd = rustix::fs::openat2(
+            let fd = abupdate_utils::resolve::openat2(
                 &self.slot.fd,
                 rel,
                 OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,

@@ -323,7 +323,7 @@ impl Extractor<'_> {
             }
             Action::File => {
                 let fd = create_replacing(parent, name, rel, &display, "create file", || {
-                    rustix::fs::openat2(
+                    abupdate_utils::resolve::openat2(
                         parent,
                         name,
                         OFlags::WRONLY
@@ -459,7 +459,7 @@ impl Extractor<'_> {
         } else {
             rel
         };
-        rustix::fs::openat2(&self.root, path, DIR_PATH_FLAGS, Mode::empty(), RESOLVE)
+        abupdate_utils::resolve::openat2(&self.root, path, DIR_PATH_FLAGS, Mode::empty(), RESOLVE)
     }
 
     /// The first component of the directory path `rel` that is a symlink, if any.
@@ -540,7 +540,7 @@ impl Extractor<'_> {
             } else {
                 &rel
             };
-            let fd = rustix::fs::openat2(
+            let fd = abupdate_utils::resolve::openat2(
                 &self.root,
                 path,
                 OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
@@ -556,7 +556,7 @@ impl Extractor<'_> {
 
 /// Opens the directory `name` in `dir` as a path handle, refusing symlinks.
 pub(crate) fn open_dir(dir: BorrowedFd<'_>, name: &OsStr) -> Result<OwnedFd, Errno> {
-    rustix::fs::openat2(dir, name, DIR_PATH_FLAGS, Mode::empty(), RESOLVE)
+    abupdate_utils::resolve::openat2(dir, name, DIR_PATH_FLAGS, Mode::empty(), RESOLVE)
 }
 
 /// Whether `name` in `dir` is a symlink (not followed).
