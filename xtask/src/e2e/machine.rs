@@ -187,8 +187,8 @@ impl Machine {
 
     /// In the slot whose daemon was armed with `point`: waits until the daemon aborted there
     /// (its unit failed, the operation `op` pending in `status`), disarms the failpoint,
-    /// syncs and cuts the power. Returns the status seen before the cut.
-    pub fn daemon_cut(&mut self, point: &str, op: &str) -> Result<Status> {
+    /// syncs and cuts the power. Returns the daemon's journal of that boot.
+    pub fn daemon_cut(&mut self, point: &str, op: &str) -> Result<String> {
         self.wait_guest(
             &format!("the daemon's abort at {point}"),
             "systemctl is-failed -q abupdate.service",
@@ -199,6 +199,9 @@ impl Machine {
             "after the daemon aborted at {point}, `{op}` must be pending: {}",
             st.0
         );
+        let journal = self
+            .vm
+            .ssh_ok("journalctl -b -u abupdate.service --no-pager")?;
         self.vm.ssh_ok(&format!(
             "rm -f {DAEMON_DROPIN}; systemctl daemon-reload; sync"
         ))?;
@@ -207,7 +210,7 @@ impl Machine {
             "the daemon aborted at {point} (pending: {}); failpoint disarmed; power cut",
             st.0["pending"]
         ));
-        Ok(st)
+        Ok(journal)
     }
 
     /// From a committed B: `abupdate rollback`, then asserts the next boot runs Debian 12 in
