@@ -321,6 +321,9 @@ fn abupdate_init(abupdate: &Path, disk: &Disk, guest: &Config) -> Result<()> {
     let cfg = dir.path().join("abupdate.yaml");
     let mut host = guest.clone();
     host.disk = Some(disk.device().to_owned());
+    // A lock of its own: the host's /run/abupdate.lock belongs to the host, and parallel
+    // lanes build their base disks at the same time.
+    host.lock_file = dir.path().join("abupdate.lock");
     config::write(&host, &cfg)?;
     println!(
         "disk: abupdate --config <disk: {}> init --slot a",
