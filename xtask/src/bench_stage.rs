@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use serde::Deserialize;
 
-use abupdate_testkit::HttpServer;
+use abupdate_testkit::{config, HttpServer};
 
 use crate::{bench_sources, images, setup};
 
@@ -829,30 +829,23 @@ impl BenchDisk {
         PathBuf::from(format!("{}p{n}", self.dev.display()))
     }
 
-    /// Writes the abupdate configuration for this disk to `dir/abupdate.yaml`.
+    /// Writes the abupdate configuration for this disk to `dir/abupdate.yaml`: the test
+    /// kit's standard one (GRUB's boot code is not abupdate's business here) with this
+    /// disk, a manifest of the pretended host's app.conf and a lock of its own.
     fn write_config(&self, dir: &Path) -> Result<PathBuf> {
         let p = dir.join("abupdate.yaml");
-        fs::write(
-            &p,
-            format!(
-                "disk: {dev}\n\
-                 partitions:\n  \
-                   boot: {{ partlabel: abboot, mountpoint: /boot/abboot }}\n  \
-                   slot_a: {{ partlabel: root-a }}\n  \
-                   slot_b: {{ partlabel: root-b }}\n  \
-                   data: {{ partlabel: data, mountpoint: /data }}\n\
-                 manifest:\n  include: [\"/etc/hostname\", \"{app}\"]\n  exclude: []\n\
-                 services: []\n\
-                 kernel_cmdline: \"\"\n\
-                 grub: {{ timeout: 1, serial: {{ enabled: true, unit: 0, speed: 115200 }} }}\n\
-                 trial: {{ tries: 3, panic_seconds: 5 }}\n\
-                 lock_file: {lock}\n",
-                dev = self.dev.display(),
-                app = self.manifest_dir.join("etc/app.conf").display(),
-                lock = dir.join("abupdate.lock").display(),
-            ),
-        )
-        .with_context(|| format!("write {}", p.display()))?;
+        let mut c = config::standard(Some(&self.dev))?;
+        c.manifest.include = vec![
+            "/etc/hostname".into(),
+            self.manifest_dir
+                .join("etc/app.conf")
+                .to_string_lossy()
+                .into_owned(),
+        ];
+        c.manifest.exclude = Vec::new();
+        c.services = Vec::new();
+        c.lock_file = dir.join("abupdate.lock");
+        config::write(&c, &p)?;
         Ok(p)
     }
 }
