@@ -407,12 +407,14 @@ fn switch_kexec_spends_a_try_first() -> Result<()> {
     )?;
     fs::set_permissions(bin.join("kexec"), fs::Permissions::from_mode(0o755))?;
     let path = format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", bin.display());
+    // The disk's own config (the fixture's adds a daemon section this test does not need).
     let run = |path: &str, fp: Option<&str>| {
-        Output::of(
-            fx.command("a", fp)
-                .env("PATH", path)
-                .args(["--json", "switch", "--kexec"]),
-        )
+        let mut c = fx.disk.command("a");
+        c.env_remove("ABUPDATE_FAILPOINT").env("PATH", path);
+        if let Some(fp) = fp {
+            c.env("ABUPDATE_FAILPOINT", fp);
+        }
+        Output::of(c.args(["--json", "switch", "--kexec"]))
     };
     let _ = fs::remove_file(&log);
     let out = run(&path, None)?;

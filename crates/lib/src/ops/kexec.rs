@@ -96,6 +96,7 @@ pub fn preflight(ctx: &Context, snap: &Snapshot, slot: SlotId) -> Result<()> {
             ));
         }
     }
+    drop(root);
     mount.close()?;
     Ok(())
 }
@@ -164,6 +165,7 @@ fn load(ctx: &Context, slot: SlotId, entry: &BootEntry) -> Result<()> {
         "kexec load slot {slot} from {}",
         dev.display()
     )))?;
+    drop(root);
     mount.close()?;
     Ok(())
 }
