@@ -23,9 +23,9 @@ mod o_kexec;
 use super::scenario::Scenario;
 
 /// Every scenario, in the order a full run executes them (also the default selection).
-/// Neighbours that share a machine are kept together: f..l run on one plain machine (c
-/// finds B staged by e, l stages it again), h, j, g on one daemon machine (g finds B
-/// staged by j), i on its own, m on its own UEFI machine, o on its own.
+/// Neighbours that share a machine are kept together: f..o run on one plain machine (c
+/// finds B staged by e, l and o stage it again), h, j, g on one daemon machine (g finds B
+/// staged by j), i on its own, m on its own UEFI machine.
 pub const ALL: &[&Scenario] = &[
     &f_downtime::SCENARIO,
     &a_upgrade::SCENARIO,
@@ -35,12 +35,12 @@ pub const ALL: &[&Scenario] = &[
     &e_powercut_staging::SCENARIO,
     &c_uncommitted_trial::SCENARIO,
     &l_powercut_matrix::SCENARIO,
+    &o_kexec::SCENARIO,
     &h_failed_check::SCENARIO,
     &j_pre_switch_hook::SCENARIO,
     &g_daemon_commits::SCENARIO,
     &i_hang::SCENARIO,
     &m_uefi_upgrade::SCENARIO,
-    &o_kexec::SCENARIO,
 ];
 
 #[cfg(test)]
