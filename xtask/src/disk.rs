@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use abupdate_testkit::config::{self, Config, EfiLoader, OnFailure};
 use abupdate_testkit::disk::{Disk, Layout, Role};
+use abupdate_utils::mount::BindMount;
 use abupdate_utils::Cmd;
 use anyhow::{bail, Context, Result};
 
@@ -258,35 +259,48 @@ pub fn build(
 
 /// Installs the package `deb` into the extracted root `root` with `dpkg -i` chrooted there
 /// (the image's dpkg path filters apply: abupdate's man pages are kept). The package enables
-/// abupdate.service; without the daemon it is disabled again the Debian way
-/// (`deb-systemd-helper disable`, so an upgrade of the package leaves it disabled).
+/// abupdate.service; without the daemon it is disabled again as an operator would
+/// (`systemctl disable`; the package's upgrade re-enables only a unit that was enabled).
 fn install_package(root: &Path, deb: &Path, daemon: bool) -> Result<()> {
+    // The image's path-exclude of /usr/share/man/* left out the section directories too; a
+    // path-include brings files only, so dpkg needs their directories (as Debian's own slim
+    // images do).
+    for d in ["usr/share/man/man5", "usr/share/man/man8"] {
+        let dir = root.join(d);
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    }
     let rel = "tmp/abupdate-xtask.deb";
     let inside = root.join(rel);
     std::fs::copy(deb, &inside)
         .with_context(|| format!("copy {} to {}", deb.display(), inside.display()))?;
-    let out = Cmd::new("chroot")
-        .arg(root)
-        .args(["dpkg", "-i", &format!("/{rel}")])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .run()
-        .with_context(|| format!("dpkg -i {} in slot A", deb.display()));
-    std::fs::remove_file(&inside).with_context(|| format!("remove {}", inside.display()))?;
-    let out = out?;
-    if let Some(l) = out
-        .stdout_str()
-        .lines()
-        .find(|l| l.starts_with("Setting up"))
-    {
-        println!("  dpkg: {l}");
-    }
-    if !daemon {
+    // The slot is mounted nodev: the maintainer scripts get the host's /dev.
+    let dev = BindMount::new(Path::new("/dev"), &root.join("dev"))
+        .context("bind-mount /dev into slot A")?;
+    let chroot = |args: &[&str]| {
         Cmd::new("chroot")
             .arg(root)
-            .args(["deb-systemd-helper", "disable", "abupdate.service"])
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
             .run()
-            .context("disable abupdate.service in slot A")?;
-    }
+            .with_context(|| format!("{} chrooted in slot A", args.join(" ")))
+    };
+    let installed = chroot(&["dpkg", "-i", &format!("/{rel}")]).and_then(|out| {
+        if let Some(l) = out
+            .stdout_str()
+            .lines()
+            .find(|l| l.starts_with("Setting up"))
+        {
+            println!("  dpkg: {l}");
+        }
+        if !daemon {
+            chroot(&["systemctl", "disable", "--quiet", "abupdate.service"])?;
+        }
+        Ok(())
+    });
+    let closed = dev.close().context("unmount slot A's /dev");
+    std::fs::remove_file(&inside).with_context(|| format!("remove {}", inside.display()))?;
+    installed?;
+    closed?;
     let wants = root.join("etc/systemd/system/multi-user.target.wants/abupdate.service");
     if wants.symlink_metadata().is_ok() != daemon {
         bail!(
