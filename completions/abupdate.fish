@@ -63,6 +63,7 @@ complete -c abupdate -n "__fish_abupdate_using_subcommand stage" -s h -l help -d
 complete -c abupdate -n "__fish_abupdate_using_subcommand switch" -l tries -d 'Boot attempts the new slot gets (default from the config)' -r
 complete -c abupdate -n "__fish_abupdate_using_subcommand switch" -l config -d 'Configuration file' -r -F
 complete -c abupdate -n "__fish_abupdate_using_subcommand switch" -l no-reboot -d 'Do not reboot'
+complete -c abupdate -n "__fish_abupdate_using_subcommand switch" -l kexec -d 'Reboot by kexec, skipping firmware and GRUB (spends the trial\'s first try itself)'
 complete -c abupdate -n "__fish_abupdate_using_subcommand switch" -l json -d 'Print machine-readable JSON on stdout'
 complete -c abupdate -n "__fish_abupdate_using_subcommand switch" -s h -l help -d 'Print help'
 complete -c abupdate -n "__fish_abupdate_using_subcommand commit" -l config -d 'Configuration file' -r -F
@@ -70,6 +71,7 @@ complete -c abupdate -n "__fish_abupdate_using_subcommand commit" -l json -d 'Pr
 complete -c abupdate -n "__fish_abupdate_using_subcommand commit" -s h -l help -d 'Print help'
 complete -c abupdate -n "__fish_abupdate_using_subcommand rollback" -l config -d 'Configuration file' -r -F
 complete -c abupdate -n "__fish_abupdate_using_subcommand rollback" -l no-reboot -d 'Do not reboot'
+complete -c abupdate -n "__fish_abupdate_using_subcommand rollback" -l kexec -d 'Reboot by kexec, skipping firmware and GRUB'
 complete -c abupdate -n "__fish_abupdate_using_subcommand rollback" -l json -d 'Print machine-readable JSON on stdout'
 complete -c abupdate -n "__fish_abupdate_using_subcommand rollback" -s h -l help -d 'Print help'
 complete -c abupdate -n "__fish_abupdate_using_subcommand history" -l config -d 'Configuration file' -r -F

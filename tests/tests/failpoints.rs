@@ -374,6 +374,87 @@ fn switch_failpoints() -> Result<()> {
     )
 }
 
+/// `switch --kexec` with kexec-tools faked in `PATH` (a pretended boot never loads into
+/// the host: the fake records its arguments, abupdate unloads instead of rebooting). The
+/// trial's first try is spent in grubenv before the load, with GRUB's trial command line;
+/// killed right after that write, the try stays spent and nothing was loaded; without
+/// `kexec` in `PATH` the switch is refused before any write.
+#[test]
+fn switch_kexec_spends_a_try_first() -> Result<()> {
+    let _s = serial();
+    let fx = staged()?;
+    let bin = fx.path("fake-kexec");
+    fs::create_dir_all(&bin)?;
+    let log = fx.path("kexec.log");
+    fs::write(
+        bin.join("kexec"),
+        format!("#!/bin/sh\necho \"$*\" >> {}\n", log.display()),
+    )?;
+    fs::set_permissions(bin.join("kexec"), fs::Permissions::from_mode(0o755))?;
+    let path = format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", bin.display());
+    // The disk's own config (the fixture's adds a daemon section this test does not need).
+    let run = |path: &str, fp: Option<&str>| {
+        let mut c = fx.disk.command("a");
+        c.env_remove("ABUPDATE_FAILPOINT").env("PATH", path);
+        if let Some(fp) = fp {
+            c.env("ABUPDATE_FAILPOINT", fp);
+        }
+        Output::of(c.args(["--json", "switch", "--kexec"]))
+    };
+    let _ = fs::remove_file(&log);
+    let out = run(&path, None)?;
+    ensure!(out.code == 0, "switch --kexec:\n{out}");
+    let calls = fs::read_to_string(&log).context("the fake kexec was not run")?;
+    let lines: Vec<&str> = calls.lines().collect();
+    ensure!(
+        lines.len() == 2
+            && lines[0].starts_with("--kexec-syscall-auto --load ")
+            && lines[0].contains(" --command-line=root=PARTUUID=")
+            && lines[0].contains("abupdate.slot=b")
+            && lines[0].ends_with("abupdate.trial=1")
+            && lines[1] == "--unload",
+        "kexec calls: {calls}"
+    );
+    let out: Value = serde_json::from_str(&out.stdout)?;
+    ensure!(
+        out["kexec"].as_str().is_some_and(|c| lines[0].ends_with(c)),
+        "--json names the command line: {out}"
+    );
+    let tries = fx.disk.grubenv()?.get("ab_tries").cloned();
+    let st = fx.disk.status("a")?;
+    ensure!(
+        tries.as_deref() == Some("11") && st["trial"]["tries_left"] == 2,
+        "one of 3 tries spent: ab_tries {tries:?}, status {st:#}"
+    );
+
+    fx.reset()?;
+    let _ = fs::remove_file(&log);
+    let out = run(&path, Some("switch.after-kexec-try"))?;
+    ensure!(
+        out.code == -1
+            && out
+                .stderr
+                .contains("failpoint switch.after-kexec-try reached"),
+        "expected a kill at switch.after-kexec-try:\n{out}"
+    );
+    ensure!(!log.exists(), "kexec ran before the try was spent");
+    fx.assert_status_matches_grub("a", "killed at switch.after-kexec-try")?;
+    let tries = fx.disk.grubenv()?.get("ab_tries").cloned();
+    ensure!(tries.as_deref() == Some("11"), "ab_tries {tries:?}");
+
+    fx.reset()?;
+    let out = run("/usr/sbin:/usr/bin:/sbin:/bin", None)?;
+    ensure!(
+        out.code == 3 && out.stderr.contains("kexec-tools"),
+        "without kexec: {out}"
+    );
+    ensure!(
+        fs::read(fx.disk.boot())? == fx.start,
+        "a refused switch --kexec changed the boot partition"
+    );
+    fx.assert_a_and_data_unchanged("switch --kexec")
+}
+
 #[test]
 fn commit_failpoints() -> Result<()> {
     let _s = serial();

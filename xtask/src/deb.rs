@@ -78,6 +78,29 @@ fn changelog_entry(version: &str, maintainer: &str, date: &str, why: &str) -> St
 /// gets a changelog entry in the staging copy) and returns the `.deb`.
 pub fn build(version: Option<&str>) -> Result<PathBuf> {
     setup::ensure_host_packages()?;
+    let bin = util::build_abupdate_release()?;
+    build_with(&bin, version)
+}
+
+/// The package of a VM run around the release binary `bin`: the one named by
+/// `XTASK_ABUPDATE_DEB` (a parallel lane gets its parent's), else [`build_with`].
+pub fn for_run(bin: &Path) -> Result<PathBuf> {
+    match std::env::var_os(DEB_ENV) {
+        Some(deb) => {
+            let deb = PathBuf::from(deb);
+            println!("build: using {DEB_ENV}={}", deb.display());
+            Ok(deb)
+        }
+        None => build_with(bin, None),
+    }
+}
+
+/// Names a package already built for this run ([`for_run`]).
+pub const DEB_ENV: &str = "XTASK_ABUPDATE_DEB";
+
+/// [`build`] around the release binary `bin` already built (the e2e run packages the very
+/// binary it uses on the host).
+pub fn build_with(bin: &Path, version: Option<&str>) -> Result<PathBuf> {
     let root = util::workspace_root();
     let changelog =
         std::fs::read_to_string(root.join("debian/changelog")).context("read debian/changelog")?;
@@ -89,7 +112,6 @@ pub fn build(version: Option<&str>) -> Result<PathBuf> {
          add an entry to debian/changelog, then run cargo xtask man"
     );
     let version = version.unwrap_or(listed);
-    let bin = util::build_abupdate_release()?;
 
     let dir = deb_dir();
     let stage = dir.join(format!("abupdate-{version}"));
@@ -109,11 +131,11 @@ pub fn build(version: Option<&str>) -> Result<PathBuf> {
             .with_context(|| format!("copy {d}/ into {}", stage.display()))?;
     }
     let build = stage.join("build");
-    std::fs::copy(&bin, build.join("abupdate"))
+    std::fs::copy(bin, build.join("abupdate"))
         .with_context(|| format!("copy {} into {}", bin.display(), build.display()))?;
-    generate(&bin, "man", &build.join("man"))?;
+    generate(bin, "man", &build.join("man"))?;
     let comp = build.join("completions");
-    generate(&bin, "completions", &comp)?;
+    generate(bin, "completions", &comp)?;
     // Each shell looks a completion up by its own name in its own directory.
     for (from, shell, to) in [
         ("abupdate.bash", "bash", "abupdate"),

@@ -1,6 +1,7 @@
 //! Assembles a VM test disk from the cached parts, on the test kit's disk builder: GPT with
-//! fixed identifiers, slot A = Debian 12 + the release abupdate binary and its config (a
-//! typed `Config`, serialized), an ext2 boot partition, the firmware's boot code, a data
+//! fixed identifiers, slot A = Debian 12 with abupdate's `.deb` installed by `dpkg -i` in a
+//! chroot (binary, unit, man pages, completions as an operator gets them) and the test's
+//! config over the package's conffile (a typed `Config`, serialized), an ext2 boot partition, the firmware's boot code, a data
 //! partition with a checksummed file. Then the host-built `abupdate init --slot a` writes
 //! grub.cfg, grubenv and state: xtask never writes those. BIOS: xtask copies GRUB's modules
 //! and writes core.img in the BIOS boot partition and boot.img in the MBR itself (the
@@ -19,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use abupdate_testkit::config::{self, Config, EfiLoader, OnFailure};
 use abupdate_testkit::disk::{Disk, Layout, Role};
+use abupdate_utils::mount::BindMount;
 use abupdate_utils::Cmd;
 use anyhow::{bail, Context, Result};
 
@@ -139,12 +141,14 @@ pub fn guest_config(kind: DiskKind) -> Result<Config> {
         c.bootchain.efi_loader = EfiLoader::Unsigned;
         c.bootchain.nvram = false;
     }
+    // The Debian 13 image has no abupdate: the manifest carries the package's binary (and,
+    // with the daemon, its unit) into every staged slot.
     c.manifest.include = [
         "/etc/hostname",
         "/etc/ssh/ssh_host_*",
         "/etc/app.conf",
         "/etc/abupdate/",
-        "/usr/local/sbin/abupdate",
+        PACKAGE_BINARY,
         "/root/.ssh/",
     ]
     .map(String::from)
@@ -152,9 +156,7 @@ pub fn guest_config(kind: DiskKind) -> Result<Config> {
     c.services = vec!["ssh.service".into(), "systemd-networkd.service".into()];
     if daemon {
         // The daemon's unit travels with the manifest and is enabled in staged slots.
-        c.manifest
-            .include
-            .push("/etc/systemd/system/abupdate.service".into());
+        c.manifest.include.push(PACKAGE_UNIT.into());
         c.services.push("abupdate.service".into());
         c.health.deadline = 240;
         c.health.on_failure = OnFailure::Rollback;
@@ -167,8 +169,11 @@ pub fn guest_config(kind: DiskKind) -> Result<Config> {
     Ok(c)
 }
 
-/// The boot assessment unit installed (and enabled) in slot A when the daemon is wanted.
-const DAEMON_UNIT: &str = include_str!("../../config/systemd/abupdate.service");
+/// Where the package installs the binary.
+const PACKAGE_BINARY: &str = "/usr/sbin/abupdate";
+/// Where the package installs the boot assessment unit (`/lib` is `/usr/lib` in both
+/// images).
+const PACKAGE_UNIT: &str = "/usr/lib/systemd/system/abupdate.service";
 
 /// Deterministic content for the data file.
 fn data_file_content() -> Vec<u8> {
@@ -183,44 +188,31 @@ fn data_file_content() -> Vec<u8> {
         .collect()
 }
 
-/// Builds the disk image of `kind` at `out` (overwritten).
-pub fn build(imgs: &Images, abupdate: &Path, out: &Path, kind: DiskKind) -> Result<DiskInfo> {
+/// Builds the disk image of `kind` at `out` (overwritten): slot A gets the package `deb`;
+/// `abupdate` (the same build, run on the host) writes the boot partition.
+pub fn build(
+    imgs: &Images,
+    abupdate: &Path,
+    deb: &Path,
+    out: &Path,
+    kind: DiskKind,
+) -> Result<DiskInfo> {
     let config = guest_config(kind)?;
     let start = std::time::Instant::now();
     let layout = layout(kind.firmware);
     let disk = Disk::create(out, &layout)?;
 
-    // Slot A: Debian 12 + abupdate + its config + the application config.
+    // Slot A: Debian 12 + the abupdate package + the test's config (an edited conffile) +
+    // the application config.
     let root = disk.mount(Role::SlotA)?;
     util::extract_tar(&imgs.bookworm_tar, root.path())?;
-    install_file(
-        root.path(),
-        "usr/local/sbin/abupdate",
-        &read(abupdate)?,
-        0o755,
-    )?;
+    install_package(root.path(), deb, kind.daemon)?;
     install_file(
         root.path(),
         &GUEST_CONFIG[1..],
         config::to_yaml(&config)?.as_bytes(),
         0o644,
     )?;
-    if kind.daemon {
-        install_file(
-            root.path(),
-            "etc/systemd/system/abupdate.service",
-            DAEMON_UNIT.as_bytes(),
-            0o644,
-        )?;
-        let wants = root
-            .path()
-            .join("etc/systemd/system/multi-user.target.wants");
-        std::fs::create_dir_all(&wants).with_context(|| format!("create {}", wants.display()))?;
-        let link = wants.join("abupdate.service");
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink("/etc/systemd/system/abupdate.service", &link)
-            .with_context(|| format!("enable {}", link.display()))?;
-    }
     install_file(root.path(), "etc/app.conf", APP_CONF.as_bytes(), 0o644)?;
     // The same form `abupdate stage` writes for the new slot.
     let fstab = format!(
@@ -263,6 +255,60 @@ pub fn build(imgs: &Images, abupdate: &Path, out: &Path, kind: DiskKind) -> Resu
     Ok(DiskInfo {
         data_sha256: util::sha256_bytes(&content),
     })
+}
+
+/// Installs the package `deb` into the extracted root `root` with `dpkg -i` chrooted there
+/// (the image's dpkg path filters apply: abupdate's man pages are kept). The package enables
+/// abupdate.service; without the daemon it is disabled again as an operator would
+/// (`systemctl disable`; the package's upgrade re-enables only a unit that was enabled).
+fn install_package(root: &Path, deb: &Path, daemon: bool) -> Result<()> {
+    // The image's path-exclude of /usr/share/man/* left out the section directories too; a
+    // path-include brings files only, so dpkg needs their directories (as Debian's own slim
+    // images do).
+    for d in ["usr/share/man/man5", "usr/share/man/man8"] {
+        let dir = root.join(d);
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    let rel = "tmp/abupdate-xtask.deb";
+    let inside = root.join(rel);
+    std::fs::copy(deb, &inside)
+        .with_context(|| format!("copy {} to {}", deb.display(), inside.display()))?;
+    // The slot is mounted nodev: the maintainer scripts get the host's /dev.
+    let dev = BindMount::new(Path::new("/dev"), &root.join("dev"))
+        .context("bind-mount /dev into slot A")?;
+    let chroot = |args: &[&str]| {
+        Cmd::new("chroot")
+            .arg(root)
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .run()
+            .with_context(|| format!("{} chrooted in slot A", args.join(" ")))
+    };
+    let installed = chroot(&["dpkg", "-i", &format!("/{rel}")]).and_then(|out| {
+        if let Some(l) = out
+            .stdout_str()
+            .lines()
+            .find(|l| l.starts_with("Setting up"))
+        {
+            println!("  dpkg: {l}");
+        }
+        if !daemon {
+            chroot(&["systemctl", "disable", "--quiet", "abupdate.service"])?;
+        }
+        Ok(())
+    });
+    let closed = dev.close().context("unmount slot A's /dev");
+    std::fs::remove_file(&inside).with_context(|| format!("remove {}", inside.display()))?;
+    installed?;
+    closed?;
+    let wants = root.join("etc/systemd/system/multi-user.target.wants/abupdate.service");
+    if wants.symlink_metadata().is_ok() != daemon {
+        bail!(
+            "abupdate.service should be {} in slot A after the installation",
+            if daemon { "enabled" } else { "disabled" }
+        );
+    }
+    Ok(())
 }
 
 fn read(p: &Path) -> Result<Vec<u8>> {

@@ -47,6 +47,12 @@ const PACKAGES: &[&str] = &[
     "procps",
     // grub-script-check, grub-editenv: abupdate validates the GRUB script it renders.
     "grub-common",
+    // abupdate's package installs man pages and a bash completion: the VM tests read them.
+    "man-db",
+    "bash-completion",
+    // `switch --kexec` and `rollback --kexec` load the next slot's kernel with kexec(8);
+    // the package's own kexec-on-reboot stays off ([`HOOK_NO_KEXEC_REBOOT`]).
+    "kexec-tools",
 ];
 
 const PATH_EXCLUDES: &[&str] = &[
@@ -55,6 +61,13 @@ const PATH_EXCLUDES: &[&str] = &[
     "/usr/share/info/*",
     "/usr/share/locale/*",
     "/usr/share/lintian/*",
+];
+
+/// What dpkg installs although [`PATH_EXCLUDES`] leaves it out (dpkg applies the last
+/// matching pattern): abupdate's own man pages, which the VM tests read with `man`.
+const PATH_INCLUDES: &[&str] = &[
+    "/usr/share/man/man8/abupdate*",
+    "/usr/share/man/man5/abupdate*",
 ];
 
 /// Kernel module trees a virtio guest never loads (relative to `/lib/modules/*/kernel/`);
@@ -94,12 +107,22 @@ const MODULE_EXCLUDES: &[&str] = &[
     "arch/x86/kvm/*",
 ];
 
-/// Every dpkg path-exclude pattern.
-fn path_excludes() -> Vec<String> {
-    let mut v: Vec<String> = PATH_EXCLUDES.iter().map(|s| s.to_string()).collect();
+/// Every dpkg path filter option, in order (`path-exclude=...`, then `path-include=...`).
+/// mmdebstrap also writes them into the image's `/etc/dpkg/dpkg.cfg.d/`, so a package
+/// installed later (abupdate's, on every VM disk) is filtered the same way.
+fn path_filters() -> Vec<String> {
+    let mut v: Vec<String> = PATH_EXCLUDES
+        .iter()
+        .map(|s| format!("path-exclude={s}"))
+        .collect();
     for prefix in ["/lib/modules/*/kernel/", "/usr/lib/modules/*/kernel/"] {
-        v.extend(MODULE_EXCLUDES.iter().map(|m| format!("{prefix}{m}")));
+        v.extend(
+            MODULE_EXCLUDES
+                .iter()
+                .map(|m| format!("path-exclude={prefix}{m}")),
+        );
     }
+    v.extend(PATH_INCLUDES.iter().map(|s| format!("path-include={s}")));
     v
 }
 
@@ -214,6 +237,14 @@ const HOOK_INITRAMFS: &str = "chroot \"$1\" update-initramfs -u -k all";
 /// `systemd-journal-catalog-update.service`, ordered before `sysinit.target`) on the first
 /// boot of every slot staged from the image. Debian 12 has no such units.
 const HOOK_UPDATE_DONE: &str = "[ ! -x \"$1\"/usr/lib/systemd/systemd-update-done ] || chroot \"$1\" /usr/lib/systemd/systemd-update-done";
+/// man-db's daily timer would rebuild the manual's index on a guest's first boot (the timer
+/// is persistent), in emulated code while a test runs: `man` finds pages without it.
+const HOOK_NO_MANDB_TIMER: &str = "[ ! -e \"$1\"/usr/lib/systemd/system/man-db.timer ] || chroot \"$1\" systemctl disable man-db.timer";
+/// kexec-tools answers its own debconf question "handle reboots?" with yes: every reboot would
+/// load the default kernel and jump to it, skipping firmware and GRUB. Off, so a reboot is a
+/// reboot and only abupdate's `--kexec` uses kexec (`LOAD_KEXEC` is read at each shutdown;
+/// the package's config script keeps the file's answer on a reconfiguration).
+const HOOK_NO_KEXEC_REBOOT: &str = "[ ! -e \"$1\"/etc/default/kexec ] || sed -i 's/^LOAD_KEXEC=.*/LOAD_KEXEC=false/' \"$1\"/etc/default/kexec";
 const HOOK_OLD: &[&str] = &["chroot \"$1\" systemctl enable systemd-networkd.service"];
 /// The new image has no identity of its own: hostname and keys come from the manifest.
 const HOOK_NEW: &[&str] = &[
@@ -338,9 +369,9 @@ impl Recipe {
     fn key(&self, extra: &str) -> String {
         let mut text = format!("{RECIPE_VERSION}\nsuite={}\n", self.suite);
         text += &format!(
-            "packages={}\nexcludes={}\n",
+            "packages={}\nfilters={}\n",
             PACKAGES.join(","),
-            path_excludes().join(",")
+            path_filters().join(",")
         );
         text += &format!("sources=\n{}\n", self.sources);
         for (tag, files) in [("early", &self.early), ("late", &self.late)] {
@@ -367,8 +398,8 @@ impl Recipe {
         let mut cmd = Command::new("mmdebstrap");
         cmd.arg("--variant=minbase")
             .arg(format!("--include={}", PACKAGES.join(",")));
-        for p in path_excludes() {
-            cmd.arg(format!("--dpkgopt=path-exclude={p}"));
+        for p in path_filters() {
+            cmd.arg(format!("--dpkgopt={p}"));
         }
         cmd.arg(format!("--essential-hook=sync-in {} /", early.display()))
             .arg(format!("--customize-hook=sync-in {} /", late.display()));
@@ -430,6 +461,8 @@ fn recipes(ssh: &SshKey) -> Result<(Recipe, Recipe)> {
     old_late.extend(old_only_files(&ssh.public));
     let mut old_hooks = vec![HOOK_INITRAMFS.to_string()];
     old_hooks.extend(HOOK_OLD.iter().map(|s| s.to_string()));
+    old_hooks.push(HOOK_NO_MANDB_TIMER.to_string());
+    old_hooks.push(HOOK_NO_KEXEC_REBOOT.to_string());
     old_hooks.push(HOOK_UPDATE_DONE.to_string());
     let old = Recipe {
         suite: "bookworm",
@@ -440,6 +473,8 @@ fn recipes(ssh: &SshKey) -> Result<(Recipe, Recipe)> {
     };
     let mut new_hooks = vec![HOOK_INITRAMFS.to_string()];
     new_hooks.extend(HOOK_NEW.iter().map(|s| s.to_string()));
+    new_hooks.push(HOOK_NO_MANDB_TIMER.to_string());
+    new_hooks.push(HOOK_NO_KEXEC_REBOOT.to_string());
     new_hooks.push(HOOK_UPDATE_DONE.to_string());
     let new = Recipe {
         suite: "trixie",

@@ -155,7 +155,8 @@ fn cmd_disk(path: &std::path::Path) -> Result<()> {
     setup::ensure_host_packages()?;
     let imgs = images::ensure()?;
     let abupdate = util::build_abupdate_release()?;
-    let info = disk::build(&imgs, &abupdate, path, disk::DiskKind::PLAIN)?;
+    let deb = deb::build_with(&abupdate, None)?;
+    let info = disk::build(&imgs, &abupdate, &deb, path, disk::DiskKind::PLAIN)?;
     println!(
         "disk ready: {} (data file sha256 {})",
         path.display(),

@@ -355,6 +355,9 @@ struct SwitchArgs {
     /// Boot attempts the new slot gets (default from the config).
     #[arg(long)]
     tries: Option<u32>,
+    /// Reboot by kexec, skipping firmware and GRUB (spends the trial's first try itself).
+    #[arg(long, conflicts_with = "no_reboot")]
+    kexec: bool,
 }
 
 #[derive(Debug, Args)]
@@ -362,6 +365,9 @@ struct RollbackArgs {
     /// Do not reboot.
     #[arg(long)]
     no_reboot: bool,
+    /// Reboot by kexec, skipping firmware and GRUB.
+    #[arg(long, conflicts_with = "no_reboot")]
+    kexec: bool,
 }
 
 #[derive(Debug, Args)]
@@ -550,6 +556,7 @@ fn switch(ctx: &Context, op: &Operation, json: bool, a: SwitchArgs) -> Result<St
     let opts = ops::SwitchOpts {
         no_reboot: a.no_reboot,
         tries: a.tries,
+        kexec: a.kexec,
     };
     outcome(op, json, &ops::switch(ctx, &opts)?)
 }
@@ -561,6 +568,7 @@ fn commit(ctx: &Context, op: &Operation, json: bool) -> Result<String, Error> {
 fn rollback(ctx: &Context, op: &Operation, json: bool, a: RollbackArgs) -> Result<String, Error> {
     let opts = ops::RollbackOpts {
         no_reboot: a.no_reboot,
+        kexec: a.kexec,
     };
     outcome(op, json, &ops::rollback(ctx, &opts)?)
 }
@@ -965,9 +973,12 @@ mod tests {
             o.cmd,
             Cmd::Switch(SwitchArgs {
                 no_reboot: true,
-                tries: Some(5)
+                tries: Some(5),
+                kexec: false,
             })
         ));
+        assert!(parse(&["switch", "--kexec"]).is_ok());
+        assert!(parse(&["switch", "--kexec", "--no-reboot"]).is_err());
     }
 
     #[test]

@@ -70,6 +70,65 @@ pub fn parse_menu(script: &str) -> Option<Menu> {
     })
 }
 
+/// What one menu entry boots: the kernel and initrd paths inside the slot's filesystem and
+/// the kernel command line, as GRUB's `linux` line passes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootEntry {
+    /// Absolute path of the kernel inside the slot's filesystem.
+    pub kernel: String,
+    /// Absolute path of the initrd inside the slot's filesystem, if any.
+    pub initrd: Option<String>,
+    /// The kernel command line (without GRUB's own `BOOT_IMAGE=`).
+    pub cmdline: String,
+}
+
+/// Reads the entry of slot `id` back from a script rendered from the template: its `linux`
+/// and `initrd` lines, with `$ab_args_<id>` replaced by what the script sets it to on a
+/// `trial` boot (the trial's `panic=` and `abupdate.trial=1`) or by nothing. This is the
+/// command line GRUB itself would pass, so a boot that bypasses GRUB (kexec) boots the
+/// slot exactly as GRUB would. `None` when the script has no such entry.
+pub fn boot_entry(script: &str, id: &str, trial: bool) -> Option<BootEntry> {
+    let var = format!("$ab_args_{id}");
+    let set = format!("set ab_args_{id}=\"");
+    let trial_args = script
+        .lines()
+        .filter(|l| l.trim_start().starts_with("if [ \"x$ab_try\""))
+        .find_map(|l| l.split_once(&set)?.1.split_once('"').map(|(v, _)| v))
+        .unwrap_or("");
+    let head = format!(" --id slot-{id} {{");
+    let mut lines = script
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| !(l.starts_with("menuentry ") && l.ends_with(&head)))
+        .skip(1)
+        .take_while(|l| *l != "}");
+    let mut entry: Option<BootEntry> = None;
+    let mut initrd = None;
+    for line in lines.by_ref() {
+        if let Some(rest) = line.strip_prefix("linux ") {
+            let mut words = rest.split_whitespace();
+            let kernel = words.next()?.to_owned();
+            let args: Vec<&str> = words
+                .flat_map(|w| {
+                    if w == var {
+                        trial_args.split_whitespace().filter(|_| trial).collect()
+                    } else {
+                        vec![w]
+                    }
+                })
+                .collect();
+            entry = Some(BootEntry {
+                kernel,
+                initrd: None,
+                cmdline: args.join(" "),
+            });
+        } else if let Some(rest) = line.strip_prefix("initrd ") {
+            initrd = rest.split_whitespace().next().map(str::to_owned);
+        }
+    }
+    entry.map(|e| BootEntry { initrd, ..e })
+}
+
 /// The path the script takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Branch {
@@ -214,6 +273,53 @@ mod tests {
             ]
         );
         assert_eq!(parse_menu("set timeout=3\n"), None);
+    }
+
+    #[test]
+    fn reads_an_entry_as_grub_boots_it() {
+        let slot = |id: &str, n: char, initrd: Option<&str>| MenuSlot {
+            id: id.into(),
+            title: format!("Debian - slot {id}"),
+            fs_uuid: format!("{n}1111111-2222-3333-4444-555555555555"),
+            partuuid: format!("{n}aaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"),
+            kernel: format!("/boot/vmlinuz-6.{n}"),
+            initrd: initrd.map(str::to_owned),
+        };
+        let cfg = GrubConfig {
+            slots: vec![
+                slot("a", '1', Some("/boot/initrd.img-6.1")),
+                slot("b", '2', None),
+            ],
+            default_slot: "a".into(),
+            timeout_secs: 1,
+            serial: Some(crate::config::SerialConsole {
+                unit: 0,
+                speed: 115200,
+            }),
+            extra_cmdline: "quiet net.ifnames=0".into(),
+            trial_panic_secs: 7,
+        };
+        let text = render(TEMPLATE, &cfg).expect("render");
+        let b = boot_entry(&text, "b", true).expect("entry b");
+        assert_eq!(b.kernel, "/boot/vmlinuz-6.2");
+        assert_eq!(b.initrd, None);
+        assert_eq!(
+            b.cmdline,
+            "root=PARTUUID=2aaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee rw abupdate.slot=b \
+             console=tty0 console=ttyS0,115200 quiet net.ifnames=0 panic=7 abupdate.trial=1"
+        );
+        let a = boot_entry(&text, "a", false).expect("entry a");
+        assert_eq!(a.initrd.as_deref(), Some("/boot/initrd.img-6.1"));
+        assert_eq!(
+            a.cmdline,
+            "root=PARTUUID=1aaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee rw abupdate.slot=a \
+             console=tty0 console=ttyS0,115200 quiet net.ifnames=0"
+        );
+        assert!(!boot_entry(&text, "b", false)
+            .expect("b")
+            .cmdline
+            .contains("trial"));
+        assert_eq!(boot_entry(&text, "c", false), None);
     }
 
     #[test]

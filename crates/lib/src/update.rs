@@ -469,6 +469,7 @@ pub fn update(ctx: &Context, opts: &UpdateOpts) -> Result<UpdateReport> {
         &ops::SwitchOpts {
             no_reboot: opts.no_reboot,
             tries: opts.tries,
+            kexec: false,
         },
     )?);
     Ok(report)

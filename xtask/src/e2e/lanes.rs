@@ -4,7 +4,7 @@
 //!
 //! Under TCG a guest keeps about one host core busy, so on a 2-core machine two lanes run
 //! the suite in a bit more than half the time of one. The parent builds what the lanes
-//! share first (the cached images, the release binary), so no two lanes build the same
+//! share first (the cached images, the release binary, its package), so no two lanes build the same
 //! thing; each lane's output is printed live, every line prefixed with its lane.
 
 use std::io::{BufRead, BufReader, Read};
@@ -14,7 +14,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 
 use super::scenario::{Scenario, Start};
-use crate::{images, setup, util, vm};
+use crate::{deb, images, setup, util, vm};
 
 /// Splits `selected` (in list order) into chains: a scenario continues the previous chain
 /// when it may continue on the previous one's machine.
@@ -72,6 +72,7 @@ pub fn run(selected: &[&'static Scenario], keep: bool, lanes: usize) -> Result<(
     setup::ensure_host_packages()?;
     images::ensure()?;
     let bin = util::build_abupdate_release()?;
+    let deb = deb::for_run(&bin)?;
     let exe = std::env::current_exe().context("find the xtask executable")?;
     let mut running = Vec::new();
     for (n, lane) in plan.iter().enumerate() {
@@ -86,6 +87,7 @@ pub fn run(selected: &[&'static Scenario], keep: bool, lanes: usize) -> Result<(
         let mut cmd = Command::new(&exe);
         cmd.args(["e2e", "--lanes", "1", "--only", &ids.join(",")])
             .env("XTASK_ABUPDATE_BIN", &bin)
+            .env(deb::DEB_ENV, &deb)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

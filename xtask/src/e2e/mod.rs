@@ -101,8 +101,10 @@ struct Base {
 pub struct Env {
     /// The cached images.
     pub imgs: Images,
-    /// The release `abupdate` installed in slot A.
+    /// The release `abupdate` (run on the host to init the disks).
     pub abupdate: PathBuf,
+    /// The package of that binary, installed in slot A of every disk.
+    pub deb: PathBuf,
     /// The HTTP server the guests reach at 10.0.2.100.
     pub http: HttpServer,
     /// This run's directory (`/var/tmp/abupdate-xtask/run-<time>-<pid>`).
@@ -119,6 +121,7 @@ impl Env {
         setup::ensure_host_packages()?;
         let imgs = images::ensure()?;
         let abupdate = util::build_abupdate_release()?;
+        let deb = crate::deb::for_run(&abupdate)?;
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -148,7 +151,7 @@ impl Env {
         }
         let http = http.start()?;
         println!(
-            "prepare: images, release build and HTTP server (127.0.0.1:{}) ready in {:.0?}; run directory {}",
+            "prepare: images, release build, package and HTTP server (127.0.0.1:{}) ready in {:.0?}; run directory {}",
             http.port(),
             t.elapsed(),
             run_dir.display()
@@ -156,6 +159,7 @@ impl Env {
         Ok(Env {
             imgs,
             abupdate,
+            deb,
             http,
             run_dir,
             machines: 0,
@@ -169,7 +173,7 @@ impl Env {
             return Ok(&self.bases[i]);
         }
         let image = self.run_dir.join(format!("base-{}.img", kind.name()));
-        let info = disk::build(&self.imgs, &self.abupdate, &image, kind)?;
+        let info = disk::build(&self.imgs, &self.abupdate, &self.deb, &image, kind)?;
         // Read-only from now on: machines write their own overlays.
         std::fs::set_permissions(&image, std::os::unix::fs::PermissionsExt::from_mode(0o444))
             .with_context(|| format!("make {} read-only", image.display()))?;

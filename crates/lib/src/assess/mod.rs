@@ -43,6 +43,7 @@ fn outcome(slot: SlotId, message: String, reboot: bool) -> Outcome {
         slot: Some(slot),
         message,
         reboot,
+        kexec: None,
     }
 }
 

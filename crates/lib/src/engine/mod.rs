@@ -21,8 +21,8 @@ mod model;
 
 pub use plan::*;
 pub use plans::{
-    plan_commit, plan_init, plan_note, plan_refresh_menu, plan_rollback, plan_staged, plan_switch,
-    plan_trial_failed, settle, FailedAssessment, Refusal,
+    plan_commit, plan_init, plan_kexec, plan_note, plan_refresh_menu, plan_rollback, plan_staged,
+    plan_switch, plan_trial_failed, settle, FailedAssessment, KexecBoot, Refusal,
 };
 pub use tx::{read_snapshot, settings, Records, Transaction};
 pub use view::{

@@ -93,6 +93,9 @@ pub const SWITCH_AFTER_INTENT: &str = "switch.after-intent";
 pub const SWITCH_AFTER_GRUBENV: &str = "switch.after-grubenv";
 /// `switch`: the trial is recorded and the intent cleared.
 pub const SWITCH_AFTER_STATE: &str = "switch.after-state";
+/// `switch --kexec`: grubenv has one try fewer, spent
+/// for the kexec'd trial boot as GRUB's script spends it.
+pub const SWITCH_AFTER_KEXEC_TRY: &str = "switch.after-kexec-try";
 /// The next run undid a switch interrupted before its grubenv write.
 pub const SWITCH_AFTER_UNDO: &str = "switch.after-undo";
 /// `commit`: the intent is recorded.
@@ -142,6 +145,7 @@ pub const FAILPOINTS: &[&str] = &[
     SWITCH_AFTER_INTENT,
     SWITCH_AFTER_GRUBENV,
     SWITCH_AFTER_STATE,
+    SWITCH_AFTER_KEXEC_TRY,
     SWITCH_AFTER_UNDO,
     COMMIT_AFTER_INTENT,
     COMMIT_AFTER_GRUBENV,

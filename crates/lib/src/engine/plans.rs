@@ -438,6 +438,58 @@ pub fn plan_switch(snap: &Snapshot, set: &Settings, tries: u32) -> Result<Plan, 
     })
 }
 
+/// The boot a kexec makes instead of GRUB: the slot GRUB's script would boot next, whether
+/// as its trial, and the plan that does what the script does before booting a trial.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KexecBoot {
+    /// The slot to boot.
+    pub slot: SlotId,
+    /// Whether it boots as the trial (the entry's trial command line).
+    pub trial: bool,
+    /// The grubenv write spending one try (no steps when the boot is not a trial).
+    pub plan: Plan,
+}
+
+/// `switch --kexec`, `rollback --kexec`: the next boot as GRUB's script decides it
+/// ([`abupdate_grub::script::decide`] on the records as they are now), made by kexec. A
+/// kexec bypasses GRUB, so a trial boot spends its try here, durably and before the kernel
+/// is even loaded, exactly as the script saves the spent try before booting: a kexec'd
+/// trial that panics or hangs comes back through GRUB with one try fewer. Refused when the
+/// next boot is not a slot other than the booted one (GRUB would fall back, or boot the
+/// slot already running).
+pub fn plan_kexec(snap: &Snapshot) -> Result<KexecBoot, Refusal> {
+    let menu = snap
+        .menu
+        .as_ref()
+        .ok_or_else(|| "grub.cfg is not abupdate's: cannot tell what GRUB boots next".to_owned())?;
+    let env = crate::boot::env_of(&snap.env());
+    let d = abupdate_grub::script::decide(menu, Some(&env), true);
+    let slot = SlotId::parse(&d.entry)
+        .filter(|s| *s != snap.booted)
+        .ok_or_else(|| format!("the next boot is slot {} again: nothing to kexec", d.entry))?;
+    let mut plan = Plan::nothing(
+        "switch",
+        Some(slot),
+        format!("booting slot {slot} by kexec"),
+    );
+    if let Some(saved) = d.saved_tries.as_deref().filter(|_| d.is_trial()) {
+        let left = crate::boot::from_unary(saved);
+        plan.message = format!("trial of slot {slot}: one try spent for the kexec, {left} left");
+        plan.steps.push(write_env(
+            BootState {
+                tries_left: left,
+                ..snap.env()
+            },
+            SWITCH_AFTER_KEXEC_TRY,
+        ));
+    }
+    Ok(KexecBoot {
+        slot,
+        trial: d.is_trial(),
+        plan,
+    })
+}
+
 /// `commit` (also the daemon's, with its assessment): in the trial slot, make it the good
 /// default, the other slot its fallback if good. Nothing to do when it is committed.
 pub fn plan_commit(
@@ -778,4 +830,52 @@ pub fn plan_refresh_menu(
         reboot: false,
         hooks: Vec::new(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use abupdate_grub::script::Menu;
+
+    fn snap(booted: SlotId, env: BootState) -> Snapshot {
+        Snapshot {
+            booted,
+            state: None,
+            grubenv: Some(env),
+            menu: Some(Menu {
+                slots: vec![("a".into(), "u-a".into()), ("b".into(), "u-b".into())],
+                default_slot: "a".into(),
+            }),
+            fs_uuids: [None, None],
+        }
+    }
+
+    /// A kexec'd trial spends one try as GRUB's script would; a non-trial spends none.
+    #[test]
+    fn kexec_spends_the_try_grub_would() {
+        let trial = |tries| BootState {
+            default: Some(SlotId::A),
+            fallback: None,
+            trial: Some(SlotId::B),
+            tries_left: tries,
+        };
+        for tries in 1..=3 {
+            let k = plan_kexec(&snap(SlotId::A, trial(tries))).expect("kexec");
+            assert_eq!((k.slot, k.trial), (SlotId::B, true));
+            assert_eq!(
+                k.plan.steps,
+                [write_env(trial(tries - 1), SWITCH_AFTER_KEXEC_TRY)]
+            );
+        }
+        // No try left: GRUB would boot the default, the running slot: refused.
+        assert!(plan_kexec(&snap(SlotId::A, trial(0))).is_err());
+        // A rollback's next boot: the other slot as the default, no try spent.
+        let back = BootState {
+            default: Some(SlotId::A),
+            ..BootState::default()
+        };
+        let k = plan_kexec(&snap(SlotId::B, back)).expect("kexec");
+        assert_eq!((k.slot, k.trial, k.plan.steps.len()), (SlotId::A, false, 0));
+        assert!(plan_kexec(&snap(SlotId::A, back)).is_err());
+    }
 }

@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 mod commit;
 mod history;
 mod init;
+pub mod kexec;
 mod rollback;
 mod status;
 mod switch;
@@ -37,6 +38,9 @@ pub struct Outcome {
     pub message: String,
     /// Whether a reboot follows.
     pub reboot: bool,
+    /// The kernel command line of a kexec reboot (`--kexec`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kexec: Option<String>,
 }
 
 impl fmt::Display for Outcome {
@@ -54,6 +58,7 @@ impl Outcome {
             slot: plan.slot,
             message: plan.message.clone(),
             reboot: plan.reboot && reboot,
+            kexec: None,
         }
     }
 }

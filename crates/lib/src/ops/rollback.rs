@@ -4,13 +4,15 @@ use crate::context::Context;
 use crate::engine::{plan_rollback, Transaction};
 use crate::error::{Error, Result};
 
-use super::{finish_reboot, Outcome};
+use super::{finish_reboot, kexec, Outcome};
 
 /// Options of `rollback`.
 #[derive(Debug, Clone, Default)]
 pub struct RollbackOpts {
     /// Do not reboot afterwards.
     pub no_reboot: bool,
+    /// Reboot by kexec (see [`super::kexec`]) instead of through firmware and GRUB.
+    pub kexec: bool,
 }
 
 /// `abupdate rollback`.
@@ -34,6 +36,10 @@ pub fn rollback(ctx: &Context, opts: &RollbackOpts) -> Result<Outcome> {
     let booted = tx.snapshot().booted;
     if let Some(target) = plan.slot.filter(|s| *s != booted && plan.reboot) {
         crate::bootchain::verify::before_boot(ctx, target, "rollback")?;
+    }
+    if opts.kexec && !opts.no_reboot && plan.reboot {
+        kexec::preflight(ctx, tx.snapshot(), booted.other())?;
+        return kexec::apply_and_kexec(ctx, tx, plan);
     }
     finish_reboot(Outcome::of(&tx.apply(plan)?, !opts.no_reboot))
 }

@@ -1,11 +1,12 @@
-//! `abupdate switch`: boot the staged slot next, as a bounded trial.
+//! `abupdate switch`: boot the staged slot next, as a bounded trial (by kexec with
+//! `--kexec`).
 
 use crate::context::Context;
 use crate::engine::{plan_switch, Transaction};
 use crate::error::{Error, Result};
 use crate::hooks::{self, HookPoint};
 
-use super::{finish_reboot, Outcome};
+use super::{finish_reboot, kexec, Outcome};
 
 /// Options of `switch`.
 #[derive(Debug, Clone, Default)]
@@ -14,6 +15,8 @@ pub struct SwitchOpts {
     pub no_reboot: bool,
     /// Trial tries (default from the config).
     pub tries: Option<u32>,
+    /// Reboot by kexec (see [`super::kexec`]) instead of through firmware and GRUB.
+    pub kexec: bool,
 }
 
 /// `abupdate switch`: once the plan is known, `verify` proves GRUB can boot the staged slot
@@ -34,7 +37,14 @@ pub fn switch(ctx: &Context, opts: &SwitchOpts) -> Result<Outcome> {
         .and_then(|s| tx.snapshot().state.as_ref()?.slots.get(&s))
         .map(|r| r.os.pretty_name.clone())
         .unwrap_or_default();
+    let kexec = opts.kexec && !opts.no_reboot;
+    if kexec {
+        kexec::preflight(ctx, tx.snapshot(), booted.other())?;
+    }
     if plan.steps.is_empty() {
+        if kexec {
+            return kexec::apply_and_kexec(ctx, tx, plan);
+        }
         return Ok(Outcome::of(&tx.apply(plan)?, false));
     }
     crate::bootchain::verify::before_boot(ctx, booted.other(), "switch")?;
@@ -49,5 +59,8 @@ pub fn switch(ctx: &Context, opts: &SwitchOpts) -> Result<Outcome> {
             ("ABUPDATE_TRIES", tries.to_string()),
         ],
     )?;
+    if kexec {
+        return kexec::apply_and_kexec(ctx, tx, plan);
+    }
     finish_reboot(Outcome::of(&tx.apply(plan)?, !opts.no_reboot))
 }

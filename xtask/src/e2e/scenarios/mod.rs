@@ -18,14 +18,16 @@ mod j_pre_switch_hook;
 mod k_clone_upgrade;
 mod l_powercut_matrix;
 mod m_uefi_upgrade;
+mod o_kexec;
 
 use super::scenario::Scenario;
 
 /// Every scenario, in the order a full run executes them (also the default selection).
 /// Neighbours that share a machine are kept together (a chain, which `--lanes` never
 /// splits): f..c run on one plain machine (c finds B staged by e), h, j, g on one daemon
-/// machine (g finds B staged by j), i on its own, m on its own UEFI machine, l on a plain
-/// machine of its own (after m, so that it is a chain of its own for the lanes).
+/// machine (g finds B staged by j), i on its own, m on its own UEFI machine, l and o on a
+/// plain machine of their own (after m, so that they are a chain of their own for the
+/// lanes; o stages B again).
 pub const ALL: &[&Scenario] = &[
     &f_downtime::SCENARIO,
     &a_upgrade::SCENARIO,
@@ -40,6 +42,7 @@ pub const ALL: &[&Scenario] = &[
     &i_hang::SCENARIO,
     &m_uefi_upgrade::SCENARIO,
     &l_powercut_matrix::SCENARIO,
+    &o_kexec::SCENARIO,
 ];
 
 #[cfg(test)]
