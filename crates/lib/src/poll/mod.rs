@@ -436,7 +436,12 @@ pub fn run(ctx: &Context) -> Result<CycleReport> {
                 Timestamp::now() + cfg.interval.0
             }
         };
-        // Never spin: a step due at once that did not run waits a minute.
-        sleep_until(wake.max(Timestamp::now() + SignedDuration::from_mins(1)));
+        // Never spin: a step still due (the cycle's step limit) waits a minute.
+        let now = Timestamp::now();
+        sleep_until(if wake > now {
+            wake
+        } else {
+            now + SignedDuration::from_mins(1)
+        });
     }
 }

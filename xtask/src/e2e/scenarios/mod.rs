@@ -18,13 +18,14 @@ mod j_pre_switch_hook;
 mod k_clone_upgrade;
 mod l_powercut_matrix;
 mod m_uefi_upgrade;
+mod n_daemon_polls;
 
 use super::scenario::Scenario;
 
 /// Every scenario, in the order a full run executes them (also the default selection).
 /// Neighbours that share a machine are kept together: f..l run on one plain machine (c
 /// finds B staged by e, l stages it again), h, j, g on one daemon machine (g finds B
-/// staged by j), i on its own, m on its own UEFI machine.
+/// staged by j), i on its own, m on its own UEFI machine, n on its own daemon machine (it ends in B).
 pub const ALL: &[&Scenario] = &[
     &f_downtime::SCENARIO,
     &a_upgrade::SCENARIO,
@@ -39,6 +40,7 @@ pub const ALL: &[&Scenario] = &[
     &g_daemon_commits::SCENARIO,
     &i_hang::SCENARIO,
     &m_uefi_upgrade::SCENARIO,
+    &n_daemon_polls::SCENARIO,
 ];
 
 #[cfg(test)]
