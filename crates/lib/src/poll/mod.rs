@@ -304,6 +304,9 @@ pub fn cycle(ctx: &Context, clock: &dyn Fn() -> Timestamp) -> Result<CycleReport
                 match run_step(ctx, next.step, v) {
                     Ok(message) => {
                         switched = next.step == StepKind::Switch;
+                        if rec.failed_step.take().is_some() {
+                            write_last_check(&cfg.last_check, rec)?;
+                        }
                         steps.push(StepDone {
                             step: next.step,
                             ok: true,
@@ -327,7 +330,12 @@ pub fn cycle(ctx: &Context, clock: &dyn Fn() -> Timestamp) -> Result<CycleReport
                 }
             }
             _ => {
-                let (rec, done) = run_check(ctx, cfg, now);
+                let (mut rec, done) = run_check(ctx, cfg, now);
+                // A step that failed for the release offered again stays on record (status
+                // shows why it was not staged); it is retried, being older than this check.
+                rec.failed_step = last
+                    .and_then(|l| l.failed_step)
+                    .filter(|f| rec.offered.as_ref().is_some_and(|o| o.version == f.version));
                 write_last_check(&cfg.last_check, &rec)?;
                 last = Some(rec);
                 steps.push(done);

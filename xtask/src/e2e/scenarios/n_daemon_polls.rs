@@ -153,6 +153,7 @@ fn run(cx: &mut Ctx<'_>) -> Result<()> {
         "a tampered release must leave B empty and no trial: {}",
         st.summary()
     );
+    // The failure stays on record across the next checks (which retry the stage).
     let text = m.abupdate("status")?;
     ensure!(
         text.contains(&format!("stage of release {VERSION} failed")),
