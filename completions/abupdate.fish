@@ -36,7 +36,7 @@ complete -c abupdate -n "__fish_abupdate_needs_command" -f -a "rollback" -d 'Mak
 complete -c abupdate -n "__fish_abupdate_needs_command" -f -a "history" -d 'Show past operations'
 complete -c abupdate -n "__fish_abupdate_needs_command" -f -a "init" -d 'First-time setup of the boot partition with SLOT as the good default'
 complete -c abupdate -n "__fish_abupdate_needs_command" -f -a "manifest" -d 'Manifest helpers'
-complete -c abupdate -n "__fish_abupdate_needs_command" -f -a "daemon" -d 'Boot assessment (run by abupdate.service on every boot): commit a healthy trial slot, or return to the old one'
+complete -c abupdate -n "__fish_abupdate_needs_command" -f -a "daemon" -d 'Boot assessment (run by abupdate.service on every boot): commit a healthy trial slot, or return to the old one; then, with `update:` set, poll the release channel'
 complete -c abupdate -n "__fish_abupdate_needs_command" -f -a "repair" -d 'Rewrite a damaged state.json, grubenv or history.json from what can still be read (the slots\' filesystems, os-release and kernels, what GRUB still reads of grubenv), after saying what it will do'
 complete -c abupdate -n "__fish_abupdate_needs_command" -f -a "verify" -d 'Prove with GRUB\'s own filesystem code that the boot chain can boot a slot'
 complete -c abupdate -n "__fish_abupdate_needs_command" -f -a "refresh-menu" -d 'Point the booted slot\'s menu entry at its newest kernel (run by the kernel hooks)'

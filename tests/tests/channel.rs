@@ -427,3 +427,147 @@ fn unreachable_channel_changes_nothing() -> Result<()> {
     before.assert(&disk, "unreachable channel");
     Ok(())
 }
+
+/// Adds an `update:` section that lets the daemon stage by itself and switch inside the
+/// window `Sat 02:00..04:00`, with its record and metrics in the test's directory.
+fn use_channel_polled(disk: &TestDisk, channel: &str, root: &Path) -> Result<()> {
+    let text = format!(
+        "{}update:\n  channel: {channel}\n  root: {}\n  interval: 6h\n  jitter: 30m\n  \
+         stage: auto\n  switch: window\n  window: \"Sat *-*-* 02:00..04:00\"\n  \
+         last_check: {}\n  metrics: {}\n",
+        disk.config_text()?,
+        root.display(),
+        disk.dir().join("last-check.json").display(),
+        disk.dir().join("prom/abupdate.prom").display(),
+    );
+    fs::write(&disk.config, text).with_context(|| format!("write {}", disk.config.display()))
+}
+
+/// One polling cycle of the daemon in slot A, as if the clock (in UTC) said `now`.
+fn poll_once(disk: &TestDisk, now: jiff::Timestamp) -> Result<Output> {
+    Output::of(
+        disk.command("a")
+            .env("ABUPDATE_POLL_NOW", now.to_string())
+            .env("TZ", "UTC")
+            .arg("daemon"),
+    )
+}
+
+/// The first Saturday 01:00 UTC at least a day after `t`.
+fn saturday_0100_after(t: jiff::Timestamp) -> Result<jiff::Timestamp> {
+    use jiff::civil::Weekday;
+    let mut d = t.to_zoned(jiff::tz::TimeZone::UTC).date().tomorrow()?;
+    while d.weekday() != Weekday::Saturday {
+        d = d.tomorrow()?;
+    }
+    Ok(d.at(1, 0, 0, 0)
+        .to_zoned(jiff::tz::TimeZone::UTC)?
+        .timestamp())
+}
+
+#[test]
+fn daemon_stages_when_the_wave_comes_and_switches_inside_the_window() -> Result<()> {
+    let _s = serial();
+    let disk = TestDisk::new()?;
+    let ch = Channel::init(disk.dir(), "channel")?;
+    let image = release_image(&disk, "debian13.img", 1 << 20)?;
+    // Every host starts within ten days of the publication, each at its own time.
+    let out = ch.release(
+        &["publish"],
+        &[
+            &image.path.to_string_lossy(),
+            "--version",
+            "13.0.0",
+            "--os-name",
+            "Debian GNU/Linux",
+            "--os-version",
+            "13",
+            "--wave",
+            "240h:100",
+        ],
+    )?;
+    out.assert_ok();
+    let srv = Channel::serve(&ch.dir)?;
+    use_channel_polled(&disk, &srv.url("/ch"), &ch.root())?;
+    // This host's place in the wave, as `check` reports it (held back, or offered at once
+    // when its seed is the fleet's first).
+    let check = disk.run(["--json", "check"])?;
+    check.assert_ok();
+    let check = check.json()?;
+    let wave: jiff::Timestamp = check["held_back"][0]["starts_at"]
+        .as_str()
+        .or(check["offered_wave_start"].as_str())
+        .context("no wave start in check --json")?
+        .parse()?;
+
+    // Before the wave: checked, nothing staged.
+    let before_wave = wave - jiff::SignedDuration::from_mins(1);
+    let untouched = Untouched::take(&disk)?;
+    let out = poll_once(&disk, before_wave)?;
+    out.assert_ok()
+        .assert_mentions_all(&["check: release 13.0.0 waits", "this host's wave starts at"]);
+    untouched.assert(&disk, "a poll before the host's wave");
+    let st = disk.status("a")?;
+    assert_eq!(st["update"]["last_check_result"], "waiting", "{st:#}");
+    assert_eq!(st["update"]["next"]["step"], "check", "{st:#}");
+
+    // After the wave, outside the window: staged, not switched.
+    let saturday = saturday_0100_after(wave)?;
+    let out = poll_once(&disk, saturday)?;
+    out.assert_ok().assert_mentions_all(&[
+        "check: release 13.0.0 offered",
+        "stage: release 13.0.0 staged in slot B",
+        "next: switch release 13.0.0 at",
+        "waits for the window",
+    ]);
+    assert_slot_b_staged(&disk)?;
+    let env = disk.grubenv()?;
+    assert!(
+        env.get("ab_trial").is_none_or(|t| t.is_empty()),
+        "switched outside the window: {env:?}"
+    );
+    let st = disk.status("a")?;
+    assert_eq!(st["update"]["last_check_result"], "offered", "{st:#}");
+    assert_eq!(st["update"]["last_check"]["offered"]["version"], "13.0.0");
+    let prom = fs::read_to_string(disk.dir().join("prom/abupdate.prom"))?;
+    for line in [
+        "abupdate_staged_release_info{slot=\"b\",version=\"13.0.0\",",
+        "abupdate_last_check_success 1\n",
+        "abupdate_update_available 1\n",
+        "abupdate_trial_pending 0\n",
+        "abupdate_next_step_timestamp_seconds{step=\"switch\"}",
+    ] {
+        assert!(prom.contains(line), "no {line:?} in the textfile:\n{prom}");
+    }
+
+    // Still outside the window a little later: nothing happens.
+    let grubenv = disk.grubenv_bytes()?;
+    let out = poll_once(&disk, saturday + jiff::SignedDuration::from_mins(30))?;
+    out.assert_ok()
+        .assert_mentions_all(&["next: switch release 13.0.0"]);
+    assert_eq!(
+        grubenv,
+        disk.grubenv_bytes()?,
+        "grubenv changed outside the window"
+    );
+
+    // Inside the window: the switch (the trial of B).
+    let out = poll_once(&disk, saturday + jiff::SignedDuration::from_mins(90))?;
+    out.assert_ok()
+        .assert_mentions_all(&["switch: release 13.0.0", "slot B"]);
+    assert_eq!(
+        disk.grubenv()?.get("ab_trial").map(String::as_str),
+        Some("b")
+    );
+    // A trial is pending: the next cycle does nothing but say so.
+    let out = poll_once(&disk, saturday + jiff::SignedDuration::from_mins(100))?;
+    out.assert_ok();
+    let st = disk.status("a")?;
+    assert!(
+        st["update"]["next"]["why"]
+            .as_str()
+            .is_some_and(|w| w.contains("trial of slot B is pending")),
+        "{st:#}"
+    );
+    Ok(())
+}

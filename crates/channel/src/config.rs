@@ -9,6 +9,8 @@
 //!   stage: auto                               # auto: stage an offered release; manual
 //!   switch: window                            # window: switch inside `window`; manual
 //!   window: "Sat *-*-* 02:00..04:00"          # local time (see `Window`)
+//!   last_check: /var/lib/abupdate/last-check.json   # the daemon's record (default)
+//!   metrics: /var/lib/prometheus/node-exporter/abupdate.prom   # optional textfile
 //! ```
 
 use std::fmt;
@@ -21,6 +23,9 @@ use crate::window::Window;
 
 /// Where a host pins the channel's root metadata by default.
 pub const DEFAULT_ROOT: &str = "/etc/abupdate/channel/root.json";
+
+/// Where the daemon keeps its record of the last check by default (in the running slot).
+pub const DEFAULT_LAST_CHECK: &str = "/var/lib/abupdate/last-check.json";
 
 /// Parses a duration such as `6h`, `30m`, `1h 30m`, `7d` (a day is 24 hours) or ISO 8601
 /// (`PT6H`).
@@ -86,6 +91,10 @@ fn default_root() -> PathBuf {
     PathBuf::from(DEFAULT_ROOT)
 }
 
+fn default_last_check() -> PathBuf {
+    PathBuf::from(DEFAULT_LAST_CHECK)
+}
+
 fn default_interval() -> ConfigDuration {
     ConfigDuration(SignedDuration::from_hours(6))
 }
@@ -119,6 +128,13 @@ pub struct UpdateConfig {
     /// The maintenance window, in the host's time zone.
     #[serde(default)]
     pub window: Option<Window>,
+    /// The daemon's record of its last check (in the running slot's file system).
+    #[serde(default = "default_last_check")]
+    pub last_check: PathBuf,
+    /// A Prometheus textfile (node_exporter's textfile collector) the daemon rewrites after
+    /// each step.
+    #[serde(default)]
+    pub metrics: Option<PathBuf>,
 }
 
 impl UpdateConfig {
@@ -148,6 +164,14 @@ impl UpdateConfig {
                 "root",
                 format!("{} is not an absolute path", self.root.display()),
             ));
+        }
+        for (key, path) in [
+            ("last_check", Some(&self.last_check)),
+            ("metrics", self.metrics.as_ref()),
+        ] {
+            if let Some(p) = path.filter(|p| !p.is_absolute() || p.file_name().is_none()) {
+                return Err((key, format!("{} is not an absolute file path", p.display())));
+            }
         }
         if self.interval.0 < SignedDuration::from_mins(1) {
             return Err(("interval", "must be at least 1m".into()));
@@ -203,5 +227,11 @@ mod tests {
         assert!(e.starts_with("interval:"), "{e}");
         let e = parse("channel: http://x/ch\nroot: channel/root.json").expect_err("relative");
         assert!(e.starts_with("root:"), "{e}");
+        assert_eq!(c.last_check, PathBuf::from(DEFAULT_LAST_CHECK));
+        assert_eq!(c.metrics, None);
+        let e = parse("channel: http://x/ch\nmetrics: abupdate.prom").expect_err("relative");
+        assert!(e.starts_with("metrics:"), "{e}");
+        let e = parse("channel: http://x/ch\nlast_check: /").expect_err("not a file");
+        assert!(e.starts_with("last_check:"), "{e}");
     }
 }

@@ -52,7 +52,7 @@ enum Cmd {
     #[command(subcommand)]
     Manifest(ManifestCmd),
     /// Boot assessment (run by abupdate.service on every boot): commit a healthy trial slot,
-    /// or return to the old one.
+    /// or return to the old one; then, with `update:` set, poll the release channel.
     Daemon,
     /// Rewrite a damaged state.json, grubenv or history.json from what can still be read
     /// (the slots' filesystems, os-release and kernels, what GRUB still reads of grubenv),
@@ -606,8 +606,25 @@ fn refresh_menu(config: &std::path::Path, json: bool, a: RefreshMenuArgs) -> Res
     done(json, &bootchain::refresh_menu(ctx.as_ref(), a.hook)?)
 }
 
-fn daemon(ctx: &Context, op: &Operation, json: bool) -> Result<String, Error> {
-    outcome(op, json, &abupdate_lib::assess::daemon(ctx)?)
+fn daemon(
+    ctx: &Context,
+    op: &Operation,
+    json: bool,
+    reboot: &std::cell::Cell<bool>,
+) -> Result<String, Error> {
+    let out = abupdate_lib::assess::daemon(ctx)?;
+    reboot.set(out.reboot);
+    outcome(op, json, &out)
+}
+
+/// After the boot assessment (its own operation), the daemon polls the release channel when
+/// `update:` is set: each check, stage and switch is an operation of its own.
+fn poll(config: &std::path::Path, json: bool) -> Result<(), Error> {
+    let ctx = Context::open(config)?;
+    if ctx.cfg.update.is_none() {
+        return Ok(());
+    }
+    print(json, &abupdate_lib::poll::run(&ctx)?)
 }
 
 fn manifest_suggest(config: &std::path::Path, json: bool, a: SuggestArgs) -> Result<(), Error> {
@@ -681,6 +698,8 @@ fn dispatch(opt: Opt) -> Result<(), Error> {
     let Some(name) = operation_name(&cmd) else {
         return read_only(&config, json, cmd);
     };
+    let polls = matches!(cmd, Cmd::Daemon);
+    let reboot = std::cell::Cell::new(false);
     let op = Operation::begin(name);
     let result = op.in_scope(|| {
         if let Cmd::RefreshMenu(a) = cmd {
@@ -693,7 +712,7 @@ fn dispatch(opt: Opt) -> Result<(), Error> {
             Cmd::Commit => commit(&ctx, &op, json),
             Cmd::Rollback(a) => rollback(&ctx, &op, json, a),
             Cmd::Init(a) => init(&ctx, &op, json, a),
-            Cmd::Daemon => daemon(&ctx, &op, json),
+            Cmd::Daemon => daemon(&ctx, &op, json, &reboot),
             Cmd::Repair(a) => repair_cmd(&ctx, json, a),
             Cmd::Update(a) => update(&ctx, json, a),
             _ => Err(Error::Internal(
@@ -704,6 +723,9 @@ fn dispatch(opt: Opt) -> Result<(), Error> {
     match result {
         Ok(message) => {
             op.succeeded(&message);
+            if polls && !reboot.get() {
+                return poll(&config, json);
+            }
             Ok(())
         }
         Err(e) => {

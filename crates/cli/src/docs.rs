@@ -197,6 +197,14 @@ const PAGES: &[PageText] = &[
              abupdate.yaml(5) under one deadline, and commits the slot, or marks it failed \
              and returns to the old slot (health.on_failure). Booted in the default slot after \
              a trial that used up its tries, it records the failed trial in the history.",
+            "With an update: section it then keeps running and polls the signed release \
+             channel: a check every update.interval plus a random share of update.jitter, a \
+             stage as soon as a release is offered and this host's wave has come (stage: \
+             auto), a switch only inside update.window (switch: window) and never while a \
+             trial is pending or another abupdate holds the lock. A failed check, stage or \
+             switch is logged and retried after the next check. It records the last check \
+             in update.last_check (shown by abupdate status) and, with update.metrics, \
+             keeps a Prometheus textfile for node_exporter.",
         ],
         examples: &[],
     },
@@ -811,6 +819,21 @@ const KEYS: &[Key] = &[
         default: DefaultIs::Text("none (required with switch: window)"),
         text: "The weekly maintenance window in the host's time zone, for example \
                \"Sat *-*-* 02:00..04:00\".",
+    },
+    Key {
+        key: "update.last_check",
+        kind: "path",
+        default: DefaultIs::Derived,
+        text: "Where the daemon keeps its record of the last check (in the running slot; \
+               abupdate status reads it).",
+    },
+    Key {
+        key: "update.metrics",
+        kind: "path",
+        default: DefaultIs::Text("none: no textfile"),
+        text: "A Prometheus textfile (node_exporter's textfile collector) the daemon \
+               rewrites after each step: running and staged release, last check time and \
+               result, failed trials, pending trial, next step.",
     },
 ];
 

@@ -1,7 +1,7 @@
 //! abupdate's library: configuration, slot discovery, the boot flow, state and history, the
 //! transaction engine every boot-state change goes through ([`engine`]), and one function
 //! per verb (`status`, `stage`, `switch`, `commit`, `rollback`, `history`, `init`,
-//! `daemon`). The `abupdate` binary is a thin command line over this crate.
+//! `daemon`) and the daemon's polling of the release channel ([`poll`]). The `abupdate` binary is a thin command line over this crate.
 //!
 //! Invariants (docs/design.md): nothing writes to the booted slot; the boot configuration changes only
 //! through [`engine`] plans, each write durable, every prefix of a plan safe to boot and
@@ -24,6 +24,7 @@ pub mod hooks;
 pub mod log;
 pub mod manifest;
 pub mod ops;
+pub mod poll;
 pub mod repair;
 pub mod slotfs;
 pub mod stage;

@@ -273,8 +273,13 @@ fn read_root(path: &Path) -> Result<Vec<u8>> {
 
 /// `abupdate check`: verifies the channel and says what it offers this host now.
 pub fn check(ctx: &Context) -> Result<CheckReport> {
+    check_at(ctx, Timestamp::now())
+}
+
+/// [`check`] with the offer decided for `now` (the daemon's clock; the metadata's expiry is
+/// always checked against the real clock).
+pub fn check_at(ctx: &Context, now: Timestamp) -> Result<CheckReport> {
     let l = load(ctx)?;
-    let now = Timestamp::now();
     let offer = abupdate_channel::evaluate(&l.verified.releases, &l.host, now);
     let v = &l.verified;
     Ok(CheckReport {

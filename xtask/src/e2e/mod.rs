@@ -139,6 +139,7 @@ impl Env {
         let prep = Prep {
             imgs: &imgs,
             run_dir: &run_dir,
+            abupdate: &abupdate,
         };
         for sc in selected {
             if let Some(serves) = sc.serves {

@@ -60,6 +60,8 @@ pub struct Prep<'a> {
     pub imgs: &'a Images,
     /// This run's directory (scratch space for built files).
     pub run_dir: &'a Path,
+    /// The release `abupdate` built for this run (the operator's `release` verbs).
+    pub abupdate: &'a Path,
 }
 
 /// One end-to-end scenario.

@@ -37,6 +37,8 @@ pub struct SlotStatus {
     pub source: Option<String>,
     /// When it was staged.
     pub staged_at: Option<String>,
+    /// sha256 of what it was staged from (a channel release's signed digest).
+    pub sha256: Option<String>,
     /// Whether it is booted now.
     pub booted: bool,
     /// Whether GRUB boots it by default.
@@ -73,6 +75,8 @@ pub struct StatusReport {
     pub last_operation: Option<OpRecord>,
     /// The daemon's last boot assessment.
     pub last_assessment: Option<state::Assessment>,
+    /// The release channel: the daemon's last check and its next step (with `update:`).
+    pub update: Option<crate::poll::UpdateStatus>,
 }
 
 fn opt<T: fmt::Display>(v: &Option<T>) -> String {
@@ -151,6 +155,32 @@ impl fmt::Display for StatusReport {
                 writeln!(f, "  failed: {}: {}", c.check, c.output)?;
             }
         }
+        if let Some(u) = &self.update {
+            writeln!(f, "channel: {}", u.channel)?;
+            match &u.last_check {
+                Some(c) => {
+                    let what = match (&c.error, &c.offered, &c.waiting) {
+                        (Some(e), _, _) => format!("failed: {e}"),
+                        (None, Some(o), _) => format!("release {} offered", o.version),
+                        (None, None, Some(w)) => format!("release {} waits: {}", w.version, w.why),
+                        (None, None, None) => "nothing newer than the running release".into(),
+                    };
+                    writeln!(f, "last check: {}: {what}", c.time)?;
+                    if let Some(s) = &c.failed_step {
+                        writeln!(
+                            f,
+                            "  then: {} of release {} failed at {}: {}",
+                            s.step, s.version, s.time, s.error
+                        )?;
+                    }
+                }
+                None => writeln!(f, "last check: none recorded")?,
+            }
+            if let Some(n) = &u.note {
+                writeln!(f, "  ({n})")?;
+            }
+            writeln!(f, "next step: {}", u.next)?;
+        }
         if let Some(op) = &self.last_operation {
             write!(
                 f,
@@ -189,12 +219,13 @@ pub fn status(ctx: &Context) -> Result<StatusReport> {
                 os_pretty_name: rec.map(|r| r.os.pretty_name.clone()),
                 source: rec.and_then(|r| r.source.clone()),
                 staged_at: rec.and_then(|r| r.staged_at.clone()),
+                sha256: rec.and_then(|r| r.sha256.clone()),
                 booted: id == booted,
                 default: view.default == Some(id),
             }
         })
         .collect();
-    Ok(StatusReport {
+    let mut report = StatusReport {
         booted,
         default: view.default,
         fallback: view.fallback,
@@ -207,5 +238,8 @@ pub fn status(ctx: &Context) -> Result<StatusReport> {
         slots,
         last_operation: st.last_operation,
         last_assessment: st.last_assessment,
-    })
+        update: None,
+    };
+    report.update = crate::poll::update_status(ctx, &report, jiff::Timestamp::now());
+    Ok(report)
 }

@@ -18,6 +18,7 @@ mod j_pre_switch_hook;
 mod k_clone_upgrade;
 mod l_powercut_matrix;
 mod m_uefi_upgrade;
+mod n_daemon_polls;
 mod o_kexec;
 
 use super::scenario::Scenario;
@@ -25,9 +26,9 @@ use super::scenario::Scenario;
 /// Every scenario, in the order a full run executes them (also the default selection).
 /// Neighbours that share a machine are kept together (a chain, which `--lanes` never
 /// splits): f..c run on one plain machine (c finds B staged by e), h, j, g on one daemon
-/// machine (g finds B staged by j), i on its own, m on its own UEFI machine, l and o on a
-/// plain machine of their own (after m, so that they are a chain of their own for the
-/// lanes; o stages B again).
+/// machine (g finds B staged by j), i on its own, m on its own UEFI machine, n on its own
+/// daemon machine (it ends in B), l and o on a plain machine of their own (after n, so
+/// that they are a chain of their own for the lanes; o stages B again).
 pub const ALL: &[&Scenario] = &[
     &f_downtime::SCENARIO,
     &a_upgrade::SCENARIO,
@@ -41,6 +42,7 @@ pub const ALL: &[&Scenario] = &[
     &g_daemon_commits::SCENARIO,
     &i_hang::SCENARIO,
     &m_uefi_upgrade::SCENARIO,
+    &n_daemon_polls::SCENARIO,
     &l_powercut_matrix::SCENARIO,
     &o_kexec::SCENARIO,
 ];
