@@ -7,7 +7,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use crate::{deb, deps, e2e, setup, util};
+use crate::{deb, deps, e2e, images, setup, util};
 
 fn cargo(args: &[&str]) -> Result<()> {
     eprintln!("xtask: cargo {}", args.join(" "));
@@ -41,6 +41,9 @@ pub fn run(vm: bool) -> Result<()> {
         bail!("the test suite needs root (loop devices, mounts, QEMU disks)");
     }
     setup::ensure_host_packages()?;
+    // The VM images (mmdebstrap: mostly network and dpkg) build while the tests compile
+    // and run; the VM scenarios find them cached.
+    let images = vm.then(|| std::thread::spawn(images::ensure));
     // The privileged tests drive the real binary at target/debug/abupdate.
     cargo(&["build", "-p", "abupdate"])?;
     cargo(&["test", "--workspace"])?;
@@ -61,7 +64,11 @@ pub fn run(vm: bool) -> Result<()> {
     deb::run(None, true)?;
     // The Ansible collection against fake hosts (ansible-playbook, connection=local).
     ansible_tests()?;
-    if vm {
+    if let Some(images) = images {
+        images
+            .join()
+            .map_err(|_| anyhow::anyhow!("the image build panicked"))?
+            .context("build the VM images")?;
         let all = e2e::parse_selection(None)?;
         e2e::run(&all, false, e2e::DEFAULT_LANES)?;
     }
