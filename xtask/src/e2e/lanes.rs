@@ -73,7 +73,10 @@ pub fn run(selected: &[&'static Scenario], keep: bool, lanes: usize) -> Result<(
     images::ensure()?;
     let bin = util::build_abupdate_release()?;
     let deb = deb::for_run(&bin)?;
-    let exe = std::env::current_exe().context("find the xtask executable")?;
+    // This very executable, even when `cargo xtask deps` or a build replaced the file
+    // since it started (current_exe() then names a deleted path; /proc/self/exe still
+    // opens the running image).
+    let exe = std::path::PathBuf::from("/proc/self/exe");
     let mut running = Vec::new();
     for (n, lane) in plan.iter().enumerate() {
         let ids: Vec<&str> = lane.iter().map(|s| s.id).collect();
