@@ -63,7 +63,7 @@ enum Command {
         keep: bool,
         /// Run the scenarios in this many parallel lanes (child processes, one VM each;
         /// scenarios that continue on one machine stay in one lane). Two by default: a
-        /// guest under TCG keeps about one core busy, and the reference machine has two.
+        /// lane's guests get one vCPU each, and the reference machine has two cores.
         #[arg(long, default_value_t = e2e::DEFAULT_LANES)]
         lanes: usize,
     },

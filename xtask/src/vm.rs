@@ -73,6 +73,16 @@ pub fn install_signal_cleanup() -> Result<()> {
     Ok(())
 }
 
+/// Set by the parent of parallel lanes: each guest gets this many virtual CPUs.
+pub const VCPUS_ENV: &str = "XTASK_VM_VCPUS";
+
+/// The guests' virtual CPUs: 2, or what [`VCPUS_ENV`] says. Parallel lanes run one guest
+/// per host core with 1 each: two guests of 2 vCPUs on two cores ran each at half speed
+/// (boots of 100–130 s instead of 30–60 s), which took all the lanes' gain.
+fn vcpus() -> String {
+    std::env::var(VCPUS_ENV).unwrap_or_else(|_| "2".into())
+}
+
 /// How long one boot may take to reach ssh under TCG on a busy 2-core machine.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -233,7 +243,15 @@ impl Vm {
         };
         let child = Command::new("qemu-system-x86_64")
             .args(["-accel", "tcg,thread=multi", "-cpu", "max", "-M", "q35"])
-            .args(["-smp", "2", "-m", "1024", "-nodefaults", "-display", "none"])
+            .args([
+                "-smp",
+                &vcpus(),
+                "-m",
+                "1024",
+                "-nodefaults",
+                "-display",
+                "none",
+            ])
             .args(firmware_args(self.firmware, self.vars.as_deref())?)
             .arg("-no-reboot")
             .arg("-serial")

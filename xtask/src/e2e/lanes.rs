@@ -2,8 +2,8 @@
 //! machine), the chains spread over N child `xtask e2e` processes, each running its share
 //! in list order on its own machines, HTTP server and run directory.
 //!
-//! Under TCG a guest keeps about one host core busy, so on a 2-core machine two lanes run
-//! the suite in a bit more than half the time of one. The parent builds what the lanes
+//! Each lane's guests get one virtual CPU (one TCG thread), so two lanes on a 2-core
+//! machine do not oversubscribe it. The parent builds what the lanes
 //! share first (the cached images, the release binary, its package), so no two lanes build the same
 //! thing; each lane's output is printed live, every line prefixed with its lane.
 
@@ -91,6 +91,7 @@ pub fn run(selected: &[&'static Scenario], keep: bool, lanes: usize) -> Result<(
         cmd.args(["e2e", "--lanes", "1", "--only", &ids.join(",")])
             .env("XTASK_ABUPDATE_BIN", &bin)
             .env(deb::DEB_ENV, &deb)
+            .env(vm::VCPUS_ENV, "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
