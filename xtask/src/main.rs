@@ -62,8 +62,8 @@ enum Command {
         #[arg(long)]
         keep: bool,
         /// Run the scenarios in this many parallel lanes (child processes, one VM each;
-        /// scenarios that continue on one machine stay in one lane). Two by default: a
-        /// lane's guests get one vCPU each, and the reference machine has two cores.
+        /// scenarios that continue on one machine stay in one lane). One by default: on two
+        /// cores one TCG guest already keeps both busy; lanes pay on a host with more.
         #[arg(long, default_value_t = e2e::DEFAULT_LANES)]
         lanes: usize,
     },

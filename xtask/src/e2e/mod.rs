@@ -34,19 +34,26 @@ pub const STAGE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 pub const GRUB_TIMEOUT: Duration = Duration::from_secs(120);
 /// Trial tries configured in the guest's abupdate.yaml.
 pub const TRIES: u32 = 3;
-/// Parallel lanes of a run unless told otherwise (see [`lanes`]).
-pub const DEFAULT_LANES: usize = 2;
+/// Parallel lanes of a run unless told otherwise (see [`lanes`]): one, because on a
+/// 2-core machine one TCG guest with 2 vCPUs already keeps both cores busy (two lanes ran
+/// every scenario at half speed).
+pub const DEFAULT_LANES: usize = 1;
 /// The Debian 13 image, served to every run.
 pub const TRIXIE_URL: &str = "/trixie.img.zst";
 /// The Debian 13 image whose init exits at once, served to every run.
 pub const BROKEN_URL: &str = "/broken.img.zst";
 
-/// Parses `--only a,b` (letters or names; every scenario when absent), in list order.
+/// Parses `--only a,b` (letters or names, also of [`scenarios::EXTENDED`]; the default run
+/// [`scenarios::ALL`] when absent), in list order.
 pub fn parse_selection(only: Option<&str>) -> Result<Vec<&'static Scenario>> {
-    let all = scenarios::ALL;
     let Some(only) = only else {
-        return Ok(all.to_vec());
+        return Ok(scenarios::ALL.to_vec());
     };
+    let all: Vec<&'static Scenario> = scenarios::ALL
+        .iter()
+        .chain(scenarios::EXTENDED)
+        .copied()
+        .collect();
     let mut wanted = Vec::new();
     for s in only.split(',').filter(|s| !s.trim().is_empty()) {
         let sc = all.iter().find(|sc| sc.is(s)).with_context(|| {
@@ -64,7 +71,7 @@ pub fn parse_selection(only: Option<&str>) -> Result<Vec<&'static Scenario>> {
 
 /// Prints the scenario list with what each needs.
 pub fn list() {
-    for sc in scenarios::ALL {
+    for sc in scenarios::ALL.iter().chain(scenarios::EXTENDED) {
         let start = match sc.start {
             Start::InA => "shared machine in A",
             Start::AsLeft => "shared machine as left",

@@ -32,11 +32,8 @@ use super::scenario::Scenario;
 pub const ALL: &[&Scenario] = &[
     &f_downtime::SCENARIO,
     &a_upgrade::SCENARIO,
-    &b_rollback::SCENARIO,
-    &k_clone_upgrade::SCENARIO,
     &d_broken_slot::SCENARIO,
     &e_powercut_staging::SCENARIO,
-    &c_uncommitted_trial::SCENARIO,
     &h_failed_check::SCENARIO,
     &j_pre_switch_hook::SCENARIO,
     &g_daemon_commits::SCENARIO,
@@ -44,6 +41,17 @@ pub const ALL: &[&Scenario] = &[
     &m_uefi_upgrade::SCENARIO,
     &n_daemon_polls::SCENARIO,
     &l_powercut_matrix::SCENARIO,
+];
+
+/// Scenarios outside the default run (`--only` selects them): on CI's two cores the VM
+/// suite is CPU-bound (a TCG guest with 2 vCPUs keeps both busy), and with these it no
+/// longer fits the CI budget. Their behaviour is also shown elsewhere: b's rollback by m
+/// and l, c's cut trials by l, d and i; k (`stage --clone`, `manifest suggest`) and o
+/// (`switch --kexec`) pass on their own (`cargo xtask e2e --only k,o`).
+pub const EXTENDED: &[&Scenario] = &[
+    &b_rollback::SCENARIO,
+    &k_clone_upgrade::SCENARIO,
+    &c_uncommitted_trial::SCENARIO,
     &o_kexec::SCENARIO,
 ];
 
@@ -53,8 +61,9 @@ mod tests {
 
     #[test]
     fn ids_and_names_are_unique() {
-        for (i, a) in ALL.iter().enumerate() {
-            for b in &ALL[i + 1..] {
+        let all: Vec<&Scenario> = ALL.iter().chain(EXTENDED).copied().collect();
+        for (i, a) in all.iter().enumerate() {
+            for b in &all[i + 1..] {
                 assert_ne!(a.id, b.id, "two scenarios with id {}", a.id);
                 assert_ne!(a.name, b.name, "two scenarios named {}", a.name);
             }
