@@ -266,6 +266,20 @@ impl Machine {
             .context("GRUB did not print its boot marker")
     }
 
+    /// Starts QEMU and asserts that GRUB boots `slot` on trial (its marker on this boot's
+    /// console); `why` says what the scenario expects it from.
+    pub fn power_on_trial(&mut self, slot: &str, why: &str) -> Result<()> {
+        self.power_on()?;
+        ensure!(
+            self.vm
+                .serial()
+                .contains(&format!("abupdate: booting slot {slot} (trial")),
+            "{why}: expected GRUB to boot slot {slot} on trial ({})",
+            self.vm.serial_path().display()
+        );
+        Ok(())
+    }
+
     /// Starts QEMU, waits for ssh, asserts the booted slot and the GRUB marker.
     pub fn boot_expect(&mut self, slot: &str) -> Result<Duration> {
         let t = Instant::now();

@@ -201,12 +201,7 @@ fn run(cx: &mut Ctx<'_>) -> Result<()> {
         t.elapsed()
     ));
     let t = Instant::now();
-    m.power_on()?;
-    ensure!(
-        m.vm.serial().contains("abupdate: booting slot b (trial"),
-        "expected a trial boot of b ({})",
-        m.vm.serial_path().display()
-    );
+    m.power_on_trial("b", "after the daemon's switch")?;
     m.vm.wait_ssh(BOOT_TIMEOUT)?;
     m.assert_booted("b")?;
     let st = m.wait_status("the daemon's commit in B", |s| {
