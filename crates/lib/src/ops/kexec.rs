@@ -188,19 +188,7 @@ fn exec() -> Result<()> {
         return Ok(());
     }
     nix::unistd::sync();
-    if Path::new("/run/systemd/system").exists() {
-        abupdate_utils::Cmd::new("systemctl")
-            .arg("kexec")
-            .run()
-            .map_err(Error::cmd("request a kexec reboot from systemd"))?;
-        return Ok(());
-    }
-    nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_KEXEC).map_err(|e| Error::Io {
-        step: "kexec reboot".into(),
-        path: "/".into(),
-        source: e.into(),
-    })?;
-    Ok(())
+    super::restart("kexec", nix::sys::reboot::RebootMode::RB_KEXEC)
 }
 
 #[cfg(test)]

@@ -98,15 +98,21 @@ pub fn reboot() -> Result<()> {
         );
         return Ok(());
     }
+    restart("reboot", nix::sys::reboot::RebootMode::RB_AUTOBOOT)
+}
+
+/// Restarts the machine (`what`: `reboot` or `kexec`): `systemctl <what>` when systemd
+/// runs, else the reboot syscall with `mode`. The caller has synced.
+pub(crate) fn restart(what: &str, mode: nix::sys::reboot::RebootMode) -> Result<()> {
     if std::path::Path::new("/run/systemd/system").exists() {
         abupdate_utils::Cmd::new("systemctl")
-            .arg("reboot")
+            .arg(what)
             .run()
-            .map_err(Error::cmd("request a reboot from systemd"))?;
+            .map_err(Error::cmd(format!("request a {what} from systemd")))?;
         return Ok(());
     }
-    nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT).map_err(|e| Error::Io {
-        step: "reboot".into(),
+    nix::sys::reboot::reboot(mode).map_err(|e| Error::Io {
+        step: what.into(),
         path: "/".into(),
         source: e.into(),
     })?;
