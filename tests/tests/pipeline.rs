@@ -29,7 +29,25 @@ const SLOT_MIB: u64 = 256;
 
 /// The byte the slot is filled with at `offset` before a stage: never zero.
 fn pattern(offset: u64) -> u8 {
-    (offset % 251) as u8 | 0x80
+    (offset % PERIOD) as u8 | 0x80
+}
+
+/// The period of [`pattern`].
+const PERIOD: u64 = 251;
+
+/// Writes [`pattern`] for the bytes at `offset..offset + buf.len()` into `buf`, a period at
+/// a time (one byte at a time is CPU-bound in the unoptimised test build).
+fn fill_pattern_at(buf: &mut [u8], offset: u64) {
+    let period: Vec<u8> = (0..2 * PERIOD).map(pattern).collect();
+    let start = (offset % PERIOD) as usize;
+    let one = &period[start..start + PERIOD as usize];
+    let mut pieces = buf.chunks_exact_mut(PERIOD as usize);
+    for piece in &mut pieces {
+        piece.copy_from_slice(one);
+    }
+    let rest = pieces.into_remainder();
+    let n = rest.len();
+    rest.copy_from_slice(&one[..n]);
 }
 
 /// Fills the whole device with [`pattern`].
@@ -43,9 +61,7 @@ fn fill_with_pattern(dev: &Path) -> Result<()> {
     let mut at = 0u64;
     while at < len {
         let n = (len - at).min(buf.len() as u64) as usize;
-        for (i, b) in buf[..n].iter_mut().enumerate() {
-            *b = pattern(at + i as u64);
-        }
+        fill_pattern_at(&mut buf[..n], at);
         f.write_all_at(&buf[..n], at)
             .with_context(|| format!("fill {} at {at}", dev.display()))?;
         at += n as u64;
@@ -67,9 +83,7 @@ fn assert_slot_holds(dev: &Path, image: &Path, head_zeroed: bool, what: &str) ->
         let n = (dev_len - at).min(got.len() as u64) as usize;
         d.read_exact(&mut got[..n])?;
         let from_image = read_up_to(&mut i, &mut want[..n])?;
-        for (k, w) in want[from_image..n].iter_mut().enumerate() {
-            *w = pattern(at + (from_image + k) as u64);
-        }
+        fill_pattern_at(&mut want[from_image..n], at + from_image as u64);
         if head_zeroed && at < HEAD_LEN {
             let end = (HEAD_LEN - at).min(n as u64) as usize;
             want[..end].fill(0);

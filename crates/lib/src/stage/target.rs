@@ -461,10 +461,10 @@ impl abupdate_stream::ChunkSink for SlotWriter<'_> {
 
 /// Whether every byte of `block` is zero.
 fn is_zero(block: &[u8]) -> bool {
-    let mut pieces = block.chunks_exact(64);
-    // Or-ing 64 bytes at a time vectorises; the first non-zero piece ends the scan.
-    pieces.all(|p| p.iter().fold(0u8, |acc, b| acc | b) == 0)
-        && pieces.remainder().iter().all(|&b| b == 0)
+    static ZEROS: [u8; ZERO_BLOCK] = [0; ZERO_BLOCK];
+    // A slice comparison is one `memcmp` (vectorised, stops at the first difference), in an
+    // unoptimised build too.
+    block.chunks(ZERO_BLOCK).all(|c| c == &ZEROS[..c.len()])
 }
 
 #[cfg(test)]
