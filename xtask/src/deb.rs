@@ -224,8 +224,9 @@ pub fn lintian(deb: &Path) -> Result<()> {
 }
 
 /// `cargo xtask deb`: build, lintian, and with `check` the package's life in a Debian 12
-/// tree (a second build with a higher version is the upgrade).
-pub fn run(version: Option<&str>, check: bool) -> Result<()> {
+/// tree (a second build with a higher version is the upgrade). Returns the package built
+/// with `version` (the changelog's when `None`).
+pub fn run(version: Option<&str>, check: bool) -> Result<PathBuf> {
     let deb = build(version)?;
     lintian(&deb)?;
     if check {
@@ -233,7 +234,7 @@ pub fn run(version: Option<&str>, check: bool) -> Result<()> {
         let upgrade = build(Some(&newer))?;
         lifecycle(&deb, &upgrade)?;
     }
-    Ok(())
+    Ok(deb)
 }
 
 /// The version field of a `.deb`.

@@ -133,7 +133,7 @@ fn run(cli: Cli) -> Result<()> {
             downtime_only,
             stage_only,
         } => cmd_bench(downtime_only, stage_only),
-        Command::Deb { version, check } => deb::run(version.as_deref(), check),
+        Command::Deb { version, check } => deb::run(version.as_deref(), check).map(drop),
         Command::Man => deb::regenerate_docs(),
         Command::Deps => deps::run(),
         Command::Test { no_vm } => testcmd::run(!no_vm),
