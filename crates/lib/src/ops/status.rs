@@ -39,6 +39,11 @@ pub struct SlotStatus {
     pub staged_at: Option<String>,
     /// sha256 of what it was staged from (a channel release's signed digest).
     pub sha256: Option<String>,
+    /// The kernel GRUB loads from it (a path inside the slot, kept current by the kernel
+    /// hooks when kernels are installed or removed in the slot).
+    pub kernel: Option<String>,
+    /// The initrd GRUB loads with that kernel.
+    pub initrd: Option<String>,
     /// Whether it is booted now.
     pub booted: bool,
     /// Whether GRUB boots it by default.
@@ -140,6 +145,9 @@ impl fmt::Display for StatusReport {
                 },
                 s.os_pretty_name.clone().unwrap_or_default()
             )?;
+            if let Some(k) = &s.kernel {
+                writeln!(f, "  kernel: {k}")?;
+            }
         }
         if let Some(a) = &self.last_assessment {
             let passed = a.checks.iter().filter(|c| c.passed).count();
@@ -220,6 +228,8 @@ pub fn status(ctx: &Context) -> Result<StatusReport> {
                 source: rec.and_then(|r| r.source.clone()),
                 staged_at: rec.and_then(|r| r.staged_at.clone()),
                 sha256: rec.and_then(|r| r.sha256.clone()),
+                kernel: rec.map(|r| r.kernel.clone()),
+                initrd: rec.and_then(|r| r.initrd.clone()),
                 booted: id == booted,
                 default: view.default == Some(id),
             }
