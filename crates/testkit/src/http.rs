@@ -308,7 +308,11 @@ fn read_request(reader: &mut impl BufRead) -> Result<Option<Request>> {
     let mut parts = line.split_whitespace();
     let method = parts.next().unwrap_or("").to_owned();
     let target = parts.next().unwrap_or("");
-    let path = target.split('?').next().unwrap_or("").replace("/./", "/");
+    // apt asks for `grub-pc_2.06-13%2bdeb12u2_amd64.deb`: routes are matched decoded.
+    let raw = target.split('?').next().unwrap_or("").replace("/./", "/");
+    let path = percent_encoding::percent_decode_str(&raw)
+        .decode_utf8_lossy()
+        .into_owned();
     let (mut range, mut if_range) = (None, None);
     loop {
         let mut h = String::new();
@@ -612,6 +616,16 @@ mod tests {
         assert_eq!(srv.bytes_sent("/x.bin"), 10 + 3 + 10);
         let statuses: Vec<u16> = srv.requests().iter().map(|r| r.status).collect();
         assert_eq!(statuses, [200, 206, 200, 416, 404]);
+    }
+
+    #[test]
+    fn paths_are_matched_percent_decoded() {
+        let srv = HttpServer::builder()
+            .bytes("/pool/a_1+b1.deb", b"deb".to_vec(), None)
+            .start()
+            .expect("start");
+        let r = get(&srv, "GET /pool/a_1%2bb1.deb HTTP/1.1\r\n\r\n");
+        assert!(r.starts_with("HTTP/1.1 200") && r.ends_with("deb"), "{r}");
     }
 
     #[test]
