@@ -10,6 +10,7 @@
 //! kind's base. Scenarios that continue on a shared machine do so while they pass; a
 //! scenario that fails gets its machine thrown away, and the next one starts on a fresh one.
 
+pub mod apt_repo;
 pub mod lanes;
 pub mod machine;
 pub mod scenario;

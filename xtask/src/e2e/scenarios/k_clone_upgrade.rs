@@ -8,16 +8,16 @@
 //! same partition, in the same run.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use abupdate_utils::Cmd;
 use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 
+use crate::disk::install_file;
+use crate::e2e::apt_repo;
 use crate::e2e::machine::{step, Machine};
 use crate::e2e::scenario::{Ctx, MachineSpec, Prep, Scenario, Served, Start};
-use crate::{disk::install_file, util};
 
 /// The declaration.
 pub const SCENARIO: Scenario = Scenario {
@@ -57,41 +57,10 @@ fn build_repo(dir: &Path) -> Result<Vec<Served>> {
     let repo = dir.join("apt");
     let pool = repo.join("pool");
     std::fs::create_dir_all(&pool).with_context(|| format!("create {}", pool.display()))?;
-    let mut files = Vec::new();
     for version in [OLD, NEW] {
-        let deb = build_deb(&dir.join(format!("pkg-{version}")), &pool, version)?;
-        let name = deb
-            .file_name()
-            .and_then(|n| n.to_str())
-            .context("deb file name")?
-            .to_string();
-        files.push((format!("{REPO_URL}/pool/{name}"), deb));
+        build_deb(&dir.join(format!("pkg-{version}")), &pool, version)?;
     }
-    let out = Command::new("dpkg-scanpackages")
-        .args(["--multiversion", "pool", "/dev/null"])
-        .current_dir(&repo)
-        .output()
-        .context("run dpkg-scanpackages (apt-get install dpkg-dev)")?;
-    ensure!(
-        out.status.success(),
-        "dpkg-scanpackages in {} failed ({}): {}",
-        repo.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let packages = repo.join("Packages");
-    install_file(&repo, "Packages", &out.stdout, 0o644)?;
-    // An unsigned Release file: the guest's source is `[trusted=yes]`.
-    let release = format!(
-        "Origin: abupdate-xtask\nLabel: abupdate-xtask\nDate: Sat, 01 Jan 2000 00:00:00 UTC\nSHA256:\n {} {} Packages\n",
-        util::sha256_file(&packages)?,
-        out.stdout.len()
-    );
-    let release_path = repo.join("Release");
-    install_file(&repo, "Release", release.as_bytes(), 0o644)?;
-    files.push((format!("{REPO_URL}/Packages"), packages));
-    files.push((format!("{REPO_URL}/Release"), release_path));
-    Ok(files)
+    apt_repo::index(&repo, REPO_URL)
 }
 
 /// One version of the test package: two conffiles (the same in both versions, so the upgrade
@@ -144,11 +113,8 @@ fn clone_upgrade(cx: &mut Ctx<'_>) -> Result<()> {
     // The guest cannot reach the image's own mirror (restricted user network): its only apt
     // source is the harness's repository.
     m.vm.ssh_ok(&format!(
-        "mkdir -p /etc/apt/offline && for f in /etc/apt/sources.list /etc/apt/sources.list.d/*; do \
-         if [ -f \"$f\" ]; then mv \"$f\" /etc/apt/offline/; fi; done && \
-         echo 'deb [trusted=yes] http://10.0.2.100{REPO_URL} ./' > /etc/apt/sources.list.d/abupdate-demo.list && \
-         DEBIAN_FRONTEND=noninteractive apt-get update -q && \
-         DEBIAN_FRONTEND=noninteractive apt-get install -y -q --allow-downgrades {PKG}={OLD}"
+        "{} && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --allow-downgrades {PKG}={OLD}",
+        apt_repo::use_only(REPO_URL)
     ))
     .context("install the test package's version 1.0 in A")?;
     let v = m.demo_version()?;
