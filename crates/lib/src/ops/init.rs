@@ -67,7 +67,7 @@ pub fn init(ctx: &Context, slot: SlotId, force: bool) -> Result<Outcome> {
             set,
             "init",
             Some(slot),
-            format!("boot chain: {report}"),
+            report.to_string(),
             INIT_AFTER_CHAIN,
         )
         .map(Some)
