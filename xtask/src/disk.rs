@@ -47,6 +47,10 @@ pub struct DiskKind {
     /// The boot assessment daemon installed and enabled in slot A, with a `health:` section
     /// (short deadline, checks that pass on a healthy Debian 13 guest).
     pub daemon: bool,
+    /// `abupdate init` installs the boot chain (`bootchain.install: true`, as on a server:
+    /// it also guards slot A's GRUB packages and installs the kernel hooks) instead of the
+    /// harness writing BIOS boot code by hand. Always so on UEFI.
+    pub chain_by_init: bool,
 }
 
 impl DiskKind {
@@ -54,11 +58,26 @@ impl DiskKind {
     pub const PLAIN: DiskKind = DiskKind {
         firmware: Firmware::Bios,
         daemon: false,
+        chain_by_init: false,
+    };
+    /// BIOS, no daemon, the boot chain installed by `abupdate init` (the distribution
+    /// packages scenario).
+    pub const BIOS_CHAIN: DiskKind = DiskKind {
+        firmware: Firmware::Bios,
+        daemon: false,
+        chain_by_init: true,
+    };
+    /// UEFI (the chain is always `abupdate init`'s), no daemon.
+    pub const UEFI: DiskKind = DiskKind {
+        firmware: Firmware::Uefi,
+        daemon: false,
+        chain_by_init: true,
     };
     /// BIOS with the boot assessment daemon enabled.
     pub const DAEMON: DiskKind = DiskKind {
         firmware: Firmware::Bios,
         daemon: true,
+        chain_by_init: false,
     };
 
     /// A short name for file names and messages, e.g. `bios-daemon`.
@@ -67,11 +86,14 @@ impl DiskKind {
             Firmware::Bios => "bios",
             Firmware::Uefi => "uefi",
         };
-        if self.daemon {
-            format!("{fw}-daemon")
-        } else {
-            fw.to_owned()
+        let mut name = fw.to_owned();
+        if self.chain_by_init && self.firmware == Firmware::Bios {
+            name += "-chain";
         }
+        if self.daemon {
+            name += "-daemon";
+        }
+        name
     }
 }
 
@@ -136,8 +158,8 @@ pub fn layout(firmware: Firmware) -> Layout {
 pub fn guest_config(kind: DiskKind) -> Result<Config> {
     let daemon = kind.daemon;
     let mut c = config::standard(None)?;
+    c.bootchain.install = kind.chain_by_init || kind.firmware == Firmware::Uefi;
     if kind.firmware == Firmware::Uefi {
-        c.bootchain.install = true;
         c.bootchain.efi_loader = EfiLoader::Unsigned;
         c.bootchain.nvram = false;
     }
@@ -236,7 +258,7 @@ pub fn build(
 
     // Boot partition: GRUB's modules for BIOS (grub.cfg and grubenv are abupdate's, and so
     // is everything of the UEFI chain).
-    if kind.firmware == Firmware::Bios {
+    if kind.firmware == Firmware::Bios && !kind.chain_by_init {
         let boot = disk.mount(Role::Boot)?;
         copy_grub_modules(boot.path())?;
         boot.close().context("unmount the boot partition")?;
@@ -245,7 +267,7 @@ pub fn build(
     abupdate_init(abupdate, &disk, &config)?;
     disk.close()?;
 
-    install_boot_code(kind.firmware, &layout, out)?;
+    install_boot_code(kind, &layout, out)?;
     println!(
         "disk: {} ({}) assembled in {:.1?} (kernel {kernel})",
         out.display(),
@@ -394,13 +416,30 @@ fn abupdate_init(abupdate: &Path, disk: &Disk, guest: &Config) -> Result<()> {
     Ok(())
 }
 
-/// Writes the firmware's boot code into the (detached) image: BIOS only, `abupdate init`
-/// installed the UEFI chain (checked here: the ESP holds a FAT after it).
-fn install_boot_code(firmware: Firmware, layout: &Layout, image: &Path) -> Result<()> {
-    match firmware {
-        Firmware::Bios => install_grub_bios(layout, image),
-        Firmware::Uefi => check_esp(layout, image),
+/// Writes the firmware's boot code into the (detached) image when the harness owns it (BIOS
+/// without [`DiskKind::chain_by_init`]); otherwise `abupdate init` installed it, checked
+/// here: the ESP holds `\EFI\BOOT\BOOTX64.EFI`, or the MBR holds GRUB's boot code.
+fn install_boot_code(kind: DiskKind, layout: &Layout, image: &Path) -> Result<()> {
+    match (kind.firmware, kind.chain_by_init) {
+        (Firmware::Bios, false) => install_grub_bios(layout, image),
+        (Firmware::Bios, true) => check_mbr(image),
+        (Firmware::Uefi, _) => check_esp(layout, image),
     }
+}
+
+/// The MBR of the detached image carries boot code (GRUB's boot.img says "GRUB" in it).
+fn check_mbr(image: &Path) -> Result<()> {
+    let mut mbr = [0u8; 440];
+    std::fs::File::open(image)
+        .and_then(|mut f| f.read_exact(&mut mbr))
+        .with_context(|| format!("read the MBR of {}", image.display()))?;
+    if !mbr.windows(4).any(|w| w == b"GRUB") {
+        bail!(
+            "abupdate init left no GRUB boot code in the MBR of {}",
+            image.display()
+        );
+    }
+    Ok(())
 }
 
 /// Lists `\EFI\BOOT` on the detached image's ESP with mtools: `BOOTX64.EFI` must be there.
@@ -518,11 +557,7 @@ mod tests {
         assert!(l
             .sfdisk_script()
             .contains("type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=\"esp\""));
-        let c = guest_config(DiskKind {
-            firmware: Firmware::Uefi,
-            daemon: false,
-        })
-        .expect("uefi");
+        let c = guest_config(DiskKind::UEFI).expect("uefi");
         assert!(c.bootchain.install && !c.bootchain.nvram);
         assert_eq!(c.bootchain.efi_loader, EfiLoader::Unsigned);
     }

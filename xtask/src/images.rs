@@ -245,6 +245,33 @@ const HOOK_NO_MANDB_TIMER: &str = "[ ! -e \"$1\"/usr/lib/systemd/system/man-db.t
 /// reboot and only abupdate's `--kexec` uses kexec (`LOAD_KEXEC` is read at each shutdown;
 /// the package's config script keeps the file's answer on a reconfiguration).
 const HOOK_NO_KEXEC_REBOOT: &str = "[ ! -e \"$1\"/etc/default/kexec ] || sed -i 's/^LOAD_KEXEC=.*/LOAD_KEXEC=false/' \"$1\"/etc/default/kexec";
+/// Slot A as the Debian installer leaves a BIOS server: `grub-pc` installed, its debconf
+/// answer naming the disk, GRUB's modules and a `core.img` in the slot's own `/boot/grub`
+/// (what `grub-install /dev/vda` writes there) and a `grub.cfg` (which makes every kernel
+/// and GRUB package change run `update-grub`). The harness's `abupdate init` then guards
+/// the slot; scenario p reinstalls the package and updates the kernel on real boots.
+const HOOK_INSTALLER_GRUB: &[&str] = &[
+    "echo 'grub-pc grub-pc/install_devices multiselect /dev/vda' | chroot \"$1\" debconf-set-selections",
+    "mkdir -p \"$1\"/boot/grub/i386-pc && cp \"$1\"/usr/lib/grub/i386-pc/*.mod \"$1\"/usr/lib/grub/i386-pc/*.lst \"$1\"/boot/grub/i386-pc/",
+    "chroot \"$1\" grub-mkimage -O i386-pc -o /boot/grub/i386-pc/core.img -p '(hd0,gpt3)/boot/grub' biosdisk part_gpt ext2",
+    "echo '# written by update-grub when the system was installed' > \"$1\"/boot/grub/grub.cfg",
+];
+
+/// Debian 12's packages: [`PACKAGES`] with the kernel of the point release (suite
+/// `bookworm`, not `bookworm-security`), so that scenario p has a newer kernel package to
+/// install, and `grub-pc` (see [`HOOK_INSTALLER_GRUB`]).
+fn old_packages() -> Vec<String> {
+    let mut v: Vec<String> = PACKAGES
+        .iter()
+        .map(|p| match *p {
+            "linux-image-amd64" => format!("{p}/bookworm"),
+            p => p.to_string(),
+        })
+        .collect();
+    v.push("grub-pc".into());
+    v
+}
+
 const HOOK_OLD: &[&str] = &["chroot \"$1\" systemctl enable systemd-networkd.service"];
 /// The new image has no identity of its own: hostname and keys come from the manifest.
 const HOOK_NEW: &[&str] = &[
@@ -359,6 +386,8 @@ fn sources_for(host: &str, suite: &str) -> Result<String> {
 /// One mmdebstrap recipe: everything that goes into the cache key.
 struct Recipe {
     suite: &'static str,
+    /// What `--include` installs: [`PACKAGES`], adjusted per suite.
+    packages: Vec<String>,
     sources: String,
     early: Vec<OverlayFile>,
     late: Vec<OverlayFile>,
@@ -370,7 +399,7 @@ impl Recipe {
         let mut text = format!("{RECIPE_VERSION}\nsuite={}\n", self.suite);
         text += &format!(
             "packages={}\nfilters={}\n",
-            PACKAGES.join(","),
+            self.packages.join(","),
             path_filters().join(",")
         );
         text += &format!("sources=\n{}\n", self.sources);
@@ -397,7 +426,7 @@ impl Recipe {
         write_overlay(&late, &self.late)?;
         let mut cmd = Command::new("mmdebstrap");
         cmd.arg("--variant=minbase")
-            .arg(format!("--include={}", PACKAGES.join(",")));
+            .arg(format!("--include={}", self.packages.join(",")));
         for p in path_filters() {
             cmd.arg(format!("--dpkgopt={p}"));
         }
@@ -464,8 +493,10 @@ fn recipes(ssh: &SshKey) -> Result<(Recipe, Recipe)> {
     old_hooks.push(HOOK_NO_MANDB_TIMER.to_string());
     old_hooks.push(HOOK_NO_KEXEC_REBOOT.to_string());
     old_hooks.push(HOOK_UPDATE_DONE.to_string());
+    old_hooks.extend(HOOK_INSTALLER_GRUB.iter().map(|s| s.to_string()));
     let old = Recipe {
         suite: "bookworm",
+        packages: old_packages(),
         sources: sources_for(&host, "bookworm")?,
         early: early_files(),
         late: old_late,
@@ -478,6 +509,7 @@ fn recipes(ssh: &SshKey) -> Result<(Recipe, Recipe)> {
     new_hooks.push(HOOK_UPDATE_DONE.to_string());
     let new = Recipe {
         suite: "trixie",
+        packages: PACKAGES.iter().map(|p| p.to_string()).collect(),
         sources: sources_for(&host, "trixie")?,
         early: early_files(),
         late: late_files(),

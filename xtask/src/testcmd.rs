@@ -4,6 +4,7 @@
 //! collection against fake hosts, then the VM end-to-end scenarios.
 
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
@@ -35,45 +36,89 @@ fn ansible_tests() -> Result<()> {
     Ok(())
 }
 
+/// The wall time of each level, printed as it ends and once more at the end (CI's time
+/// budget is tracked from these lines).
+#[derive(Default)]
+struct Phases {
+    start: Option<Instant>,
+    done: Vec<(&'static str, Duration)>,
+}
+
+impl Phases {
+    /// Runs one level and records how long it took.
+    fn run<T>(&mut self, name: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.start.get_or_insert_with(Instant::now);
+        let t = Instant::now();
+        let r = f();
+        let took = t.elapsed();
+        eprintln!("xtask test: {name}: {:.0?}", took);
+        self.done.push((name, took));
+        r
+    }
+
+    fn summary(&self) {
+        eprintln!("=== xtask test: wall time per level ===");
+        for (name, took) in &self.done {
+            eprintln!("  {name:<28} {:>6.0}s", took.as_secs_f64());
+        }
+        if let Some(start) = self.start {
+            eprintln!("  {:<28} {:>6.0}s", "total", start.elapsed().as_secs_f64());
+        }
+    }
+}
+
 /// Runs every level of the test ladder; `vm: false` stops before the VM scenarios.
 pub fn run(vm: bool) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("the test suite needs root (loop devices, mounts, QEMU disks)");
     }
-    setup::ensure_host_packages()?;
+    let mut p = Phases::default();
+    let r = levels(vm, &mut p);
+    p.summary();
+    r
+}
+
+fn levels(vm: bool, p: &mut Phases) -> Result<()> {
+    p.run("host packages", setup::ensure_host_packages)?;
     // The VM images (mmdebstrap: mostly network and dpkg) build while the tests compile
     // and run; the VM scenarios find them cached.
     let images = vm.then(|| std::thread::spawn(images::ensure));
     // The privileged tests drive the real binary at target/debug/abupdate.
-    cargo(&["build", "-p", "abupdate"])?;
-    cargo(&["test", "--workspace"])?;
+    p.run("unit and privileged tests", || {
+        cargo(&["build", "-p", "abupdate"])?;
+        cargo(&["test", "--workspace"])
+    })?;
     // Reuses what `cargo test` built: recompiles each lib and bin target once with the lint.
-    deps::run()?;
+    p.run("dependency check", deps::run)?;
     // Real GRUB 2.06 under QEMU counting the trial tries down (slow, so opt-in in plain
     // `cargo test`).
-    cargo(&[
-        "test",
-        "-p",
-        "abupdate-grub",
-        "--test",
-        "real_grub",
-        "--",
-        "--ignored",
-    ])?;
+    p.run("real GRUB", || {
+        cargo(&[
+            "test",
+            "-p",
+            "abupdate-grub",
+            "--test",
+            "real_grub",
+            "--",
+            "--ignored",
+        ])
+    })?;
     // The package: lintian, then install, upgrade, removal and purge in a Debian 12 tree.
-    let deb = deb::run(None, true)?;
+    let deb = p.run("package (release build)", || deb::run(None, true))?;
     // The Ansible collection against fake hosts (ansible-playbook, connection=local).
-    ansible_tests()?;
+    p.run("ansible collection", ansible_tests)?;
     if let Some(images) = images {
-        images
-            .join()
-            .map_err(|_| anyhow::anyhow!("the image build panicked"))?
-            .context("build the VM images")?;
+        p.run("VM images (rest of build)", || {
+            images
+                .join()
+                .map_err(|_| anyhow::anyhow!("the image build panicked"))?
+                .context("build the VM images")
+        })?;
         // The VM disks install the package just checked (built around the same release
         // binary), not a third build of it.
         std::env::set_var(deb::DEB_ENV, &deb);
         let all = e2e::parse_selection(None)?;
-        e2e::run(&all, false, e2e::DEFAULT_LANES)?;
+        p.run("VM scenarios", || e2e::run(&all, false, e2e::DEFAULT_LANES))?;
     }
     Ok(())
 }

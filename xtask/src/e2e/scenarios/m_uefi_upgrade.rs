@@ -7,7 +7,7 @@
 
 use anyhow::{ensure, Result};
 
-use crate::disk::{DiskKind, Firmware};
+use crate::disk::DiskKind;
 use crate::e2e::machine::{step, Machine};
 use crate::e2e::scenario::{Ctx, MachineSpec, Scenario, Start};
 use crate::e2e::TRIXIE_URL;
@@ -18,10 +18,7 @@ pub const SCENARIO: Scenario = Scenario {
     name: "uefi-upgrade",
     about: "UEFI (OVMF), chain installed by abupdate init: stage Debian 13, switch, boot B, commit, rollback boots A",
     machine: MachineSpec {
-        disk: DiskKind {
-            firmware: Firmware::Uefi,
-            daemon: false,
-        },
+        disk: DiskKind::UEFI,
         watchdog: false,
     },
     start: Start::Fresh,

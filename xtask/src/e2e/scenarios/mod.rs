@@ -20,6 +20,7 @@ mod l_powercut_matrix;
 mod m_uefi_upgrade;
 mod n_daemon_polls;
 mod o_kexec;
+mod p_distro_packages;
 
 use super::scenario::Scenario;
 
@@ -34,6 +35,7 @@ pub const ALL: &[&Scenario] = &[
     &a_upgrade::SCENARIO,
     &d_broken_slot::SCENARIO,
     &e_powercut_staging::SCENARIO,
+    &p_distro_packages::SCENARIO,
     &h_failed_check::SCENARIO,
     &j_pre_switch_hook::SCENARIO,
     &g_daemon_commits::SCENARIO,
