@@ -49,7 +49,7 @@ pub const ALL: &[&Scenario] = &[
 /// longer fits the CI budget. Their behaviour is also shown elsewhere: b's rollback by m
 /// and l, c's cut trials by l, d and i; k (`stage --clone`, `manifest suggest`) and o
 /// (`switch --kexec`) pass on their own (`cargo xtask e2e --only k,o`); p (the distribution's
-/// kernel and GRUB packages updated in slot A, 747 s: dpkg under TCG) too.
+/// kernel and GRUB packages updated in slot A, 882 s: dpkg under TCG) too.
 pub const EXTENDED: &[&Scenario] = &[
     &b_rollback::SCENARIO,
     &k_clone_upgrade::SCENARIO,

@@ -6,8 +6,12 @@
 //! the security suite's kernel and reinstalls `grub-pc` (its postinst runs): the boot code
 //! on the disk is byte-identical, `status` names the new kernel, the next boot goes through
 //! abupdate's `grub.cfg` and runs the new kernel; the old kernel is purged, and the next
-//! boot still runs the new one; then `switch` reaches B's trial. Ends booted in B on trial.
-//! Cost: 4 boots, one stage and three `dpkg` runs under TCG (747 s on a quiet machine; the
+//! boot still runs the new one. A slot GRUB cannot read (a small image whose ext4 has
+//! `inline_data`, which Debian 12's GRUB 2.06 does not read) is staged: `switch` proves it
+//! with GRUB's own filesystem code and refuses (exit 4, naming the feature, grubenv
+//! byte-identical, still in A). Then Debian 13 is staged over it and `switch` reaches B's
+//! trial. Ends booted in B on trial.
+//! Cost: 4 boots, two stages and three `dpkg` runs under TCG (882 s on a quiet machine; the
 //! kernel's unpack, its initramfs and `update-grub` dominate), so it is outside the default
 //! run.
 
@@ -17,11 +21,13 @@ use std::process::Command;
 use abupdate_utils::Cmd;
 use anyhow::{ensure, Context, Result};
 
+use crate::disk::install_file;
 use crate::disk::DiskKind;
 use crate::e2e::apt_repo;
-use crate::e2e::machine::{step, Machine};
+use crate::e2e::machine::{show_output, step, Machine};
 use crate::e2e::scenario::{Ctx, MachineSpec, Prep, Scenario, Served, Start};
 use crate::e2e::TRIXIE_URL;
+use crate::util;
 
 /// The declaration.
 pub const SCENARIO: Scenario = Scenario {
@@ -33,8 +39,8 @@ pub const SCENARIO: Scenario = Scenario {
         watchdog: false,
     },
     start: Start::Fresh,
-    secs: 750,
-    serves: Some(repo_files),
+    secs: 880,
+    serves: Some(serves),
     run,
 };
 
@@ -46,6 +52,76 @@ const NEWER_SUITE: &str = "bookworm-security";
 const BOOT_CODE_SUM: &str = "head -c 440 /dev/vda | sha256sum; sha256sum < /dev/vda1";
 /// Non-interactive apt in the guest.
 const APT: &str = "DEBIAN_FRONTEND=noninteractive apt-get -y -q";
+
+/// Where the unreadable image is served and kept in the run directory.
+const UNREADABLE: &str = "/inline-data.img";
+
+fn serves(prep: &Prep<'_>) -> Result<Vec<Served>> {
+    let mut files = repo_files(prep)?;
+    files.push(unreadable_image(prep)?);
+    Ok(files)
+}
+
+/// A 64 MiB Debian 13 look-alike (os-release, fstab, the units stage enables, a kernel and
+/// an initrd) on an ext4 with `inline_data`, which GRUB 2.06 cannot read.
+fn unreadable_image(prep: &Prep<'_>) -> Result<Served> {
+    let tree = prep.run_dir.join("inline-data-tree");
+    let kernel = "6.12.0-1-amd64";
+    let unit = b"[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n".to_vec();
+    let files: [(&str, Vec<u8>); 6] = [
+        (
+            "etc/os-release",
+            b"PRETTY_NAME=\"Debian GNU/Linux 13 (trixie)\"\nNAME=\"Debian GNU/Linux\"\nVERSION_ID=\"13\"\nID=debian\n".to_vec(),
+        ),
+        ("etc/fstab", b"# shipped\n".to_vec()),
+        ("usr/lib/systemd/system/ssh.service", unit.clone()),
+        ("usr/lib/systemd/system/systemd-networkd.service", unit),
+        (&format!("boot/vmlinuz-{kernel}"), vec![0x5a; 256 << 10]),
+        (&format!("boot/initrd.img-{kernel}"), vec![0xa5; 128 << 10]),
+    ];
+    for (rel, bytes) in &files {
+        install_file(&tree, rel, bytes, 0o644)?;
+    }
+    let image = prep.run_dir.join(&UNREADABLE[1..]);
+    Cmd::new("mkfs.ext4")
+        .args(["-F", "-q", "-L", "debian13", "-O", "inline_data", "-d"])
+        .arg(&tree)
+        .arg(&image)
+        .arg("64M")
+        .run()
+        .with_context(|| format!("make {}", image.display()))?;
+    Ok((UNREADABLE.to_owned(), image))
+}
+
+/// Stages the unreadable image and shows that `switch` refuses it before any write.
+fn switch_refuses_unreadable_slot(m: &Machine, run_dir: &Path) -> Result<()> {
+    let sha = util::sha256_file(&run_dir.join(&UNREADABLE[1..]))?;
+    m.stage(UNREADABLE, &sha)?;
+    let before = m.grubenv_sum()?;
+    println!("     $ abupdate switch   (B's ext4 has inline_data)");
+    let o = m.vm.ssh("abupdate switch")?;
+    show_output(&o.stdout);
+    show_output(&o.stderr);
+    let out = format!("{}{}", o.stdout, o.stderr);
+    ensure!(
+        o.code == 4 && out.contains("inline_data") && out.contains("switch refused"),
+        "`abupdate switch` should refuse B (exit 4) naming inline_data, exited {}: {out}",
+        o.code
+    );
+    let after = m.grubenv_sum()?;
+    ensure!(
+        before == after,
+        "grubenv changed although the switch was refused:\nbefore:\n{before}\nafter:\n{after}"
+    );
+    let st = m.status()?;
+    ensure!(
+        st.booted() == "a" && st.default() == "a" && st.0["trial"].is_null(),
+        "after the refused switch A stays the default with no trial: {}",
+        st.summary()
+    );
+    step("switch refused B (GRUB cannot read its inline_data ext4): exit 4, grubenv unchanged, still in A");
+    Ok(())
+}
 
 fn repo_dir(run_dir: &Path) -> PathBuf {
     run_dir.join("boot-apt")
@@ -203,7 +279,8 @@ fn run(cx: &mut Ctx<'_>) -> Result<()> {
     );
     step(&format!("{older} purged; slot A still boots {now}"));
 
-    // 4. The chain still switches: B's trial is reached.
+    // 4. A slot GRUB cannot read is refused; the chain still switches to one it can.
+    switch_refuses_unreadable_slot(m, &cx.env.run_dir)?;
     m.ensure_staged(TRIXIE_URL, &cx.env.imgs.trixie_sha256)?;
     m.timed_switch()?;
     let st = m.status()?;
