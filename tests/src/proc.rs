@@ -1,6 +1,5 @@
 //! Running commands in tests: outputs with exit codes, and hashing files and devices.
 
-use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
@@ -114,27 +113,7 @@ pub fn run_ok(cmd: &mut Command) -> Result<String> {
     Ok(out.stdout)
 }
 
-/// The SHA-256 of a file or block device, as lowercase hex. `sha2` is optimised in the
-/// dev profile too and uses the CPU's SHA extensions: seven times faster than coreutils'
-/// `sha256sum` here, which the crash tests' before/after hashes of whole partitions feel.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    use sha2::Digest;
-    use std::io::Read;
-    let mut f =
-        std::fs::File::open(path).with_context(|| format!("open {} to hash", path.display()))?;
-    let mut hasher = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .with_context(|| format!("read {} to hash", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(format!("{:x}", hasher.finalize()))
-}
+pub use abupdate_testkit::hash::sha256_file;
 
 /// A spawned child process, killed and reaped on drop unless waited for.
 #[derive(Debug)]

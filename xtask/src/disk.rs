@@ -80,6 +80,12 @@ impl DiskKind {
         chain_by_init: false,
     };
 
+    /// Whether `abupdate init` installs the boot chain: asked for, or UEFI (the harness
+    /// writes boot code only for BIOS).
+    pub fn init_installs_chain(self) -> bool {
+        self.chain_by_init || self.firmware == Firmware::Uefi
+    }
+
     /// A short name for file names and messages, e.g. `bios-daemon`.
     pub fn name(self) -> String {
         let fw = match self.firmware {
@@ -87,7 +93,7 @@ impl DiskKind {
             Firmware::Uefi => "uefi",
         };
         let mut name = fw.to_owned();
-        if self.chain_by_init && self.firmware == Firmware::Bios {
+        if self.init_installs_chain() && self.firmware == Firmware::Bios {
             name += "-chain";
         }
         if self.daemon {
@@ -158,7 +164,7 @@ pub fn layout(firmware: Firmware) -> Layout {
 pub fn guest_config(kind: DiskKind) -> Result<Config> {
     let daemon = kind.daemon;
     let mut c = config::standard(None)?;
-    c.bootchain.install = kind.chain_by_init || kind.firmware == Firmware::Uefi;
+    c.bootchain.install = kind.init_installs_chain();
     if kind.firmware == Firmware::Uefi {
         c.bootchain.efi_loader = EfiLoader::Unsigned;
         c.bootchain.nvram = false;
@@ -258,7 +264,7 @@ pub fn build(
 
     // Boot partition: GRUB's modules for BIOS (grub.cfg and grubenv are abupdate's, and so
     // is everything of the UEFI chain).
-    if kind.firmware == Firmware::Bios && !kind.chain_by_init {
+    if !kind.init_installs_chain() {
         let boot = disk.mount(Role::Boot)?;
         copy_grub_modules(boot.path())?;
         boot.close().context("unmount the boot partition")?;
@@ -420,7 +426,7 @@ fn abupdate_init(abupdate: &Path, disk: &Disk, guest: &Config) -> Result<()> {
 /// without [`DiskKind::chain_by_init`]); otherwise `abupdate init` installed it, checked
 /// here: the ESP holds `\EFI\BOOT\BOOTX64.EFI`, or the MBR holds GRUB's boot code.
 fn install_boot_code(kind: DiskKind, layout: &Layout, image: &Path) -> Result<()> {
-    match (kind.firmware, kind.chain_by_init) {
+    match (kind.firmware, kind.init_installs_chain()) {
         (Firmware::Bios, false) => install_grub_bios(layout, image),
         (Firmware::Bios, true) => check_mbr(image),
         (Firmware::Uefi, _) => check_esp(layout, image),

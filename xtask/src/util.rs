@@ -1,8 +1,7 @@
 //! Small helpers shared by the xtask commands: hashing, the release build of abupdate,
 //! long-running commands logged to a file, tar extraction.
 
-use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -17,22 +16,7 @@ pub fn workspace_root() -> PathBuf {
     here.parent().unwrap_or(here).to_path_buf()
 }
 
-/// Hex sha256 of a file's content.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = File::open(path).with_context(|| format!("open {} to hash it", path.display()))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .with_context(|| format!("read {} to hash it", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex(&h.finalize()))
-}
+pub use abupdate_testkit::hash::sha256_file;
 
 /// Hex sha256 of bytes.
 pub fn sha256_bytes(data: &[u8]) -> String {

@@ -4,6 +4,7 @@
 //!   stall, ignored `Range`/`If-Range`, a changing ETag) and per-path byte counters;
 //! - [`disk`]: the GPT disk builder (BIOS boot, ext2 boot, slots, data) on a loop device,
 //!   and the minimal "Debian" tree of a slot;
+//! - [`hash`]: the SHA-256 of a file or block device;
 //! - [`config`] (feature `config`): typed abupdate configurations written by serializing
 //!   `abupdate_lib::config::Config`;
 //! - [`LoopDevice`]: the one loop-device guard (RAII, explicit fallible `close`), from
@@ -15,6 +16,7 @@
 #[cfg(feature = "config")]
 pub mod config;
 pub mod disk;
+pub mod hash;
 pub mod http;
 
 pub use abupdate_utils::loopdev::LoopDevice;

@@ -21,8 +21,7 @@ use std::process::Command;
 use abupdate_utils::Cmd;
 use anyhow::{ensure, Context, Result};
 
-use crate::disk::install_file;
-use crate::disk::DiskKind;
+use crate::disk::{install_file, DiskKind};
 use crate::e2e::apt_repo;
 use crate::e2e::machine::{show_output, step, Machine};
 use crate::e2e::scenario::{Ctx, MachineSpec, Prep, Scenario, Served, Start};
@@ -205,10 +204,8 @@ impl Machine {
     /// The kernel `status` says GRUB loads from slot A.
     fn kernel_of_a(&self) -> Result<String> {
         let st = self.status()?;
-        st.0["slots"]
-            .as_array()
-            .and_then(|s| s.iter().find(|s| s["id"] == "a"))
-            .and_then(|s| s["kernel"].as_str())
+        st.slot("a")["kernel"]
+            .as_str()
             .map(str::to_string)
             .with_context(|| format!("status names no kernel for slot a: {}", st.summary()))
     }
