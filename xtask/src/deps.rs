@@ -1,9 +1,9 @@
 //! `cargo xtask deps`: every declared dependency of a workspace member is used.
 //!
-//! `[dependencies]`: each lib and bin target is compiled once more with rustc's
-//! `unused_crate_dependencies` lint (`cargo rustc`, so the flag reaches only that target and
-//! the dependencies built by `cargo test` are reused); a dependency is unused when every lib
-//! and bin target of its package reports it. `[dev-dependencies]`: the test, bench and
+//! `[dependencies]`: each lib and bin target is checked once more with rustc's
+//! `unused_crate_dependencies` lint (`cargo rustc --profile check`, so the flag reaches only
+//! that target, nothing is code-generated and the artifacts `cargo test` built stay valid);
+//! a dependency is unused when every lib and bin target of its package reports it. `[dev-dependencies]`: the test, bench and
 //! example sources and `#[cfg(test)]` code must name the crate (`name::`, `use name`),
 //! which the lint cannot judge across many test targets.
 
@@ -170,6 +170,22 @@ pub fn run() -> Result<()> {
             .unwrap_or_else(|| d.name.replace('-', "_"))
     };
 
+    // The dependencies' metadata for the checks below, built in parallel once (the
+    // per-target `cargo rustc` runs are sequential).
+    let status = cargo()
+        .args([
+            "check",
+            "--quiet",
+            "--locked",
+            "--workspace",
+            "--lib",
+            "--bins",
+        ])
+        .status()
+        .context("run cargo check")?;
+    if !status.success() {
+        bail!("cargo check --workspace --lib --bins failed ({status})");
+    }
     let mut problems = Vec::new();
     for pkg in meta
         .packages
@@ -189,7 +205,14 @@ pub fn run() -> Result<()> {
                 vec!["--bin".to_owned(), t.name.clone()]
             };
             let out = cargo()
-                .args(["rustc", "--quiet", "--message-format=json", "-p", &pkg.name])
+                .args([
+                    "rustc",
+                    "--quiet",
+                    "--message-format=json",
+                    "--profile",
+                    "check",
+                ])
+                .args(["--locked", "-p", &pkg.name])
                 .args(&sel)
                 .args(["--", "-W", "unused-crate-dependencies"])
                 .output()

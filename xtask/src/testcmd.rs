@@ -95,7 +95,8 @@ fn levels(vm: bool, p: &mut Phases) -> Result<()> {
         cargo(&["build", "-p", "abupdate"])?;
         cargo(&["test", "--workspace"])
     })?;
-    // Reuses what `cargo test` built: recompiles each lib and bin target once with the lint.
+    // Checks (no code generation) each lib and bin target once more with the lint; the build
+    // scripts and proc macros `cargo test` built are reused.
     p.run("dependency check", deps::run)?;
     // Real GRUB 2.06 under QEMU counting the trial tries down (slow, so opt-in in plain
     // `cargo test`).
