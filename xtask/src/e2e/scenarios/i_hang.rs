@@ -23,7 +23,7 @@ pub const SCENARIO: Scenario = Scenario {
         watchdog: true,
     },
     start: Start::Fresh,
-    secs: 246,
+    secs: 245,
     serves: Some(hang_image),
     run,
 };

@@ -22,7 +22,7 @@ pub const SCENARIO: Scenario = Scenario {
         watchdog: false,
     },
     start: Start::Fresh,
-    secs: 261,
+    secs: 308,
     serves: None,
     run,
 };

@@ -31,7 +31,7 @@ pub const SCENARIO: Scenario = Scenario {
             is staged, switched inside the window, committed",
     machine: MachineSpec::DAEMON,
     start: Start::Fresh,
-    secs: 420,
+    secs: 369,
     serves: Some(files),
     run,
 };
