@@ -91,8 +91,15 @@ fn levels(vm: bool, p: &mut Phases) -> Result<()> {
     // and run; the VM scenarios find them cached.
     let images = vm.then(|| std::thread::spawn(images::ensure));
     // The privileged tests drive the real binary at target/debug/abupdate.
+    let mut release = None;
     p.run("unit and privileged tests", || {
         cargo(&["build", "-p", "abupdate"])?;
+        cargo(&["test", "--workspace", "--no-run"])?;
+        // The package's release build (its own profile directory, so cargo does not lock
+        // one against the other) uses the CPU the privileged tests leave idle while they
+        // wait for loop devices, mkfs and fsync, and the dependency check's one-target
+        // rustc runs leave idle after them.
+        release = Some(std::thread::spawn(util::build_abupdate_release));
         cargo(&["test", "--workspace"])
     })?;
     // Checks (no code generation) each lib and bin target once more with the lint; the build
@@ -112,7 +119,14 @@ fn levels(vm: bool, p: &mut Phases) -> Result<()> {
         ])
     })?;
     // The package: lintian, then install, upgrade, removal and purge in a Debian 12 tree.
-    let deb = p.run("package (release build)", || deb::run(None, true))?;
+    let deb = p.run("package (release build)", || {
+        if let Some(release) = release {
+            release
+                .join()
+                .map_err(|_| anyhow::anyhow!("the release build panicked"))??;
+        }
+        deb::run(None, true)
+    })?;
     // The Ansible collection against fake hosts (ansible-playbook, connection=local).
     p.run("ansible collection", ansible_tests)?;
     if let Some(images) = images {
