@@ -128,6 +128,12 @@ pub struct UpdateConfig {
     /// The maintenance window, in the host's time zone.
     #[serde(default)]
     pub window: Option<Window>,
+    /// The daemon's switches (and `abupdate update`'s) boot the new slot by kexec, as
+    /// `switch --kexec` does: firmware and GRUB are skipped, the trial's first try is spent
+    /// as GRUB would. Where kexec cannot work the switch is refused and retried after the
+    /// next check, never turned into a firmware reboot.
+    #[serde(default)]
+    pub kexec: bool,
     /// The daemon's record of its last check (in the running slot's file system).
     #[serde(default = "default_last_check")]
     pub last_check: PathBuf,
@@ -214,9 +220,14 @@ mod tests {
         assert_eq!(c.interval.0, SignedDuration::from_hours(6));
         assert_eq!(c.stage, StageMode::Auto);
         assert_eq!(c.switch, SwitchMode::Manual);
-        let c = parse("channel: http://updates.example/ch\nswitch: window\nwindow: \"Sat *-*-* 02:00..04:00\"")
+        assert!(
+            !c.kexec,
+            "a switch reboots through firmware unless told otherwise"
+        );
+        let c = parse("channel: http://updates.example/ch\nswitch: window\nwindow: \"Sat *-*-* 02:00..04:00\"\nkexec: true")
             .expect("valid");
         assert!(c.window.is_some());
+        assert!(c.kexec);
         let e = parse("channel: http://x/ch\nswitch: window").expect_err("no window");
         assert!(e.starts_with("window:"), "{e}");
         let e = parse("channel: ftp://x/ch").expect_err("scheme");

@@ -200,8 +200,9 @@ const PAGES: &[PageText] = &[
             "With an update: section it then keeps running and polls the signed release \
              channel: a check every update.interval plus a random share of update.jitter, a \
              stage as soon as a release is offered and this host's wave has come (stage: \
-             auto), a switch only inside update.window (switch: window) and never while a \
-             trial is pending or another abupdate holds the lock. A failed check, stage or \
+             auto), a switch only inside update.window (switch: window; by kexec with \
+             update.kexec) and never while a trial is pending or another abupdate holds \
+             the lock. A failed check, stage or \
              switch is logged and retried after the next check. It records the last check \
              in update.last_check (shown by abupdate status) and, with update.metrics, \
              keeps a Prometheus textfile for node_exporter.",
@@ -819,6 +820,16 @@ const KEYS: &[Key] = &[
         default: DefaultIs::Text("none (required with switch: window)"),
         text: "The weekly maintenance window in the host's time zone, for example \
                \"Sat *-*-* 02:00..04:00\".",
+    },
+    Key {
+        key: "update.kexec",
+        kind: "bool",
+        default: DefaultIs::Derived,
+        text: "true: the daemon's switches (and abupdate update's) boot the new slot by \
+               kexec, as switch --kexec: no firmware POST, no GRUB, the trial's first try \
+               spent as GRUB would. Where kexec cannot work (no kexec-tools, no kexec \
+               support, a locked-down kernel) the switch is refused and retried after the \
+               next check, never turned into a firmware reboot.",
     },
     Key {
         key: "update.last_check",

@@ -431,7 +431,8 @@ impl fmt::Display for UpdateReport {
 }
 
 /// `abupdate update`: check, stage the offered release (unless the spare slot already holds
-/// it), and switch to it, inside the maintenance window when `update.switch` is `window`.
+/// it), and switch to it, inside the maintenance window when `update.switch` is `window`,
+/// by kexec when `update.kexec` says so.
 pub fn update(ctx: &Context, opts: &UpdateOpts) -> Result<UpdateReport> {
     let cfg = update_config(ctx)?.clone();
     let check = check(ctx)?;
@@ -474,7 +475,7 @@ pub fn update(ctx: &Context, opts: &UpdateOpts) -> Result<UpdateReport> {
         &ops::SwitchOpts {
             no_reboot: opts.no_reboot,
             tries: opts.tries,
-            kexec: false,
+            kexec: cfg.kexec,
         },
     )?);
     Ok(report)

@@ -252,7 +252,16 @@ fn run_step(
                 ))
             }
             StepKind::Switch => {
-                let out = ops::switch(ctx, &ops::SwitchOpts::default())?;
+                // `update.kexec`: boot the new slot by kexec (the daemon runs only with an
+                // `update:` section).
+                let kexec = ctx.cfg.update.as_ref().is_some_and(|u| u.kexec);
+                let out = ops::switch(
+                    ctx,
+                    &ops::SwitchOpts {
+                        kexec,
+                        ..Default::default()
+                    },
+                )?;
                 if let Some(s) = out.slot {
                     op.record_slot(s);
                 }
