@@ -18,6 +18,8 @@ pub const ASSESS_TIMEOUT: Duration = Duration::from_secs(420);
 
 /// grubenv on the guest's boot partition (mounted by its fstab).
 const GRUBENV: &str = "/boot/abboot/grub/grubenv";
+/// GRUB's line on every boot it makes (see grub-templates/grub.cfg.in).
+pub const GRUB_MARKER: &str = "abupdate: booting slot";
 
 /// The systemd drop-in that arms a failpoint for the daemon ([`Machine::arm_daemon_failpoint`]).
 const DAEMON_DROPIN_DIR: &str = "/etc/systemd/system/abupdate.service.d";
@@ -269,7 +271,7 @@ impl Machine {
     pub fn power_on(&mut self) -> Result<()> {
         self.vm.start()?;
         self.vm
-            .wait_serial("abupdate: booting slot", GRUB_TIMEOUT)
+            .wait_serial(GRUB_MARKER, GRUB_TIMEOUT)
             .context("GRUB did not print its boot marker")
     }
 
@@ -365,9 +367,63 @@ impl Machine {
         Ok(failed)
     }
 
+    /// The running kernel's boot id (a new one on every boot, kexec included).
+    pub fn boot_id(&self) -> Result<String> {
+        Ok(self
+            .vm
+            .ssh_ok("cat /proc/sys/kernel/random/boot_id")?
+            .trim()
+            .to_owned())
+    }
+
+    /// Waits, from `since` and for at most `timeout`, until the guest answers with a boot id
+    /// other than `old` while QEMU never exited (it runs with `-no-reboot`: a firmware reset
+    /// would end it) and GRUB printed no marker on top of the `markers` it had printed: a
+    /// kexec. `what` names what kexecs in the errors. Returns the time since `since`.
+    pub fn wait_kexec(
+        &mut self,
+        what: &str,
+        old: &str,
+        markers: usize,
+        since: Instant,
+        timeout: Duration,
+    ) -> Result<Duration> {
+        loop {
+            ensure!(
+                self.vm.running(),
+                "QEMU exited after {what}: the guest went through a firmware reset, not a kexec ({})",
+                self.vm.serial_path().display()
+            );
+            if self.boot_id().is_ok_and(|id| id != old) {
+                break;
+            }
+            ensure!(
+                since.elapsed() < timeout,
+                "no new boot answered within {timeout:?} after {what}"
+            );
+            // Polls a guest that is shutting down and booting: nothing to wait on but ssh.
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        let took = since.elapsed();
+        ensure!(
+            self.grub_markers() == markers,
+            "GRUB printed {GRUB_MARKER:?} again after {what}: not a kexec ({})",
+            self.vm.serial_path().display()
+        );
+        step(&format!(
+            "kexec: new boot answered {took:.1?} after {what}, same QEMU process, no GRUB pass"
+        ));
+        Ok(took)
+    }
+
+    /// How many times GRUB printed its marker on this QEMU process's console.
+    pub fn grub_markers(&self) -> usize {
+        self.vm.serial().matches(GRUB_MARKER).count()
+    }
+
     /// Asserts GRUB's marker for `slot` on this boot's console and `status`'s booted slot.
     pub fn assert_booted(&self, slot: &str) -> Result<()> {
-        let marker = format!("abupdate: booting slot {slot}");
+        let marker = format!("{GRUB_MARKER} {slot}");
         let serial = self.vm.serial();
         ensure!(
             serial.contains(&marker),

@@ -13,7 +13,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{ensure, Result};
 
 use crate::e2e::machine::{show_output, step, Machine};
 use crate::e2e::scenario::{Ctx, MachineSpec, Scenario, Start};
@@ -32,16 +32,6 @@ pub const SCENARIO: Scenario = Scenario {
     run,
 };
 
-/// GRUB's line on every boot it makes (see grub-templates/grub.cfg.in).
-const GRUB_MARKER: &str = "abupdate: booting slot";
-
-fn boot_id(m: &Machine) -> Result<String> {
-    Ok(m.vm
-        .ssh_ok("cat /proc/sys/kernel/random/boot_id")?
-        .trim()
-        .to_owned())
-}
-
 /// Runs `abupdate ARGS`, which loads the next kernel and asks systemd for a kexec; ssh may
 /// lose the connection (255) as the guest goes down.
 fn run_kexec_command(m: &Machine, args: &str) -> Result<()> {
@@ -57,49 +47,27 @@ fn run_kexec_command(m: &Machine, args: &str) -> Result<()> {
     Ok(())
 }
 
-/// Runs `abupdate ARGS` (which kexecs) and waits until the guest answers with another boot
-/// id while QEMU never exited (it runs with `-no-reboot`: a firmware reset would end it) and
-/// GRUB printed nothing. Returns the time from the command to the new boot's ssh.
+/// Runs `abupdate ARGS` (which kexecs) and waits for the kexec'd boot to answer
+/// ([`Machine::wait_kexec`]). Returns the time from the command to the new boot's ssh.
 fn kexec_into(m: &mut Machine, args: &str) -> Result<Duration> {
-    let old = boot_id(m)?;
-    let markers = m.vm.serial().matches(GRUB_MARKER).count();
+    let old = m.boot_id()?;
+    let markers = m.grub_markers();
     let t = Instant::now();
     run_kexec_command(m, args)?;
-    loop {
-        ensure!(
-            m.vm.running(),
-            "QEMU exited: the guest went through a firmware reset, not a kexec ({})",
-            m.vm.serial_path().display()
-        );
-        if let Ok(id) = boot_id(m) {
-            if id != old {
-                break;
-            }
-        }
-        if t.elapsed() > BOOT_TIMEOUT {
-            bail!("no new boot answered within {BOOT_TIMEOUT:?} after `abupdate {args}`");
-        }
-        // Polls a guest that is shutting down and booting: nothing to wait on but ssh.
-        std::thread::sleep(Duration::from_secs(1));
-    }
-    let took = t.elapsed();
-    let after = m.vm.serial().matches(GRUB_MARKER).count();
-    ensure!(
-        after == markers,
-        "GRUB printed {GRUB_MARKER:?} again: the kexec went through GRUB ({})",
-        m.vm.serial_path().display()
-    );
-    step(&format!(
-        "kexec: new boot answered after {took:.1?}, same QEMU process, no GRUB pass"
-    ));
-    Ok(took)
+    m.wait_kexec(
+        &format!("`abupdate {args}`"),
+        &old,
+        markers,
+        t,
+        BOOT_TIMEOUT,
+    )
 }
 
 /// Part 1: the kexec'd trial of a slot whose init exits panics; GRUB spends the tries left.
 fn panicking_trial(m: &mut Machine, broken_sha256: &str) -> Result<()> {
     m.stage(BROKEN_URL, broken_sha256)?;
     let before = m.vm.serial();
-    let markers = before.matches(GRUB_MARKER).count();
+    let markers = m.grub_markers();
     run_kexec_command(m, "--json switch --kexec")?;
     let st = m.vm.wait_exit(BOOT_TIMEOUT)?;
     let serial = m.vm.serial();
@@ -110,7 +78,7 @@ fn panicking_trial(m: &mut Machine, broken_sha256: &str) -> Result<()> {
         m.vm.serial_path().display()
     );
     ensure!(
-        serial.matches(GRUB_MARKER).count() == markers,
+        m.grub_markers() == markers,
         "GRUB ran between `switch --kexec` and the panic: not a kexec ({})",
         m.vm.serial_path().display()
     );
