@@ -26,24 +26,23 @@ use super::scenario::Scenario;
 
 /// Every scenario, in the order a full run executes them (also the default selection).
 /// Neighbours that share a machine are kept together (a chain, which `--lanes` never
-/// splits): f, a, b, d, e on one plain machine (b rolls a's committed B back, so d goes on
-/// in A; with `--only` c continues after e and finds B staged), h, j, g on one daemon
-/// machine (g finds B staged by j), i on its own, m on its own UEFI machine, n on its own
-/// daemon machine (it ends in B), l on a plain machine of its own (after n, so that it is a
-/// chain of its own for the lanes; it stages B itself there).
+/// splits): f, a, b, d, e, l on one plain machine (b rolls a's committed B back, so d goes
+/// on in A; l finds B staged by e; with `--only` c and o continue it), h, j, g on one
+/// daemon machine (g finds B staged by j), i on its own, m on its own UEFI machine, n on
+/// its own daemon machine (it ends in B).
 pub const ALL: &[&Scenario] = &[
     &f_downtime::SCENARIO,
     &a_upgrade::SCENARIO,
     &b_rollback::SCENARIO,
     &d_broken_slot::SCENARIO,
     &e_powercut_staging::SCENARIO,
+    &l_powercut_matrix::SCENARIO,
     &h_failed_check::SCENARIO,
     &j_pre_switch_hook::SCENARIO,
     &g_daemon_commits::SCENARIO,
     &i_hang::SCENARIO,
     &m_uefi_upgrade::SCENARIO,
     &n_daemon_polls::SCENARIO,
-    &l_powercut_matrix::SCENARIO,
 ];
 
 /// Scenarios outside the default run (`--only` selects them): on CI's two cores the VM
