@@ -20,6 +20,18 @@ pub const ASSESS_TIMEOUT: Duration = Duration::from_secs(420);
 const GRUBENV: &str = "/boot/abboot/grub/grubenv";
 /// GRUB's line on every boot it makes (see grub-templates/grub.cfg.in).
 pub const GRUB_MARKER: &str = "abupdate: booting slot";
+/// The first console line of every Linux kernel that boots.
+const KERNEL_BANNER: &str = "Linux version ";
+
+/// One reboot or kexec, timed from its command.
+#[derive(Debug, Clone, Copy)]
+pub struct Timed {
+    /// Until the new kernel printed its first line: the shutdown, and on a reboot the
+    /// firmware and GRUB (what kexec skips).
+    pub kernel: Duration,
+    /// Until ssh answered in the new boot.
+    pub ssh: Duration,
+}
 
 /// The systemd drop-in that arms a failpoint for the daemon ([`Machine::arm_daemon_failpoint`]).
 const DAEMON_DROPIN_DIR: &str = "/etc/systemd/system/abupdate.service.d";
@@ -376,10 +388,11 @@ impl Machine {
             .to_owned())
     }
 
-    /// Waits, from `since` and for at most `timeout`, until the guest answers with a boot id
-    /// other than `old` while QEMU never exited (it runs with `-no-reboot`: a firmware reset
-    /// would end it) and GRUB printed no marker on top of the `markers` it had printed: a
-    /// kexec. `what` names what kexecs in the errors. Returns the time since `since`.
+    /// Waits, from `since` and for at most `timeout`, until a new kernel printed its first
+    /// line on this QEMU process's console and the guest answers with a boot id other than
+    /// `old`, while QEMU never exited (it runs with `-no-reboot`: a firmware reset would end
+    /// it) and GRUB printed no marker on top of the `markers` it had printed: a kexec. `what`
+    /// names what kexecs in the errors.
     pub fn wait_kexec(
         &mut self,
         what: &str,
@@ -387,33 +400,43 @@ impl Machine {
         markers: usize,
         since: Instant,
         timeout: Duration,
-    ) -> Result<Duration> {
-        loop {
+    ) -> Result<Timed> {
+        let kernels = self.vm.serial().matches(KERNEL_BANNER).count();
+        let not_reset = |m: &mut Machine| {
             ensure!(
-                self.vm.running(),
+                m.vm.running(),
                 "QEMU exited after {what}: the guest went through a firmware reset, not a kexec ({})",
-                self.vm.serial_path().display()
+                m.vm.serial_path().display()
             );
-            if self.boot_id().is_ok_and(|id| id != old) {
-                break;
-            }
             ensure!(
                 since.elapsed() < timeout,
                 "no new boot answered within {timeout:?} after {what}"
             );
-            // Polls a guest that is shutting down and booting: nothing to wait on but ssh.
+            Ok(())
+        };
+        // The console first (a file QEMU appends to), then ssh, which hangs while the
+        // guest is down.
+        while self.vm.serial().matches(KERNEL_BANNER).count() == kernels {
+            not_reset(self)?;
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        let kernel = since.elapsed();
+        while !self.boot_id().is_ok_and(|id| id != old) {
+            not_reset(self)?;
+            // Polls a guest that is booting: nothing to wait on but ssh.
             std::thread::sleep(Duration::from_secs(1));
         }
-        let took = since.elapsed();
+        let ssh = since.elapsed();
         ensure!(
             self.grub_markers() == markers,
             "GRUB printed {GRUB_MARKER:?} again after {what}: not a kexec ({})",
             self.vm.serial_path().display()
         );
         step(&format!(
-            "kexec: new boot answered {took:.1?} after {what}, same QEMU process, no GRUB pass"
+            "kexec: new kernel {kernel:.1?} and ssh {ssh:.1?} after {what}, same QEMU \
+             process, no GRUB pass"
         ));
-        Ok(took)
+        Ok(Timed { kernel, ssh })
     }
 
     /// How many times GRUB printed its marker on this QEMU process's console.
@@ -511,19 +534,29 @@ impl Machine {
 
     /// A plain reboot that must come back in `slot`, timed from the command to ssh answering.
     pub fn reboot_time(&mut self, slot: &str) -> Result<Duration> {
+        Ok(self.reboot_times(slot)?.ssh)
+    }
+
+    /// A plain reboot that must come back in `slot`, timed from the command to the new
+    /// kernel's first line and to ssh answering.
+    pub fn reboot_times(&mut self, slot: &str) -> Result<Timed> {
         let t = Instant::now();
         self.rebooting("systemctl reboot")?;
         let down = t.elapsed();
         self.power_on()?;
+        self.vm.wait_serial(KERNEL_BANNER, BOOT_TIMEOUT)?;
+        let kernel = t.elapsed();
         self.vm.wait_ssh(BOOT_TIMEOUT)?;
-        let took = t.elapsed();
+        let ssh = t.elapsed();
         self.assert_booted(slot)?;
         step(&format!(
-            "plain reboot in {} → ssh: {took:.1?} (shutdown {down:.1?}, boot {:.1?})",
+            "plain reboot in {} → ssh: {ssh:.1?} (shutdown {down:.1?}, firmware and GRUB until \
+             the kernel's first line {:.1?}, kernel and userspace {:.1?})",
             slot.to_uppercase(),
-            took - down
+            kernel - down,
+            ssh - kernel
         ));
-        Ok(took)
+        Ok(Timed { kernel, ssh })
     }
 
     /// `abupdate switch` in A, timed until ssh answers in B.
