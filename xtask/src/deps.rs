@@ -3,9 +3,10 @@
 //! `[dependencies]`: each lib and bin target is checked once more with rustc's
 //! `unused_crate_dependencies` lint (`cargo rustc --profile check`, so the flag reaches only
 //! that target, nothing is code-generated and the artifacts `cargo test` built stay valid);
-//! a dependency is unused when every lib and bin target of its package reports it. `[dev-dependencies]`: the test, bench and
-//! example sources and `#[cfg(test)]` code must name the crate (`name::`, `use name`),
-//! which the lint cannot judge across many test targets.
+//! a dependency is unused when every lib and bin target of its package reports it.
+//! `[dev-dependencies]`: the test, bench and example sources and `#[cfg(test)]` code must
+//! name the crate (`name::`, `use name`), which the lint cannot judge across many test
+//! targets.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
