@@ -127,6 +127,35 @@ impl Machine {
         Ok(o.stdout)
     }
 
+    /// Runs `abupdate switch` in A expecting a refusal (`why` says what refuses it): it must
+    /// exit non-zero (not a lost connection), leave grubenv byte-identical and A the booted
+    /// default with no trial. Returns the exit code and stdout + stderr for the caller's own
+    /// checks of the refusal.
+    pub fn refused_switch(&self, why: &str) -> Result<(i32, String)> {
+        let before = self.grubenv_sum()?;
+        println!("     $ abupdate switch   ({why})");
+        let o = self.vm.ssh("abupdate switch")?;
+        show_output(&o.stdout);
+        show_output(&o.stderr);
+        ensure!(
+            o.code != 0 && o.code != 255,
+            "`abupdate switch` should fail in the guest, exit {}",
+            o.code
+        );
+        let after = self.grubenv_sum()?;
+        ensure!(
+            before == after,
+            "grubenv changed although the switch was refused:\nbefore:\n{before}\nafter:\n{after}"
+        );
+        let st = self.status()?;
+        ensure!(
+            st.booted() == "a" && st.default() == "a" && st.0["trial"].is_null(),
+            "after a refused switch A stays the booted default with no trial: {}",
+            st.summary()
+        );
+        Ok((o.code, format!("{}{}", o.stdout, o.stderr)))
+    }
+
     /// Runs a command that reboots the guest; a dropped connection (255) is expected.
     pub fn rebooting(&mut self, cmd: &str) -> Result<()> {
         println!("     $ {cmd}");

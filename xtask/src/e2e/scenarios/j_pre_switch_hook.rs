@@ -3,7 +3,7 @@
 
 use anyhow::{ensure, Result};
 
-use crate::e2e::machine::{show_output, step, Machine};
+use crate::e2e::machine::{step, Machine};
 use crate::e2e::scenario::{Ctx, MachineSpec, Scenario, Start};
 use crate::e2e::TRIXIE_URL;
 
@@ -38,34 +38,16 @@ fn run(cx: &mut Ctx<'_>) -> Result<()> {
 }
 
 fn refused_switch(m: &Machine) -> Result<()> {
-    let before = m.grubenv_sum()?;
-    println!("     $ abupdate switch   (the pre-switch hook exits 1)");
-    let o = m.vm.ssh("abupdate switch")?;
-    show_output(&o.stdout);
-    show_output(&o.stderr);
-    ensure!(
-        o.code != 0 && o.code != 255,
-        "`abupdate switch` should fail in the guest, exit {}",
-        o.code
-    );
-    let out = format!("{}{}", o.stdout, o.stderr);
+    let (code, out) = m.refused_switch("the pre-switch hook exits 1")?;
     ensure!(
         out.contains("maintenance window closed"),
         "the refusal should carry the hook's output: {out}"
     );
-    let after = m.grubenv_sum()?;
-    ensure!(
-        before == after,
-        "grubenv changed although the switch was refused:\nbefore:\n{before}\nafter:\n{after}"
-    );
-    step(&format!(
-        "switch refused (exit {}), grubenv unchanged",
-        o.code
-    ));
+    step(&format!("switch refused (exit {code}), grubenv unchanged"));
     let st = m.status()?;
     ensure!(
-        st.booted() == "a" && st.default() == "a" && st.state("b") == "staged",
-        "after a refused switch A stays the default and B staged: {}",
+        st.state("b") == "staged",
+        "after a refused switch B stays staged: {}",
         st.summary()
     );
     Ok(())
