@@ -324,7 +324,7 @@ fn snapshot(dir: &Path) -> Result<Vec<(String, String)>> {
 /// Install, upgrade, remove and purge in a scratch copy of the cached Debian 12 tree.
 pub fn lifecycle(old: &Path, new: &Path) -> Result<()> {
     let imgs = images::ensure()?;
-    let base = Path::new("/var/tmp/abupdate-xtask");
+    let base = Path::new(crate::e2e::RUN_ROOT);
     std::fs::create_dir_all(base).with_context(|| format!("create {}", base.display()))?;
     let root = ScratchRoot {
         dir: tempfile::Builder::new()

@@ -40,7 +40,15 @@ fn ansible_tests() -> Result<()> {
 /// budget is tracked from these lines).
 struct Phases {
     start: Instant,
-    done: Vec<(&'static str, Duration)>,
+    done: Vec<(&'static str, Duration, String)>,
+}
+
+/// Free space where the tests, images and VM runs write, for the level table: a run that
+/// fills the disk shows which level did it.
+fn free_now() -> String {
+    util::free_bytes(std::path::Path::new("/var/tmp"))
+        .map(util::gib)
+        .unwrap_or_else(|e| format!("? ({e:#})"))
 }
 
 impl Phases {
@@ -56,15 +64,16 @@ impl Phases {
         let t = Instant::now();
         let r = f();
         let took = t.elapsed();
-        eprintln!("xtask test: {name}: {:.0?}", took);
-        self.done.push((name, took));
+        let free = free_now();
+        eprintln!("xtask test: {name}: {took:.0?} ({free} free under /var/tmp)");
+        self.done.push((name, took, free));
         r
     }
 
     fn summary(&self) {
-        eprintln!("=== xtask test: wall time per level ===");
-        for (name, took) in &self.done {
-            eprintln!("  {name:<28} {:>6.0}s", took.as_secs_f64());
+        eprintln!("=== xtask test: wall time per level (disk free under /var/tmp after it) ===");
+        for (name, took, free) in &self.done {
+            eprintln!("  {name:<28} {:>6.0}s  {free:>9}", took.as_secs_f64());
         }
         eprintln!(
             "  {:<28} {:>6.0}s",
@@ -80,6 +89,10 @@ pub fn run(vm: bool) -> Result<()> {
         bail!("the test suite needs root (loop devices, mounts, QEMU disks)");
     }
     let mut p = Phases::new();
+    eprintln!(
+        "xtask test: {} free under /var/tmp at the start",
+        free_now()
+    );
     let r = levels(vm, &mut p);
     p.summary();
     r

@@ -297,6 +297,15 @@ impl Vm {
         self.forget();
     }
 
+    /// Powers the VM off and deletes its disk (its logs stay): a machine whose scenarios
+    /// passed needs no disk for a post-mortem, and a run holds one live overlay per lane
+    /// instead of one per machine it made.
+    pub fn discard_disk(mut self) -> Result<()> {
+        self.kill();
+        std::fs::remove_file(&self.disk)
+            .with_context(|| format!("remove the disk {}", self.disk.display()))
+    }
+
     /// Drops the (exited) child and its registration.
     fn forget(&mut self) {
         if let Some(c) = self.child.take() {

@@ -136,10 +136,7 @@ impl Env {
             .map(|d| d.as_secs())
             .unwrap_or(0);
         // The pid too: other worktrees run xtask on this machine at the same time.
-        let run_dir = PathBuf::from(format!(
-            "/var/tmp/abupdate-xtask/run-{stamp}-{}",
-            std::process::id()
-        ));
+        let run_dir = Path::new(RUN_ROOT).join(format!("run-{stamp}-{}", std::process::id()));
         std::fs::create_dir_all(&run_dir)
             .with_context(|| format!("create {}", run_dir.display()))?;
         let mut http = HttpServer::builder()
@@ -269,6 +266,7 @@ fn machine_for<'a>(
     env: &mut Env,
     current: &'a mut Option<Machine>,
     sc: &Scenario,
+    keep: bool,
 ) -> Result<&'a mut Machine> {
     let reuse = current.as_ref().is_some_and(|m| {
         m.spec == sc.machine
@@ -280,19 +278,69 @@ fn machine_for<'a>(
     });
     if !reuse {
         // Power the old one off first: one VM at a time on this machine.
-        *current = None;
+        retire(current, keep);
         *current = Some(env.new_machine(sc.machine)?);
     }
     current.as_mut().context("no machine")
 }
 
+/// Powers off the machine whose scenarios all passed and deletes its disk, unless the run
+/// keeps everything (`--keep`).
+fn retire(current: &mut Option<Machine>, keep: bool) {
+    let Some(m) = current.take() else { return };
+    if keep {
+        return;
+    }
+    if let Err(e) = m.vm.discard_disk() {
+        eprintln!("warning: {e:#}");
+    }
+}
+
 /// Runs the selected scenarios: in `lanes` parallel child processes when they form more
 /// than one chain ([`lanes`]), else here, in order.
 pub fn run(selected: &[&'static Scenario], keep: bool, lanes: usize) -> Result<()> {
-    if lanes > 1 && lanes::chains(selected).len() > 1 {
+    let parallel = lanes > 1 && lanes::chains(selected).len() > 1;
+    let used = if parallel {
+        lanes::split(selected, lanes).len()
+    } else {
+        1
+    };
+    check_free_space(used)?;
+    if parallel {
         return lanes::run(selected, keep, lanes);
     }
     run_serial(selected, keep)
+}
+
+/// Where each run's directory (base disks, overlays, logs) is made.
+pub const RUN_ROOT: &str = "/var/tmp/abupdate-xtask";
+
+/// Disk space one lane holds at its peak: its base disks (about 0.5 GiB each written,
+/// up to three kinds), its live machine's overlay (a staged slot and its writes, up to
+/// 2.5 GiB) and the files its scenarios serve.
+const LANE_PEAK: u64 = 5 << 30;
+
+/// Refuses to start `lanes` lanes on a filesystem that cannot hold them: a full disk
+/// otherwise shows up an hour later as QEMU write errors and stage logs that never fill.
+fn check_free_space(lanes: usize) -> Result<()> {
+    std::fs::create_dir_all(RUN_ROOT).with_context(|| format!("create {RUN_ROOT}"))?;
+    let free = util::free_bytes(Path::new(RUN_ROOT))?;
+    let need = LANE_PEAK * lanes as u64;
+    if free < need {
+        bail!(
+            "the VM scenarios need about {} free under {RUN_ROOT} ({} per lane, {lanes} lane(s)); \
+             {} is free. Old runs kept after a failure are {RUN_ROOT}/run-*; `--lanes 1` needs less",
+            util::gib(need),
+            util::gib(LANE_PEAK),
+            util::gib(free)
+        );
+    }
+    println!(
+        "e2e: {} free under {RUN_ROOT} ({} needed for {lanes} lane(s))",
+        util::gib(free),
+        util::gib(need)
+    );
+    Ok(())
 }
 
 /// Runs the selected scenarios in order, sharing machines while they pass.
@@ -305,7 +353,7 @@ fn run_serial(selected: &[&'static Scenario], keep: bool) -> Result<()> {
     for sc in selected {
         println!("\n=== scenario {} ===", sc.label());
         let t = Instant::now();
-        let r = machine_for(&mut env, &mut current, sc).and_then(|m| {
+        let r = machine_for(&mut env, &mut current, sc, keep).and_then(|m| {
             (sc.run)(&mut Ctx {
                 env: &env,
                 m,
@@ -318,10 +366,13 @@ fn run_serial(selected: &[&'static Scenario], keep: bool) -> Result<()> {
             Ok(()) => println!("=== {} passed in {took:.1?}", sc.label()),
             Err(e) => println!("=== {} FAILED after {took:.1?}: {e:#}", sc.label()),
         }
-        if r.is_err() || sc.start == Start::Fresh {
-            // A failed scenario leaves its machine in an unknown state; a fresh one's
-            // machine is its own.
+        if r.is_err() {
+            // A failed scenario leaves its machine in an unknown state; its disk stays
+            // for the post-mortem.
             current = None;
+        } else if sc.start == Start::Fresh {
+            // A fresh scenario's machine is its own.
+            retire(&mut current, keep);
         }
         print_ratio(&downtime);
         outcomes.push(Outcome {
@@ -330,7 +381,7 @@ fn run_serial(selected: &[&'static Scenario], keep: bool) -> Result<()> {
             error: r.err().map(|e| format!("{e:#}")),
         });
     }
-    drop(current);
+    retire(&mut current, keep);
     println!("\n=== e2e summary (total {:.0?}) ===", total.elapsed());
     for o in &outcomes {
         println!(
