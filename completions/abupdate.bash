@@ -481,7 +481,7 @@ _abupdate() {
             return 0
             ;;
         abupdate__subcmd__rollback)
-            opts="-h --no-reboot --kexec --config --json --help"
+            opts="-h --no-reboot --kexec --or-reboot --config --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -559,7 +559,7 @@ _abupdate() {
             return 0
             ;;
         abupdate__subcmd__switch)
-            opts="-h --no-reboot --tries --kexec --config --json --help"
+            opts="-h --no-reboot --tries --kexec --or-reboot --config --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -64,6 +64,7 @@ complete -c abupdate -n "__fish_abupdate_using_subcommand switch" -l tries -d 'B
 complete -c abupdate -n "__fish_abupdate_using_subcommand switch" -l config -d 'Configuration file' -r -F
 complete -c abupdate -n "__fish_abupdate_using_subcommand switch" -l no-reboot -d 'Do not reboot'
 complete -c abupdate -n "__fish_abupdate_using_subcommand switch" -l kexec -d 'Reboot by kexec, skipping firmware and GRUB (spends the trial\'s first try itself)'
+complete -c abupdate -n "__fish_abupdate_using_subcommand switch" -l or-reboot -d 'With --kexec: where kexec cannot work, reboot through firmware and GRUB instead of refusing'
 complete -c abupdate -n "__fish_abupdate_using_subcommand switch" -l json -d 'Print machine-readable JSON on stdout'
 complete -c abupdate -n "__fish_abupdate_using_subcommand switch" -s h -l help -d 'Print help'
 complete -c abupdate -n "__fish_abupdate_using_subcommand commit" -l config -d 'Configuration file' -r -F
@@ -72,6 +73,7 @@ complete -c abupdate -n "__fish_abupdate_using_subcommand commit" -s h -l help -
 complete -c abupdate -n "__fish_abupdate_using_subcommand rollback" -l config -d 'Configuration file' -r -F
 complete -c abupdate -n "__fish_abupdate_using_subcommand rollback" -l no-reboot -d 'Do not reboot'
 complete -c abupdate -n "__fish_abupdate_using_subcommand rollback" -l kexec -d 'Reboot by kexec, skipping firmware and GRUB'
+complete -c abupdate -n "__fish_abupdate_using_subcommand rollback" -l or-reboot -d 'With --kexec: where kexec cannot work, reboot through firmware and GRUB instead of refusing'
 complete -c abupdate -n "__fish_abupdate_using_subcommand rollback" -l json -d 'Print machine-readable JSON on stdout'
 complete -c abupdate -n "__fish_abupdate_using_subcommand rollback" -s h -l help -d 'Print help'
 complete -c abupdate -n "__fish_abupdate_using_subcommand history" -l config -d 'Configuration file' -r -F

@@ -455,6 +455,53 @@ fn switch_kexec_spends_a_try_first() -> Result<()> {
     fx.assert_a_and_data_unchanged("switch --kexec")
 }
 
+/// `switch --kexec --or-reboot`: where kexec cannot work the switch reboots through firmware
+/// and GRUB instead (a pretended boot does not reboot) and says why. Refused before any
+/// write (no kexec in `PATH`), the trial is a plain switch's, all tries left; a load that
+/// fails after the try was spent keeps that try spent.
+#[test]
+fn switch_kexec_or_reboot_falls_back() -> Result<()> {
+    let _s = serial();
+    let fx = staged()?;
+    let run = |path: &str| {
+        let mut c = fx.disk.command("a");
+        c.env_remove("ABUPDATE_FAILPOINT").env("PATH", path);
+        Output::of(c.args(["--json", "switch", "--kexec", "--or-reboot"]))
+    };
+    let outcome = |out: &Output, why: &str, tries_left: u64| -> Result<()> {
+        ensure!(out.code == 0, "switch --kexec --or-reboot ({why}):\n{out}");
+        let json: Value = serde_json::from_str(&out.stdout)?;
+        ensure!(
+            json["reboot"] == true
+                && json["kexec"].is_null()
+                && json["message"].as_str().is_some_and(|m| {
+                    m.contains("kexec cannot work here")
+                        && m.contains(why)
+                        && m.contains("rebooting through firmware and GRUB")
+                }),
+            "the outcome names the fallback and why ({why}): {json:#}"
+        );
+        let st = fx.disk.status("a")?;
+        ensure!(
+            st["trial"]["slot"] == "b" && st["trial"]["tries_left"] == tries_left,
+            "trial of B with {tries_left} tries left: {st:#}"
+        );
+        Ok(())
+    };
+    outcome(&run("/usr/sbin:/usr/bin:/sbin:/bin")?, "kexec-tools", 3)?;
+
+    fx.reset()?;
+    let bin = fx.path("failing-kexec");
+    fs::create_dir_all(&bin)?;
+    fs::write(
+        bin.join("kexec"),
+        "#!/bin/sh\necho 'kexec_file_load failed: Operation not permitted' >&2\nexit 1\n",
+    )?;
+    fs::set_permissions(bin.join("kexec"), fs::Permissions::from_mode(0o755))?;
+    let path = format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", bin.display());
+    outcome(&run(&path)?, "Operation not permitted", 2)
+}
+
 #[test]
 fn commit_failpoints() -> Result<()> {
     let _s = serial();

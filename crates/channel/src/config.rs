@@ -76,6 +76,18 @@ pub enum StageMode {
     Manual,
 }
 
+/// What a kexec switch does where kexec cannot work (no kexec-tools, no kexec support, a
+/// locked-down kernel, a failed load).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KexecFallback {
+    /// Refuse the switch (logged, retried after the next check).
+    #[default]
+    Refuse,
+    /// Reboot through firmware and GRUB instead (`switch --kexec --or-reboot`).
+    Reboot,
+}
+
 /// Whether the daemon switches to a staged release by itself.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -130,10 +142,12 @@ pub struct UpdateConfig {
     pub window: Option<Window>,
     /// The daemon's switches (and `abupdate update`'s) boot the new slot by kexec, as
     /// `switch --kexec` does: firmware and GRUB are skipped, the trial's first try is spent
-    /// as GRUB would. Where kexec cannot work the switch is refused and retried after the
-    /// next check, never turned into a firmware reboot.
+    /// as GRUB would. Where kexec cannot work, `kexec_fallback` decides.
     #[serde(default)]
     pub kexec: bool,
+    /// With `kexec`: what a switch does where kexec cannot work.
+    #[serde(default)]
+    pub kexec_fallback: KexecFallback,
     /// The daemon's record of its last check (in the running slot's file system).
     #[serde(default = "default_last_check")]
     pub last_check: PathBuf,
@@ -228,6 +242,15 @@ mod tests {
             .expect("valid");
         assert!(c.window.is_some());
         assert!(c.kexec);
+        assert_eq!(
+            c.kexec_fallback,
+            KexecFallback::Refuse,
+            "a kexec switch turns into a firmware reboot only when asked"
+        );
+        let c = parse("channel: http://x/ch\nkexec: true\nkexec_fallback: reboot").expect("valid");
+        assert_eq!(c.kexec_fallback, KexecFallback::Reboot);
+        let e = parse("channel: http://x/ch\nkexec_fallback: maybe").expect_err("unknown");
+        assert!(e.contains("kexec_fallback"), "{e}");
         let e = parse("channel: http://x/ch\nswitch: window").expect_err("no window");
         assert!(e.starts_with("window:"), "{e}");
         let e = parse("channel: ftp://x/ch").expect_err("scheme");

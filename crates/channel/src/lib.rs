@@ -25,7 +25,7 @@ pub mod wave;
 pub mod window;
 
 pub use client::{load, Datastore, Verified};
-pub use config::UpdateConfig;
+pub use config::{KexecFallback, UpdateConfig};
 pub use error::{Error, ErrorKind};
 pub use release::{evaluate, HeldBack, HostFacts, Offer, Release, ReleaseMeta, SourceKind};
 pub use semver::Version;

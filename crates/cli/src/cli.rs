@@ -358,6 +358,10 @@ struct SwitchArgs {
     /// Reboot by kexec, skipping firmware and GRUB (spends the trial's first try itself).
     #[arg(long, conflicts_with = "no_reboot")]
     kexec: bool,
+    /// With --kexec: where kexec cannot work, reboot through firmware and GRUB instead of
+    /// refusing.
+    #[arg(long, requires = "kexec")]
+    or_reboot: bool,
 }
 
 #[derive(Debug, Args)]
@@ -368,6 +372,10 @@ struct RollbackArgs {
     /// Reboot by kexec, skipping firmware and GRUB.
     #[arg(long, conflicts_with = "no_reboot")]
     kexec: bool,
+    /// With --kexec: where kexec cannot work, reboot through firmware and GRUB instead of
+    /// refusing.
+    #[arg(long, requires = "kexec")]
+    or_reboot: bool,
 }
 
 #[derive(Debug, Args)]
@@ -557,6 +565,7 @@ fn switch(ctx: &Context, op: &Operation, json: bool, a: SwitchArgs) -> Result<St
         no_reboot: a.no_reboot,
         tries: a.tries,
         kexec: a.kexec,
+        kexec_fallback: a.or_reboot,
     };
     outcome(op, json, &ops::switch(ctx, &opts)?)
 }
@@ -569,6 +578,7 @@ fn rollback(ctx: &Context, op: &Operation, json: bool, a: RollbackArgs) -> Resul
     let opts = ops::RollbackOpts {
         no_reboot: a.no_reboot,
         kexec: a.kexec,
+        kexec_fallback: a.or_reboot,
     };
     outcome(op, json, &ops::rollback(ctx, &opts)?)
 }
@@ -997,10 +1007,18 @@ mod tests {
                 no_reboot: true,
                 tries: Some(5),
                 kexec: false,
+                or_reboot: false,
             })
         ));
         assert!(parse(&["switch", "--kexec"]).is_ok());
         assert!(parse(&["switch", "--kexec", "--no-reboot"]).is_err());
+        assert!(parse(&["switch", "--kexec", "--or-reboot"]).is_ok());
+        assert!(
+            parse(&["switch", "--or-reboot"]).is_err(),
+            "--or-reboot only qualifies --kexec"
+        );
+        assert!(parse(&["rollback", "--kexec", "--or-reboot"]).is_ok());
+        assert!(parse(&["rollback", "--or-reboot"]).is_err());
     }
 
     #[test]

@@ -827,9 +827,18 @@ const KEYS: &[Key] = &[
         default: DefaultIs::Derived,
         text: "true: the daemon's switches (and abupdate update's) boot the new slot by \
                kexec, as switch --kexec: no firmware POST, no GRUB, the trial's first try \
-               spent as GRUB would. Where kexec cannot work (no kexec-tools, no kexec \
-               support, a locked-down kernel) the switch is refused and retried after the \
-               next check, never turned into a firmware reboot.",
+               spent as GRUB would. Where kexec cannot work, update.kexec_fallback \
+               decides.",
+    },
+    Key {
+        key: "update.kexec_fallback",
+        kind: "refuse | reboot",
+        default: DefaultIs::Derived,
+        text: "With update.kexec, what a switch does where kexec cannot work (no \
+               kexec-tools, no kexec support, a locked-down kernel, a failed load). refuse: \
+               the switch is refused, logged and retried after the next check. reboot: it \
+               reboots through firmware and GRUB instead (as switch --kexec --or-reboot) \
+               and says so in the log and the history.",
     },
     Key {
         key: "update.last_check",

@@ -15,7 +15,9 @@ use std::fmt;
 use std::path::Path;
 
 use abupdate_channel::release::pick;
-use abupdate_channel::{Datastore, HeldBack, HostFacts, Release, UpdateConfig, Verified};
+use abupdate_channel::{
+    Datastore, HeldBack, HostFacts, KexecFallback, Release, UpdateConfig, Verified,
+};
 use jiff::Timestamp;
 use semver::Version;
 use serde::Serialize;
@@ -476,6 +478,7 @@ pub fn update(ctx: &Context, opts: &UpdateOpts) -> Result<UpdateReport> {
             no_reboot: opts.no_reboot,
             tries: opts.tries,
             kexec: cfg.kexec,
+            kexec_fallback: cfg.kexec_fallback == KexecFallback::Reboot,
         },
     )?);
     Ok(report)

@@ -13,7 +13,8 @@
 //! the slot's kernel and initrd present. A failure there is a refusal and nothing is
 //! written. The load itself can still fail after the try was spent; abupdate then does not
 //! reboot and says how many tries the trial has left (a plain reboot boots it through
-//! GRUB).
+//! GRUB). Only when asked (`--or-reboot`, `update.kexec_fallback: reboot`) does either
+//! failure become a reboot through firmware and GRUB, said in the outcome.
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -60,15 +61,43 @@ fn pretended() -> bool {
     std::env::var_os(ASSUME_BOOTED_ENV).is_some()
 }
 
-/// The refusal when kexec cannot boot `slot` from this host; checked before any write. A
-/// pretended boot (test only) checks kexec-tools and the slot only: the running kernel is
-/// not the booted slot's.
-pub fn preflight(ctx: &Context, snap: &Snapshot, slot: SlotId) -> Result<()> {
-    let refuse = |why: String| {
-        Err(Error::Refused(format!(
-            "--kexec: {why}; use a plain reboot"
-        )))
-    };
+/// How a verb asked for `--kexec` restarts, decided by [`check`] before any write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Restart {
+    /// By kexec ([`apply_and_kexec`]).
+    Kexec,
+    /// Kexec cannot work here (the reason) and the caller asked for a reboot instead.
+    Reboot(String),
+}
+
+/// Whether kexec can boot `slot` from this host, checked before any write: the refusal
+/// when it cannot, or with `fallback` a reboot through firmware and GRUB instead.
+pub fn check(ctx: &Context, snap: &Snapshot, slot: SlotId, fallback: bool) -> Result<Restart> {
+    match preflight(ctx, snap, slot)? {
+        None => Ok(Restart::Kexec),
+        Some(why) if fallback => {
+            tracing::warn!("kexec cannot work here: {why}; rebooting through firmware and GRUB instead, as asked");
+            Ok(Restart::Reboot(why))
+        }
+        Some(why) => Err(Error::Refused(format!(
+            "--kexec: {why}; use a plain reboot (or --or-reboot)"
+        ))),
+    }
+}
+
+/// Adds to `out` that kexec fell back to a reboot through firmware and GRUB, and why.
+pub fn note_fallback(out: &mut Outcome, why: &str) {
+    out.message = format!(
+        "{}; kexec cannot work here ({why}): rebooting through firmware and GRUB instead, as asked",
+        out.message
+    );
+    out.kexec = None;
+}
+
+/// Why kexec cannot boot `slot` from this host (`None`: it can). A pretended boot (test
+/// only) checks kexec-tools and the slot only: the running kernel is not the booted slot's.
+fn preflight(ctx: &Context, snap: &Snapshot, slot: SlotId) -> Result<Option<String>> {
+    let refuse = |why: String| Ok(Some(why));
     if in_path(KEXEC).is_none() {
         return refuse(format!("`{KEXEC}` is not in PATH (install kexec-tools)"));
     }
@@ -98,12 +127,19 @@ pub fn preflight(ctx: &Context, snap: &Snapshot, slot: SlotId) -> Result<()> {
     }
     drop(root);
     mount.close()?;
-    Ok(())
+    Ok(None)
 }
 
 /// Applies the verb's `plan` in `tx`, then (lock held) spends the trial's try through the
-/// engine, then loads GRUB's next entry and boots it by kexec. Call [`preflight`] first.
-pub fn apply_and_kexec(ctx: &Context, tx: Transaction<'_>, plan: Plan) -> Result<Outcome> {
+/// engine, then loads GRUB's next entry and boots it by kexec. Call [`check`] first. When
+/// the load fails, `fallback` reboots through firmware and GRUB (the spent try stays
+/// spent); without it nothing reboots and the error is returned.
+pub fn apply_and_kexec(
+    ctx: &Context,
+    tx: Transaction<'_>,
+    plan: Plan,
+    fallback: bool,
+) -> Result<Outcome> {
     let mut next: Option<(SlotId, BootEntry)> = None;
     let (plan, spent) = tx.apply_then(plan, |boot, snap, _| {
         let k = plan_kexec(snap).map_err(Error::Refused)?;
@@ -126,6 +162,13 @@ pub fn apply_and_kexec(ctx: &Context, tx: Transaction<'_>, plan: Plan) -> Result
     }
     out.kexec = Some(entry.cmdline.clone());
     if let Err(e) = load(ctx, slot, &entry) {
+        if fallback {
+            let why = format!("the load failed: {}", crate::error::chain(&e));
+            tracing::warn!("{why}; rebooting through firmware and GRUB instead, as asked");
+            note_fallback(&mut out, &why);
+            super::reboot()?;
+            return Ok(out);
+        }
         if let Some(s) = &spent {
             tracing::warn!(
                 "{}; not rebooting: a plain reboot boots the trial through GRUB",

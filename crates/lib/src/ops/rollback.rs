@@ -4,7 +4,8 @@ use crate::context::Context;
 use crate::engine::{plan_rollback, Transaction};
 use crate::error::{Error, Result};
 
-use super::{finish_reboot, kexec, Outcome};
+use super::kexec::{self, Restart};
+use super::{finish_reboot, Outcome};
 
 /// Options of `rollback`.
 #[derive(Debug, Clone, Default)]
@@ -13,6 +14,9 @@ pub struct RollbackOpts {
     pub no_reboot: bool,
     /// Reboot by kexec (see [`super::kexec`]) instead of through firmware and GRUB.
     pub kexec: bool,
+    /// With `kexec`: where kexec cannot work, reboot through firmware and GRUB instead of
+    /// refusing.
+    pub kexec_fallback: bool,
 }
 
 /// `abupdate rollback`.
@@ -37,9 +41,18 @@ pub fn rollback(ctx: &Context, opts: &RollbackOpts) -> Result<Outcome> {
     if let Some(target) = plan.slot.filter(|s| *s != booted && plan.reboot) {
         crate::bootchain::verify::before_boot(ctx, target, "rollback")?;
     }
+    let mut fell_back = None;
     if opts.kexec && !opts.no_reboot && plan.reboot {
-        kexec::preflight(ctx, tx.snapshot(), booted.other())?;
-        return kexec::apply_and_kexec(ctx, tx, plan);
+        match kexec::check(ctx, tx.snapshot(), booted.other(), opts.kexec_fallback)? {
+            Restart::Kexec => {
+                return kexec::apply_and_kexec(ctx, tx, plan, opts.kexec_fallback);
+            }
+            Restart::Reboot(why) => fell_back = Some(why),
+        }
     }
-    finish_reboot(Outcome::of(&tx.apply(plan)?, !opts.no_reboot))
+    let mut out = Outcome::of(&tx.apply(plan)?, !opts.no_reboot);
+    if let Some(why) = fell_back {
+        kexec::note_fallback(&mut out, &why);
+    }
+    finish_reboot(out)
 }

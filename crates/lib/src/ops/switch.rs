@@ -6,7 +6,8 @@ use crate::engine::{plan_switch, Transaction};
 use crate::error::{Error, Result};
 use crate::hooks::{self, HookPoint};
 
-use super::{finish_reboot, kexec, Outcome};
+use super::kexec::{self, Restart};
+use super::{finish_reboot, Outcome};
 
 /// Options of `switch`.
 #[derive(Debug, Clone, Default)]
@@ -17,6 +18,9 @@ pub struct SwitchOpts {
     pub tries: Option<u32>,
     /// Reboot by kexec (see [`super::kexec`]) instead of through firmware and GRUB.
     pub kexec: bool,
+    /// With `kexec`: where kexec cannot work, reboot through firmware and GRUB instead of
+    /// refusing.
+    pub kexec_fallback: bool,
 }
 
 /// `abupdate switch`: once the plan is known, `verify` proves GRUB can boot the staged slot
@@ -37,13 +41,19 @@ pub fn switch(ctx: &Context, opts: &SwitchOpts) -> Result<Outcome> {
         .and_then(|s| tx.snapshot().state.as_ref()?.slots.get(&s))
         .map(|r| r.os.pretty_name.clone())
         .unwrap_or_default();
-    let kexec = opts.kexec && !opts.no_reboot;
-    if kexec {
-        kexec::preflight(ctx, tx.snapshot(), booted.other())?;
-    }
+    let mut fell_back = None;
+    let kexec = opts.kexec
+        && !opts.no_reboot
+        && match kexec::check(ctx, tx.snapshot(), booted.other(), opts.kexec_fallback)? {
+            Restart::Kexec => true,
+            Restart::Reboot(why) => {
+                fell_back = Some(why);
+                false
+            }
+        };
     if plan.steps.is_empty() {
         if kexec {
-            return kexec::apply_and_kexec(ctx, tx, plan);
+            return kexec::apply_and_kexec(ctx, tx, plan, opts.kexec_fallback);
         }
         return Ok(Outcome::of(&tx.apply(plan)?, false));
     }
@@ -60,7 +70,11 @@ pub fn switch(ctx: &Context, opts: &SwitchOpts) -> Result<Outcome> {
         ],
     )?;
     if kexec {
-        return kexec::apply_and_kexec(ctx, tx, plan);
+        return kexec::apply_and_kexec(ctx, tx, plan, opts.kexec_fallback);
     }
-    finish_reboot(Outcome::of(&tx.apply(plan)?, !opts.no_reboot))
+    let mut out = Outcome::of(&tx.apply(plan)?, !opts.no_reboot);
+    if let Some(why) = fell_back {
+        kexec::note_fallback(&mut out, &why);
+    }
+    finish_reboot(out)
 }

@@ -16,7 +16,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use abupdate_channel::UpdateConfig;
+use abupdate_channel::{KexecFallback, UpdateConfig};
 use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
@@ -254,11 +254,13 @@ fn run_step(
             StepKind::Switch => {
                 // `update.kexec`: boot the new slot by kexec (the daemon runs only with an
                 // `update:` section).
-                let kexec = ctx.cfg.update.as_ref().is_some_and(|u| u.kexec);
+                let u = ctx.cfg.update.as_ref();
                 let out = ops::switch(
                     ctx,
                     &ops::SwitchOpts {
-                        kexec,
+                        kexec: u.is_some_and(|u| u.kexec),
+                        kexec_fallback: u
+                            .is_some_and(|u| u.kexec_fallback == KexecFallback::Reboot),
                         ..Default::default()
                     },
                 )?;
