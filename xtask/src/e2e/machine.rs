@@ -156,8 +156,9 @@ impl Machine {
         Ok((o.code, format!("{}{}", o.stdout, o.stderr)))
     }
 
-    /// Runs a command that reboots the guest; a dropped connection (255) is expected.
-    pub fn rebooting(&mut self, cmd: &str) -> Result<()> {
+    /// Runs a command that reboots the guest through firmware (QEMU exits: it runs with
+    /// `-no-reboot`); a dropped connection (255) is expected. Returns what it printed.
+    pub fn rebooting(&mut self, cmd: &str) -> Result<String> {
         println!("     $ {cmd}");
         let o = self.vm.ssh(cmd)?;
         show_output(&o.stdout);
@@ -167,7 +168,7 @@ impl Machine {
         }
         let st = self.vm.wait_exit(Duration::from_secs(180))?;
         step(&format!("QEMU exited ({st}): the guest rebooted"));
-        Ok(())
+        Ok(format!("{}{}", o.stdout, o.stderr))
     }
 
     /// `abupdate --json status`.
@@ -266,7 +267,13 @@ impl Machine {
     /// From a committed B: `abupdate rollback`, then asserts the next boot runs Debian 12 in
     /// A, the good default, with B still good. Returns the status.
     pub fn rollback_to_a(&mut self) -> Result<Status> {
-        self.rebooting("abupdate rollback")?;
+        self.rollback_to_a_by("abupdate rollback").map(|(_, st)| st)
+    }
+
+    /// [`Machine::rollback_to_a`] by `cmd` (a rollback that must reboot through firmware
+    /// and GRUB); returns what `cmd` printed too.
+    pub fn rollback_to_a_by(&mut self, cmd: &str) -> Result<(String, Status)> {
+        let out = self.rebooting(cmd)?;
         self.boot_expect("a")?;
         let v = self.os_version()?;
         ensure!(
@@ -280,7 +287,7 @@ impl Machine {
             "after rollback A should be the good default and B still good: {}",
             st.summary()
         );
-        Ok(st)
+        Ok((out, st))
     }
 
     /// grubenv's variables and its sha256, to show that a refused command left it alone.

@@ -1,5 +1,7 @@
 //! b: from a committed B (the upgrade's, run first when the machine is not there), roll back
-//! to A; the manifest files and the data partition are unchanged.
+//! to A; the manifest files and the data partition are unchanged. The rollback is asked for
+//! by kexec with `--or-reboot` on a B without kexec-tools: it must reboot through firmware
+//! and GRUB instead, and say why.
 
 use anyhow::{ensure, Result};
 
@@ -29,7 +31,16 @@ fn run(cx: &mut Ctx<'_>) -> Result<()> {
     }
     let m = &mut *cx.m;
     let sums_b = m.manifest_sums()?;
-    m.rollback_to_a()?;
+    // A host without kexec-tools (dpkg works offline; B is staged over by later scenarios).
+    m.vm.ssh_ok("dpkg --remove kexec-tools >/dev/null 2>&1 && ! command -v kexec")?;
+    step("kexec-tools removed from B: `--kexec --or-reboot` must reboot through firmware");
+    let (out, _) = m.rollback_to_a_by("abupdate rollback --kexec --or-reboot")?;
+    ensure!(
+        out.contains("kexec cannot work here")
+            && out.contains("kexec-tools")
+            && out.contains("rebooting through firmware and GRUB"),
+        "the rollback's message names the fallback and why: {out}"
+    );
     let sums_a = m.manifest_sums()?;
     ensure!(sums_a == sums_b, "manifest files differ after rollback");
     m.assert_data_intact()
