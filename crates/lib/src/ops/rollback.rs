@@ -41,18 +41,15 @@ pub fn rollback(ctx: &Context, opts: &RollbackOpts) -> Result<Outcome> {
     if let Some(target) = plan.slot.filter(|s| *s != booted && plan.reboot) {
         crate::bootchain::verify::before_boot(ctx, target, "rollback")?;
     }
-    let mut fell_back = None;
-    if opts.kexec && !opts.no_reboot && plan.reboot {
-        match kexec::check(ctx, tx.snapshot(), booted.other(), opts.kexec_fallback)? {
-            Restart::Kexec => {
-                return kexec::apply_and_kexec(ctx, tx, plan, opts.kexec_fallback);
-            }
-            Restart::Reboot(why) => fell_back = Some(why),
-        }
+    let restart = (opts.kexec && !opts.no_reboot && plan.reboot)
+        .then(|| kexec::check(ctx, tx.snapshot(), booted.other(), opts.kexec_fallback))
+        .transpose()?;
+    if restart == Some(Restart::Kexec) {
+        return kexec::apply_and_kexec(ctx, tx, plan, opts.kexec_fallback);
     }
     let mut out = Outcome::of(&tx.apply(plan)?, !opts.no_reboot);
-    if let Some(why) = fell_back {
-        kexec::note_fallback(&mut out, &why);
+    if let Some(Restart::Reboot(why)) = &restart {
+        kexec::note_fallback(&mut out, why);
     }
     finish_reboot(out)
 }

@@ -41,16 +41,11 @@ pub fn switch(ctx: &Context, opts: &SwitchOpts) -> Result<Outcome> {
         .and_then(|s| tx.snapshot().state.as_ref()?.slots.get(&s))
         .map(|r| r.os.pretty_name.clone())
         .unwrap_or_default();
-    let mut fell_back = None;
-    let kexec = opts.kexec
-        && !opts.no_reboot
-        && match kexec::check(ctx, tx.snapshot(), booted.other(), opts.kexec_fallback)? {
-            Restart::Kexec => true,
-            Restart::Reboot(why) => {
-                fell_back = Some(why);
-                false
-            }
-        };
+    // `--kexec`: how the new slot boots, decided before any write.
+    let restart = (opts.kexec && !opts.no_reboot)
+        .then(|| kexec::check(ctx, tx.snapshot(), booted.other(), opts.kexec_fallback))
+        .transpose()?;
+    let kexec = restart == Some(Restart::Kexec);
     if plan.steps.is_empty() {
         if kexec {
             return kexec::apply_and_kexec(ctx, tx, plan, opts.kexec_fallback);
@@ -73,8 +68,8 @@ pub fn switch(ctx: &Context, opts: &SwitchOpts) -> Result<Outcome> {
         return kexec::apply_and_kexec(ctx, tx, plan, opts.kexec_fallback);
     }
     let mut out = Outcome::of(&tx.apply(plan)?, !opts.no_reboot);
-    if let Some(why) = fell_back {
-        kexec::note_fallback(&mut out, &why);
+    if let Some(Restart::Reboot(why)) = &restart {
+        kexec::note_fallback(&mut out, why);
     }
     finish_reboot(out)
 }
