@@ -64,10 +64,9 @@ fn relay(tag: String, from: impl Read + Send + 'static) -> std::thread::JoinHand
     })
 }
 
-/// Runs `selected` in `lanes` child processes and waits for all of them.
-pub fn run(selected: &[&'static Scenario], keep: bool, lanes: usize) -> Result<()> {
+/// Runs each lane of `plan` ([`split`]) in a child process and waits for all of them.
+pub fn run(plan: &[Vec<&'static Scenario>], keep: bool) -> Result<()> {
     let total = Instant::now();
-    let plan = split(selected, lanes);
     // What every lane needs, built once here.
     setup::ensure_host_packages()?;
     images::ensure()?;

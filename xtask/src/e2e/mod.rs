@@ -299,15 +299,10 @@ fn retire(current: &mut Option<Machine>, keep: bool) {
 /// Runs the selected scenarios: in `lanes` parallel child processes when they form more
 /// than one chain ([`lanes`]), else here, in order.
 pub fn run(selected: &[&'static Scenario], keep: bool, lanes: usize) -> Result<()> {
-    let parallel = lanes > 1 && lanes::chains(selected).len() > 1;
-    let used = if parallel {
-        lanes::split(selected, lanes).len()
-    } else {
-        1
-    };
-    check_free_space(used)?;
-    if parallel {
-        return lanes::run(selected, keep, lanes);
+    let plan = lanes::split(selected, lanes);
+    check_free_space(plan.len().max(1))?;
+    if plan.len() > 1 {
+        return lanes::run(&plan, keep);
     }
     run_serial(selected, keep)
 }
