@@ -166,18 +166,11 @@ fn clone_upgrade(cx: &mut Ctx<'_>) -> Result<()> {
     ));
     m.abupdate("commit")?;
 
-    m.rebooting("abupdate rollback")?;
-    m.boot_expect("a")?;
+    m.rollback_to_a()?;
     let v = m.demo_version()?;
     ensure!(
         v == OLD,
         "after rollback slot A should have {PKG} {OLD}, has {v:?}"
-    );
-    let st = m.status()?;
-    ensure!(
-        st.default() == "a" && st.state("b") == "good",
-        "after rollback A should be the default and B good: {}",
-        st.summary()
     );
     step(&format!("after rollback slot A still runs {PKG} {OLD}"));
     m.assert_data_intact()
