@@ -47,6 +47,13 @@ options:
   sha256_url:
     description: URL or path of a SHA256SUMS file listing O(image) or O(tar).
     type: str
+  allow_insecure_http:
+    description:
+      - Accept a plain C(http://) O(image), O(tar) or O(sha256_url)
+        (C(abupdate stage --allow-insecure-http)), for instance a mirror inside the
+        datacenter. abupdate refuses plain http otherwise; O(sha256) still checks every byte.
+    type: bool
+    default: false
   channel:
     description:
       - Take the release from the host's signed channel (C(abupdate stage --channel)).
@@ -325,6 +332,8 @@ def wanted_release(module, ab):
             args += ["--sha256", p["sha256"]]
         elif p["sha256_url"]:
             args += ["--sha256-url", p["sha256_url"]]
+        if p["allow_insecure_http"]:
+            args.append("--allow-insecure-http")
         want = {"source": masked_source(source)}
         if p["sha256"]:
             want["sha256"] = p["sha256"]
@@ -438,6 +447,7 @@ def main():
             tar=dict(type="str"),
             sha256=dict(type="str"),
             sha256_url=dict(type="str"),
+            allow_insecure_http=dict(type="bool", default=False),
             channel=dict(type="bool", default=False),
             version=dict(type="str"),
             tries=dict(type="int"),
