@@ -53,6 +53,9 @@ const PACKAGES: &[&str] = &[
     // `switch --kexec` and `rollback --kexec` load the next slot's kernel with kexec(8);
     // the package's own kexec-on-reboot stays off ([`HOOK_NO_KEXEC_REBOOT`]).
     "kexec-tools",
+    // Ansible's modules run in the guest with python3 (scenario q, the fleet): the role's
+    // probe and the abupdate module in both Debian 12 and Debian 13.
+    "python3",
 ];
 
 const PATH_EXCLUDES: &[&str] = &[
