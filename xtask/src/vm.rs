@@ -16,11 +16,53 @@ use anyhow::{bail, Context, Result};
 
 use crate::disk::Firmware;
 
-/// QEMU processes alive now, killed by the signal thread when xtask is interrupted.
+/// QEMU processes (and simulated BMCs) alive now, killed by the signal thread when xtask is
+/// interrupted.
 static LIVE_QEMU: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
 fn live_qemu() -> std::sync::MutexGuard<'static, Vec<u32>> {
     LIVE_QEMU.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Pid files of processes xtask did not start itself (a simulated BMC's chassis and its
+/// QEMU), killed like [`LIVE_QEMU`] when xtask is interrupted.
+static LIVE_PIDFILES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn live_pidfiles() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    LIVE_PIDFILES.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Records a process (besides QEMU) to be killed if xtask is interrupted.
+pub fn track_process(pid: u32) {
+    live_qemu().push(pid);
+}
+
+/// Forgets a process recorded by [`track_process`].
+pub fn untrack_process(pid: u32) {
+    live_qemu().retain(|p| *p != pid);
+}
+
+/// Records a pid file whose process is to be killed if xtask is interrupted.
+pub fn track_pidfile(path: &Path) {
+    live_pidfiles().push(path.to_path_buf());
+}
+
+/// Forgets a pid file recorded by [`track_pidfile`].
+pub fn untrack_pidfile(path: &Path) {
+    live_pidfiles().retain(|p| p != path);
+}
+
+/// SIGKILLs the process whose pid `path` holds, if any.
+pub fn kill_pidfile(path: &Path) {
+    let pid = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok());
+    if let Some(pid) = pid.filter(|p| *p > 1) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
 }
 
 /// Child xtask processes alive now (parallel lanes), sent SIGTERM when xtask is interrupted
@@ -66,6 +108,10 @@ pub fn install_signal_cleanup() -> Result<()> {
                     let _ =
                         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
                 }
+            }
+            // After the BMCs: a chassis killed first would be started again.
+            for path in live_pidfiles().clone() {
+                kill_pidfile(&path);
             }
             std::process::exit(130);
         }
@@ -150,6 +196,52 @@ fn firmware_args(firmware: Firmware, vars: Option<&Path>) -> Result<Vec<String>>
     })
 }
 
+/// The QEMU arguments of a test machine except its serial port: TCG, q35, the guests'
+/// vCPUs and 1 GiB, `firmware`, `-no-reboot`, `disk` (qcow2 when its name ends in
+/// `.qcow2`, else raw) on virtio, and a restricted user network with ssh forwarded from
+/// `ssh_port` and the harness's HTTP server on `http_port` reachable at 10.0.2.100:80.
+pub fn qemu_args(
+    disk: &Path,
+    firmware: Firmware,
+    vars: Option<&Path>,
+    ssh_port: u16,
+    http_port: u16,
+) -> Result<Vec<String>> {
+    let format = if disk.extension().is_some_and(|e| e == "qcow2") {
+        "qcow2"
+    } else {
+        "raw"
+    };
+    let mut args: Vec<String> = [
+        "-accel",
+        "tcg,thread=multi",
+        "-cpu",
+        "max",
+        "-M",
+        "q35",
+        "-smp",
+        &vcpus(),
+        "-m",
+        "1024",
+        "-nodefaults",
+        "-display",
+        "none",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(firmware_args(firmware, vars)?);
+    args.extend([
+        "-no-reboot".into(),
+        "-drive".into(),
+        format!("file={},format={format},if=virtio,cache=unsafe", disk.display()),
+        "-nic".into(),
+        format!(
+            "user,model=virtio-net-pci,restrict=on,hostfwd=tcp:127.0.0.1:{ssh_port}-:22,guestfwd=tcp:10.0.2.100:80-cmd:socat - TCP:127.0.0.1:{http_port}"
+        ),
+    ]);
+    Ok(args)
+}
+
 /// A virtual machine over one disk image.
 pub struct Vm {
     disk: PathBuf,
@@ -157,9 +249,9 @@ pub struct Vm {
     /// The OVMF variable store of a UEFI machine.
     vars: Option<PathBuf>,
     log_dir: PathBuf,
-    key: PathBuf,
+    /// Its ssh server, through the port forward.
+    pub target: SshTarget,
     http_port: u16,
-    ssh_port: u16,
     boot: u32,
     child: Option<Child>,
     /// Extra QEMU arguments (e.g. a watchdog device).
@@ -167,7 +259,7 @@ pub struct Vm {
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released).
-fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     let l = TcpListener::bind("127.0.0.1:0").context("find a free loopback port")?;
     Ok(l.local_addr().context("find a free loopback port")?.port())
 }
@@ -193,9 +285,8 @@ impl Vm {
             firmware,
             vars,
             log_dir: log_dir.to_path_buf(),
-            key: key.to_path_buf(),
+            target: SshTarget::new(key, free_port()?),
             http_port,
-            ssh_port: free_port()?,
             boot: 0,
             child: None,
             extra_args: Vec::new(),
@@ -232,37 +323,16 @@ impl Vm {
         let qlog_e = qlog_f
             .try_clone()
             .with_context(|| format!("dup {}", qlog.display()))?;
-        let nic = format!(
-            "user,model=virtio-net-pci,restrict=on,hostfwd=tcp:127.0.0.1:{}-:22,guestfwd=tcp:10.0.2.100:80-cmd:socat - TCP:127.0.0.1:{}",
-            self.ssh_port, self.http_port
-        );
-        let format = if self.disk.extension().is_some_and(|e| e == "qcow2") {
-            "qcow2"
-        } else {
-            "raw"
-        };
         let child = Command::new("qemu-system-x86_64")
-            .args(["-accel", "tcg,thread=multi", "-cpu", "max", "-M", "q35"])
-            .args([
-                "-smp",
-                &vcpus(),
-                "-m",
-                "1024",
-                "-nodefaults",
-                "-display",
-                "none",
-            ])
-            .args(firmware_args(self.firmware, self.vars.as_deref())?)
-            .arg("-no-reboot")
+            .args(qemu_args(
+                &self.disk,
+                self.firmware,
+                self.vars.as_deref(),
+                self.target.port,
+                self.http_port,
+            )?)
             .arg("-serial")
             .arg(format!("file:{}", serial.display()))
-            .arg("-drive")
-            .arg(format!(
-                "file={},format={format},if=virtio,cache=unsafe",
-                self.disk.display()
-            ))
-            .arg("-nic")
-            .arg(nic)
             .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::from(qlog_f))
@@ -367,7 +437,7 @@ impl Vm {
                     self.serial_path().display()
                 );
             }
-            if let Ok(o) = self.ssh_with_timeout("true", 5) {
+            if let Ok(o) = self.target.ssh_with_timeout("true", 5) {
                 if o.code == 0 {
                     return Ok(start.elapsed());
                 }
@@ -389,7 +459,7 @@ impl Vm {
             if !self.running() {
                 return Ok(false);
             }
-            if let Ok(o) = self.ssh_with_timeout("true", 5) {
+            if let Ok(o) = self.target.ssh_with_timeout("true", 5) {
                 if o.code == 0 {
                     return Ok(true);
                 }
@@ -404,11 +474,71 @@ impl Vm {
         }
     }
 
+    /// Runs a shell command in the guest; any exit code is returned.
+    pub fn ssh(&self, cmd: &str) -> Result<SshOutput> {
+        self.target.ssh(cmd)
+    }
+
+    /// Runs a shell command in the guest; a non-zero exit is an error with its output.
+    pub fn ssh_ok(&self, cmd: &str) -> Result<String> {
+        self.target.ssh_ok(cmd)
+    }
+
+    /// Writes `content` to `path` in the guest.
+    pub fn write_file(&self, path: &str, content: &[u8]) -> Result<()> {
+        self.target.write_file(path, content)
+    }
+
+    /// Starts a guest command in the background, its output appended to `log`.
+    pub fn ssh_spawn(&self, cmd: &str, log: &Path) -> Result<Child> {
+        self.target.ssh_spawn(cmd, log)
+    }
+}
+
+/// A guest's ssh server on a loopback port forward, logged into as root with the harness's
+/// key (host keys not checked: every test machine is new).
+#[derive(Debug, Clone)]
+pub struct SshTarget {
+    key: PathBuf,
+    port: u16,
+}
+
+impl SshTarget {
+    /// The guest whose port 22 is forwarded from 127.0.0.1:`port`, logged into with `key`.
+    pub fn new(key: &Path, port: u16) -> SshTarget {
+        SshTarget {
+            key: key.to_path_buf(),
+            port,
+        }
+    }
+
+    /// The forwarded port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Waits until sshd answers a command, or `timeout` passes.
+    pub fn wait_answer(&self, timeout: Duration) -> Result<Duration> {
+        let start = Instant::now();
+        loop {
+            if self.ssh_with_timeout("true", 5).is_ok_and(|o| o.code == 0) {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() >= timeout {
+                bail!(
+                    "ssh to 127.0.0.1:{} did not answer within {timeout:?}",
+                    self.port
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
     fn ssh_command(&self, connect_timeout: u32) -> Command {
         let mut c = Command::new("ssh");
         c.arg("-i")
             .arg(&self.key)
-            .args(["-p", &self.ssh_port.to_string()])
+            .args(["-p", &self.port.to_string()])
             .args([
                 "-o",
                 "StrictHostKeyChecking=no",
@@ -430,7 +560,8 @@ impl Vm {
         c
     }
 
-    fn ssh_with_timeout(&self, cmd: &str, connect_timeout: u32) -> Result<SshOutput> {
+    /// Runs `cmd` in the guest with an ssh connect timeout of `connect_timeout` seconds.
+    pub fn ssh_with_timeout(&self, cmd: &str, connect_timeout: u32) -> Result<SshOutput> {
         let out = self
             .ssh_command(connect_timeout)
             .arg(cmd)

@@ -134,7 +134,7 @@ pub fn run(plan: &[Vec<&'static Scenario>], keep: bool) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::e2e::scenario::{Ctx, MachineSpec};
+    use crate::e2e::scenario::{Ctx, MachineSpec, Run};
     use crate::e2e::scenarios::ALL;
 
     fn nop(_: &mut Ctx<'_>) -> Result<()> {
@@ -150,7 +150,7 @@ mod tests {
             start,
             secs,
             serves: None,
-            run: nop,
+            run: Run::OnMachine(nop),
         }
     }
 

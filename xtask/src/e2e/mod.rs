@@ -11,6 +11,7 @@
 //! scenario that fails gets its machine thrown away, and the next one starts on a fresh one.
 
 pub mod apt_repo;
+pub mod bmc;
 pub mod lanes;
 pub mod machine;
 pub mod scenario;
@@ -23,7 +24,7 @@ use abupdate_testkit::HttpServer;
 use anyhow::{bail, Context, Result};
 
 use self::machine::{show_output, step, Machine};
-use self::scenario::{Ctx, Downtime, MachineSpec, Prep, Scenario, Start};
+use self::scenario::{Ctx, Downtime, MachineSpec, Prep, Run, Scenario, Start};
 use crate::disk::{self, DiskInfo, DiskKind, Firmware};
 use crate::images::{self, Images};
 use crate::vm::{self, Vm, BOOT_TIMEOUT};
@@ -348,14 +349,20 @@ fn run_serial(selected: &[&'static Scenario], keep: bool) -> Result<()> {
     for sc in selected {
         println!("\n=== scenario {} ===", sc.label());
         let t = Instant::now();
-        let r = machine_for(&mut env, &mut current, sc, keep).and_then(|m| {
-            (sc.run)(&mut Ctx {
-                env: &env,
-                m,
-                downtime: &mut downtime,
-                selected,
-            })
-        });
+        let r = match sc.run {
+            Run::OnMachine(run) => machine_for(&mut env, &mut current, sc, keep).and_then(|m| {
+                run(&mut Ctx {
+                    env: &env,
+                    m,
+                    downtime: &mut downtime,
+                    selected,
+                })
+            }),
+            Run::Own(run) => {
+                retire(&mut current, keep);
+                run(&mut env)
+            }
+        };
         let took = t.elapsed();
         match &r {
             Ok(()) => println!("=== {} passed in {took:.1?}", sc.label()),
@@ -450,7 +457,7 @@ pub fn demo() -> Result<()> {
     scenarios::a_upgrade::upgrade(&mut cx)?;
     let st_b = m.status()?;
     println!("\n=== rollback to Debian 12 ===");
-    (scenarios::b_rollback::SCENARIO.run)(&mut Ctx {
+    scenarios::b_rollback::rollback(&mut Ctx {
         env: &env,
         m: &mut m,
         downtime: &mut downtime,

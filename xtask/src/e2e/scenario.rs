@@ -82,8 +82,20 @@ pub struct Scenario {
     /// Extra files it needs served over HTTP (built once per run, when it is selected);
     /// the Debian 13 image and its broken variant are always served.
     pub serves: Option<Serves>,
-    /// The scenario itself; it starts booted in A (or as left, for [`Start::AsLeft`]).
-    pub run: fn(&mut Ctx<'_>) -> Result<()>,
+    /// The scenario itself.
+    pub run: Run,
+}
+
+/// How a scenario runs.
+#[derive(Clone, Copy)]
+pub enum Run {
+    /// On the machine the runner gives it, booted in A (or as left, for [`Start::AsLeft`]).
+    OnMachine(fn(&mut Ctx<'_>) -> Result<()>),
+    /// On machines it makes itself from the run's [`Env`] (the fleet: several hosts behind
+    /// simulated BMCs); the runner powers off its shared machine first. Its
+    /// [`Scenario::machine`] names the disk its machines are made of, and it is always
+    /// [`Start::Fresh`].
+    Own(fn(&mut Env) -> Result<()>),
 }
 
 impl Scenario {

@@ -4,7 +4,7 @@
 use anyhow::{ensure, Result};
 
 use crate::e2e::machine::step;
-use crate::e2e::scenario::{Ctx, MachineSpec, Scenario, Start};
+use crate::e2e::scenario::{Ctx, MachineSpec, Run, Scenario, Start};
 use crate::e2e::TRIXIE_URL;
 
 /// The declaration.
@@ -16,7 +16,7 @@ pub const SCENARIO: Scenario = Scenario {
     start: Start::InA,
     secs: 245,
     serves: None,
-    run: upgrade,
+    run: Run::OnMachine(upgrade),
 };
 
 /// Runs the upgrade on the machine of `cx` (booted in A); ends booted in a committed B.

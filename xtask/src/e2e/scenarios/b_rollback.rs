@@ -7,7 +7,7 @@ use anyhow::{ensure, Result};
 
 use super::a_upgrade::upgrade;
 use crate::e2e::machine::step;
-use crate::e2e::scenario::{Ctx, MachineSpec, Scenario, Start};
+use crate::e2e::scenario::{Ctx, MachineSpec, Run, Scenario, Start};
 
 /// The declaration.
 pub const SCENARIO: Scenario = Scenario {
@@ -18,10 +18,11 @@ pub const SCENARIO: Scenario = Scenario {
     start: Start::AsLeft,
     secs: 80,
     serves: None,
-    run,
+    run: Run::OnMachine(rollback),
 };
 
-fn run(cx: &mut Ctx<'_>) -> Result<()> {
+/// Rolls the committed B back to A (also the demo's second half).
+pub fn rollback(cx: &mut Ctx<'_>) -> Result<()> {
     let in_b =
         cx.m.status()
             .is_ok_and(|s| s.booted() == "b" && s.state("b") == "good");

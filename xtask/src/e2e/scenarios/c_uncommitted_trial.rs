@@ -4,7 +4,7 @@
 use anyhow::{ensure, Result};
 
 use crate::e2e::machine::step;
-use crate::e2e::scenario::{Ctx, MachineSpec, Scenario, Start};
+use crate::e2e::scenario::{Ctx, MachineSpec, Run, Scenario, Start};
 use crate::e2e::{TRIES, TRIXIE_URL};
 use crate::vm::BOOT_TIMEOUT;
 
@@ -17,7 +17,7 @@ pub const SCENARIO: Scenario = Scenario {
     start: Start::InA,
     secs: 239,
     serves: None,
-    run,
+    run: Run::OnMachine(run),
 };
 
 fn run(cx: &mut Ctx<'_>) -> Result<()> {

@@ -6,7 +6,7 @@
 use anyhow::{ensure, Result};
 
 use crate::e2e::machine::step;
-use crate::e2e::scenario::{Ctx, MachineSpec, Scenario, Start};
+use crate::e2e::scenario::{Ctx, MachineSpec, Run, Scenario, Start};
 use crate::e2e::BROKEN_URL;
 
 /// The declaration.
@@ -18,7 +18,7 @@ pub const SCENARIO: Scenario = Scenario {
     start: Start::InA,
     secs: 238,
     serves: None,
-    run,
+    run: Run::OnMachine(run),
 };
 
 fn run(cx: &mut Ctx<'_>) -> Result<()> {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 
 use crate::e2e::machine::step;
-use crate::e2e::scenario::{Ctx, MachineSpec, Scenario, Start};
+use crate::e2e::scenario::{Ctx, MachineSpec, Run, Scenario, Start};
 use crate::e2e::{STAGE_TIMEOUT, TRIXIE_URL};
 use crate::vm;
 
@@ -19,7 +19,7 @@ pub const SCENARIO: Scenario = Scenario {
     start: Start::InA,
     secs: 93,
     serves: None,
-    run,
+    run: Run::OnMachine(run),
 };
 
 /// The first `(NN%)` progress percentage at or above `min` in stage's output.

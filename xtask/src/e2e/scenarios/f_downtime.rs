@@ -8,7 +8,7 @@
 use anyhow::{ensure, Result};
 
 use crate::e2e::machine::{step, Machine};
-use crate::e2e::scenario::{Ctx, MachineSpec, Scenario, Start};
+use crate::e2e::scenario::{Ctx, MachineSpec, Run, Scenario, Start};
 use crate::e2e::TRIXIE_URL;
 
 /// The declaration.
@@ -20,7 +20,7 @@ pub const SCENARIO: Scenario = Scenario {
     start: Start::InA,
     secs: 145,
     serves: None,
-    run,
+    run: Run::OnMachine(run),
 };
 
 /// Loads bash-completion's loader in an interactive bash as a login would, lets it find

@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{ensure, Result};
 
 use crate::e2e::machine::step;
-use crate::e2e::scenario::{Ctx, MachineSpec, Scenario, Start};
+use crate::e2e::scenario::{Ctx, MachineSpec, Run, Scenario, Start};
 use crate::e2e::TRIXIE_URL;
 use crate::vm::BOOT_TIMEOUT;
 
@@ -23,7 +23,7 @@ pub const SCENARIO: Scenario = Scenario {
     start: Start::InA,
     secs: 224,
     serves: None,
-    run,
+    run: Run::OnMachine(run),
 };
 
 /// Where the first trial boot's daemon is killed.

@@ -13,7 +13,7 @@ use anyhow::{ensure, Result};
 
 use crate::disk::{guest_config, DiskKind, GUEST_CONFIG};
 use crate::e2e::machine::{step, Machine, ASSESS_TIMEOUT};
-use crate::e2e::scenario::{Ctx, MachineSpec, Scenario, Start};
+use crate::e2e::scenario::{Ctx, MachineSpec, Run, Scenario, Start};
 use crate::e2e::TRIXIE_URL;
 use crate::vm::BOOT_TIMEOUT;
 
@@ -26,7 +26,7 @@ pub const SCENARIO: Scenario = Scenario {
     start: Start::InA,
     secs: 364,
     serves: None,
-    run,
+    run: Run::OnMachine(run),
 };
 
 /// Where the first trial boot's daemon is killed.

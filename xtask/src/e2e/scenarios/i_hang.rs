@@ -10,7 +10,7 @@ use anyhow::{ensure, Result};
 
 use crate::disk::DiskKind;
 use crate::e2e::machine::step;
-use crate::e2e::scenario::{Ctx, MachineSpec, Prep, Scenario, Served, Start};
+use crate::e2e::scenario::{Ctx, MachineSpec, Prep, Run, Scenario, Served, Start};
 use crate::images;
 
 /// The declaration.
@@ -25,7 +25,7 @@ pub const SCENARIO: Scenario = Scenario {
     start: Start::Fresh,
     secs: 245,
     serves: Some(hang_image),
-    run,
+    run: Run::OnMachine(run),
 };
 
 const HANG_URL: &str = "/hang.img.zst";

@@ -4,7 +4,7 @@
 use anyhow::{ensure, Result};
 
 use crate::e2e::machine::{step, Machine};
-use crate::e2e::scenario::{Ctx, MachineSpec, Scenario, Start};
+use crate::e2e::scenario::{Ctx, MachineSpec, Run, Scenario, Start};
 use crate::e2e::TRIXIE_URL;
 
 /// The declaration.
@@ -16,7 +16,7 @@ pub const SCENARIO: Scenario = Scenario {
     start: Start::InA,
     secs: 51,
     serves: None,
-    run,
+    run: Run::OnMachine(run),
 };
 
 const HOOK_DIR: &str = "/etc/abupdate/hooks/pre-switch.d";

@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::disk::install_file;
 use crate::e2e::apt_repo;
 use crate::e2e::machine::{step, Machine};
-use crate::e2e::scenario::{Ctx, MachineSpec, Prep, Scenario, Served, Start};
+use crate::e2e::scenario::{Ctx, MachineSpec, Prep, Run, Scenario, Served, Start};
 
 /// The declaration.
 pub const SCENARIO: Scenario = Scenario {
@@ -28,7 +28,7 @@ pub const SCENARIO: Scenario = Scenario {
     start: Start::InA,
     secs: 275,
     serves: Some(repo_files),
-    run: clone_upgrade,
+    run: Run::OnMachine(clone_upgrade),
 };
 
 /// Where the harness's file server publishes the repository (the guest sees

@@ -20,7 +20,7 @@
 use anyhow::{ensure, Result};
 
 use crate::e2e::machine::{show_output, step, Machine, Status};
-use crate::e2e::scenario::{Ctx, MachineSpec, Scenario, Start};
+use crate::e2e::scenario::{Ctx, MachineSpec, Run, Scenario, Start};
 use crate::e2e::{TRIES, TRIXIE_URL};
 
 /// The declaration.
@@ -32,7 +32,7 @@ pub const SCENARIO: Scenario = Scenario {
     start: Start::InA,
     secs: 440,
     serves: None,
-    run,
+    run: Run::OnMachine(run),
 };
 
 /// The exit status of a shell command whose process called `abort()` (128 + SIGABRT).

@@ -9,7 +9,7 @@ use anyhow::{ensure, Result};
 
 use crate::disk::DiskKind;
 use crate::e2e::machine::{step, Machine};
-use crate::e2e::scenario::{Ctx, MachineSpec, Scenario, Start};
+use crate::e2e::scenario::{Ctx, MachineSpec, Run, Scenario, Start};
 use crate::e2e::TRIXIE_URL;
 
 /// The declaration.
@@ -24,7 +24,7 @@ pub const SCENARIO: Scenario = Scenario {
     start: Start::Fresh,
     secs: 308,
     serves: None,
-    run,
+    run: Run::OnMachine(run),
 };
 
 /// The guest was started by UEFI firmware (the kernel exposes `/sys/firmware/efi`).

@@ -21,6 +21,7 @@ mod m_uefi_upgrade;
 mod n_daemon_polls;
 mod o_kexec;
 mod p_distro_packages;
+mod q_fleet;
 
 use super::scenario::Scenario;
 
@@ -43,6 +44,7 @@ pub const ALL: &[&Scenario] = &[
     &i_hang::SCENARIO,
     &m_uefi_upgrade::SCENARIO,
     &n_daemon_polls::SCENARIO,
+    &q_fleet::SCENARIO,
 ];
 
 /// Scenarios outside the default run (`--only` selects them): on CI's two cores the VM

@@ -21,7 +21,7 @@ use anyhow::{ensure, Context, Result};
 
 use crate::disk::{guest_config, DiskKind, GUEST_CONFIG};
 use crate::e2e::machine::{step, Machine, ASSESS_TIMEOUT};
-use crate::e2e::scenario::{Ctx, MachineSpec, Prep, Scenario, Served, Start};
+use crate::e2e::scenario::{Ctx, MachineSpec, Prep, Run, Scenario, Served, Start};
 use crate::vm::BOOT_TIMEOUT;
 
 /// The declaration.
@@ -34,7 +34,7 @@ pub const SCENARIO: Scenario = Scenario {
     start: Start::Fresh,
     secs: 369,
     serves: Some(files),
-    run,
+    run: Run::OnMachine(run),
 };
 
 /// Where the channel is served.

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Result};
 
 use crate::e2e::machine::{show_output, step, Machine, Timed};
-use crate::e2e::scenario::{Ctx, MachineSpec, Scenario, Start};
+use crate::e2e::scenario::{Ctx, MachineSpec, Run, Scenario, Start};
 use crate::e2e::{BROKEN_URL, TRIES, TRIXIE_URL};
 use crate::vm::BOOT_TIMEOUT;
 
@@ -31,7 +31,7 @@ pub const SCENARIO: Scenario = Scenario {
     start: Start::InA,
     secs: 540,
     serves: None,
-    run,
+    run: Run::OnMachine(run),
 };
 
 /// Runs `abupdate ARGS`, which loads the next kernel and asks systemd for a kexec; ssh may

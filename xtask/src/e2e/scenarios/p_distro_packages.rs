@@ -24,7 +24,7 @@ use anyhow::{ensure, Context, Result};
 use crate::disk::{install_file, DiskKind};
 use crate::e2e::apt_repo;
 use crate::e2e::machine::{step, Machine};
-use crate::e2e::scenario::{Ctx, MachineSpec, Prep, Scenario, Served, Start};
+use crate::e2e::scenario::{Ctx, MachineSpec, Prep, Run, Scenario, Served, Start};
 use crate::e2e::TRIXIE_URL;
 use crate::util;
 
@@ -40,7 +40,7 @@ pub const SCENARIO: Scenario = Scenario {
     start: Start::Fresh,
     secs: 880,
     serves: Some(serves),
-    run,
+    run: Run::OnMachine(run),
 };
 
 /// Where the repository is served (`http://10.0.2.100/boot-apt` in the guest).
