@@ -3,6 +3,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// A failure to run an external command or a non-zero exit, with what it printed.
@@ -43,6 +44,7 @@ pub struct Cmd {
     args: Vec<OsString>,
     stdin: Option<Vec<u8>>,
     env: Vec<(OsString, OsString)>,
+    dir: Option<PathBuf>,
 }
 
 /// What a successful command printed.
@@ -69,6 +71,7 @@ impl Cmd {
             args: Vec::new(),
             stdin: None,
             env: Vec::new(),
+            dir: None,
         }
     }
 
@@ -102,12 +105,28 @@ impl Cmd {
         self
     }
 
-    /// Runs the command to completion; a non-zero exit is an error carrying stderr.
-    pub fn run(&self) -> Result<CmdOutput, CmdError> {
+    /// Runs the command in `dir` instead of the current directory.
+    pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Self {
+        self.dir = Some(dir.as_ref().to_owned());
+        self
+    }
+
+    /// The command with its arguments, environment and directory, streams not set.
+    fn command(&self) -> Command {
         let mut command = Command::new(&self.program);
         command
             .args(&self.args)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        if let Some(dir) = &self.dir {
+            command.current_dir(dir);
+        }
+        command
+    }
+
+    /// Runs the command to completion; a non-zero exit is an error carrying stderr.
+    pub fn run(&self) -> Result<CmdOutput, CmdError> {
+        let mut command = self.command();
+        command
             .stdin(if self.stdin.is_some() {
                 Stdio::piped()
             } else {
@@ -145,9 +164,7 @@ impl Cmd {
     /// Runs the command and returns its status and output whatever the exit status;
     /// only a failure to start it is an error.
     pub fn output(&self) -> Result<std::process::Output, CmdError> {
-        Command::new(&self.program)
-            .args(&self.args)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
+        self.command()
             .stdin(Stdio::null())
             .output()
             .map_err(|source| CmdError::Spawn {
@@ -199,6 +216,33 @@ mod tests {
             .run_json()
             .expect("cat runs");
         assert_eq!(v["a"], 1);
+    }
+
+    #[test]
+    fn runs_in_its_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = Cmd::new("pwd")
+            .current_dir(dir.path())
+            .run()
+            .expect("pwd runs");
+        assert_eq!(
+            out.stdout_str().trim(),
+            dir.path()
+                .canonicalize()
+                .expect("canonical")
+                .to_string_lossy()
+        );
+        let out = Cmd::new("pwd")
+            .current_dir(dir.path())
+            .output()
+            .expect("pwd runs");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            dir.path()
+                .canonicalize()
+                .expect("canonical")
+                .to_string_lossy()
+        );
     }
 
     #[test]

@@ -2,10 +2,9 @@
 //! guest's restricted network reaches no mirror, so packages a scenario installs come from
 //! here.
 
+use abupdate_utils::Cmd;
+use anyhow::{Context, Result};
 use std::path::Path;
-use std::process::Command;
-
-use anyhow::{ensure, Context, Result};
 
 use super::scenario::Served;
 use crate::{disk::install_file, util};
@@ -29,18 +28,16 @@ pub fn index(repo: &Path, url: &str) -> Result<Vec<Served>> {
             files.push((format!("{url}/pool/{name}"), path));
         }
     }
-    let out = Command::new("dpkg-scanpackages")
+    let out = Cmd::new("dpkg-scanpackages")
         .args(["--multiversion", "pool", "/dev/null"])
         .current_dir(repo)
-        .output()
-        .context("run dpkg-scanpackages (apt-get install dpkg-dev)")?;
-    ensure!(
-        out.status.success(),
-        "dpkg-scanpackages in {} failed ({}): {}",
-        repo.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .run()
+        .with_context(|| {
+            format!(
+                "index {} with dpkg-scanpackages (apt-get install dpkg-dev)",
+                repo.display()
+            )
+        })?;
     let packages = repo.join("Packages");
     install_file(repo, "Packages", &out.stdout, 0o644)?;
     // Unsigned: the guest's source is `[trusted=yes]`.
