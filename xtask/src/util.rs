@@ -39,6 +39,15 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A new log file at `path` as a child process's standard output and error.
+pub fn log_stdio(path: &Path) -> Result<(Stdio, Stdio)> {
+    let f = std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
+    let e = f
+        .try_clone()
+        .with_context(|| format!("dup {}", path.display()))?;
+    Ok((Stdio::from(f), Stdio::from(e)))
+}
+
 /// Runs a long command with its output appended to `log`; on failure the error names the
 /// command and the log file, and the log's tail is printed.
 pub fn run_logged(cmd: &mut Command, log: &Path, what: &str) -> Result<()> {

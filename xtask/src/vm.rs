@@ -15,6 +15,7 @@ use abupdate_utils::Cmd;
 use anyhow::{bail, Context, Result};
 
 use crate::disk::Firmware;
+use crate::util;
 
 /// QEMU processes (and simulated BMCs) alive now, killed by the signal thread when xtask is
 /// interrupted.
@@ -318,11 +319,7 @@ impl Vm {
         self.boot += 1;
         let serial = self.serial_path();
         let qlog = self.log_dir.join(format!("qemu-{:02}.log", self.boot));
-        let qlog_f =
-            std::fs::File::create(&qlog).with_context(|| format!("create {}", qlog.display()))?;
-        let qlog_e = qlog_f
-            .try_clone()
-            .with_context(|| format!("dup {}", qlog.display()))?;
+        let (out, err) = util::log_stdio(&qlog)?;
         let child = Command::new("qemu-system-x86_64")
             .args(qemu_args(
                 &self.disk,
@@ -335,8 +332,8 @@ impl Vm {
             .arg(format!("file:{}", serial.display()))
             .args(&self.extra_args)
             .stdin(Stdio::null())
-            .stdout(Stdio::from(qlog_f))
-            .stderr(Stdio::from(qlog_e))
+            .stdout(out)
+            .stderr(err)
             .spawn()
             .context("vm: start qemu-system-x86_64")?;
         live_qemu().push(child.id());
@@ -631,15 +628,12 @@ impl SshTarget {
 
     /// Starts a guest command in the background, its output appended to `log`.
     pub fn ssh_spawn(&self, cmd: &str, log: &Path) -> Result<Child> {
-        let f = std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
-        let e = f
-            .try_clone()
-            .with_context(|| format!("dup {}", log.display()))?;
+        let (out, err) = util::log_stdio(log)?;
         self.ssh_command(20)
             .arg(cmd)
             .stdin(Stdio::null())
-            .stdout(Stdio::from(f))
-            .stderr(Stdio::from(e))
+            .stdout(out)
+            .stderr(err)
             .spawn()
             .with_context(|| format!("ssh: start {cmd:?}"))
     }

@@ -26,6 +26,7 @@ use abupdate_utils::Cmd;
 use anyhow::{Context, Result};
 
 use crate::disk::Firmware;
+use crate::util;
 use crate::vm::{self, SshTarget};
 
 /// The BMC's user with administrator rights (`ipmitool -U`).
@@ -102,11 +103,7 @@ impl Bmc {
         let state = h.dir.join("ipmi-state");
         std::fs::create_dir_all(&state).with_context(|| format!("create {}", state.display()))?;
         let log = h.dir.join("ipmi_sim.log");
-        let log_f =
-            std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
-        let log_e = log_f
-            .try_clone()
-            .with_context(|| format!("dup {}", log.display()))?;
+        let (out, err) = util::log_stdio(&log)?;
         let child = Command::new("ipmi_sim")
             .arg("-c")
             .arg(&lan)
@@ -116,8 +113,8 @@ impl Bmc {
             .arg(&state)
             .arg("-n")
             .stdin(Stdio::null())
-            .stdout(Stdio::from(log_f))
-            .stderr(Stdio::from(log_e))
+            .stdout(out)
+            .stderr(err)
             .spawn()
             .with_context(|| format!("start ipmi_sim for {} ({})", h.name, lan.display()))?;
         vm::track_process(child.id());
@@ -219,18 +216,15 @@ impl Bmc {
     pub fn sol_activate(&self, log: &Path) -> Result<Sol> {
         // Best effort: ipmitool exits 1 when no session was active.
         let _ = self.ipmitool(&["sol", "deactivate"]);
-        let f = std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
-        let e = f
-            .try_clone()
-            .with_context(|| format!("dup {}", log.display()))?;
+        let (out, err) = util::log_stdio(log)?;
         let mut child = Command::new("ipmitool")
             .args(self.ipmitool_args())
             .args(["sol", "activate"])
             .env("IPMI_PASSWORD", &self.password)
             // Its standard input stays open: end of input ends the session.
             .stdin(Stdio::piped())
-            .stdout(Stdio::from(f))
-            .stderr(Stdio::from(e))
+            .stdout(out)
+            .stderr(err)
             .spawn()
             .with_context(|| format!("start ipmitool sol activate for {}", self.name))?;
         let stdin = child

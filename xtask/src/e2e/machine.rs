@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::scenario::MachineSpec;
 use super::{GRUB_TIMEOUT, STAGE_TIMEOUT, TRIES};
 use crate::disk::{DiskInfo, DATA_FILE};
-use crate::vm::{self, Vm, BOOT_TIMEOUT};
+use crate::vm::{self, SshTarget, Vm, BOOT_TIMEOUT};
 
 /// How long the daemon may take to commit or roll back after ssh answers in B.
 pub const ASSESS_TIMEOUT: Duration = Duration::from_secs(420);
@@ -64,6 +64,16 @@ pub fn show_output(text: &str) {
 pub struct Status(pub Value);
 
 impl Status {
+    /// Runs `abupdate --json status` on the guest behind `ssh`.
+    pub fn of(ssh: &SshTarget) -> Result<Status> {
+        let out = ssh
+            .ssh_ok("abupdate --json status")
+            .context("abupdate --json status")?;
+        let v: Value = serde_json::from_str(&out)
+            .with_context(|| format!("parse `abupdate --json status` output: {out}"))?;
+        Ok(Status(v))
+    }
+
     /// The booted slot.
     pub fn booted(&self) -> &str {
         self.0["booted"].as_str().unwrap_or("?")
@@ -173,13 +183,7 @@ impl Machine {
 
     /// `abupdate --json status`.
     pub fn status(&self) -> Result<Status> {
-        let out = self
-            .vm
-            .ssh_ok("abupdate --json status")
-            .context("abupdate --json status")?;
-        let v: Value = serde_json::from_str(&out)
-            .with_context(|| format!("parse `abupdate --json status` output: {out}"))?;
-        Ok(Status(v))
+        Status::of(&self.vm.target)
     }
 
     /// Polls `status` until `done` holds or [`ASSESS_TIMEOUT`] passes (the daemon's work).

@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::disk::DiskKind;
 use crate::e2e::bmc::{Bmc, BmcHost, BMC_USER, CIPHER_SUITE};
@@ -66,16 +66,6 @@ struct Host {
     password: String,
     image: &'static str,
     sha256: String,
-}
-
-impl Host {
-    /// `abupdate --json status` on the host.
-    fn status(&self) -> Result<Status> {
-        let out = self.bmc.ssh.ssh_ok("abupdate --json status")?;
-        let v: Value = serde_json::from_str(&out)
-            .with_context(|| format!("parse {}'s status: {out}", self.bmc.name()))?;
-        Ok(Status(v))
-    }
 }
 
 fn run(env: &mut Env) -> Result<()> {
@@ -180,13 +170,13 @@ fn run(env: &mut Env) -> Result<()> {
         "host3 should not be in the play recap: {r3:?}"
     );
 
-    let st1 = hosts[0].status()?;
+    let st1 = Status::of(&hosts[0].bmc.ssh).context("host1's status")?;
     ensure!(
         st1.booted() == "b" && st1.default() == "b" && st1.state("b") == "good",
         "host1: B booted, default and committed: {}",
         st1.summary()
     );
-    let st2 = hosts[1].status()?;
+    let st2 = Status::of(&hosts[1].bmc.ssh).context("host2's status")?;
     ensure!(
         st2.booted() == "a" && st2.default() == "a" && st2.state("b") == "failed",
         "host2: back in A with B failed: {}",
@@ -350,10 +340,7 @@ fn write_inventory(env: &Env, hosts: &[Host], path: &Path) -> Result<()> {
 fn playbook(env: &Env, inventory: &Path, log: &Path, extra: &[&str]) -> Result<(i32, String)> {
     let ansible = util::workspace_root().join("ansible");
     let tmp = env.run_dir.join("ansible-tmp");
-    let f = std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
-    let e = f
-        .try_clone()
-        .with_context(|| format!("dup {}", log.display()))?;
+    let (out, err) = util::log_stdio(log)?;
     let mut cmd = Command::new("ansible-playbook");
     cmd.current_dir(&ansible)
         .env("ANSIBLE_CONFIG", ansible.join("ansible.cfg"))
@@ -370,8 +357,8 @@ fn playbook(env: &Env, inventory: &Path, log: &Path, extra: &[&str]) -> Result<(
         .arg(format!("abupdate_deb={}", env.deb.display()))
         .args(extra)
         .stdin(Stdio::null())
-        .stdout(Stdio::from(f))
-        .stderr(Stdio::from(e));
+        .stdout(out)
+        .stderr(err);
     println!(
         "     $ ansible-playbook -i {} upgrade.yml -e abupdate_serial=2 -e abupdate_tries={TRIES} -e abupdate_deb=… {}   (log {})",
         inventory.display(),
