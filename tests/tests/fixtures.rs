@@ -61,3 +61,30 @@ fn http_server_drop_and_range() -> Result<()> {
     assert_eq!(log[1].status, 206, "{log:?}");
     Ok(())
 }
+
+#[test]
+fn loop_attach_forgets_stale_partitions() -> Result<()> {
+    let _s = serial();
+    let dir = tempfile::tempdir()?;
+    let image = dir.path().join("gpt.img");
+    std::fs::File::create(&image)?.set_len(64 << 20)?;
+    abupdate_utils::Cmd::new("sfdisk")
+        .arg("-q")
+        .arg(&image)
+        .stdin(b"label: gpt\n,16M\n,16M\n".to_vec())
+        .run()?;
+    // What an earlier tool may leave: partitions added, then a bare `losetup -d`.
+    let dev = run_ok(Command::new("losetup").args(["-f", "--show"]).arg(&image))?;
+    let dev = dev.trim().to_string();
+    run_ok(Command::new("partx").arg("-a").arg(&dev))?;
+    run_ok(Command::new("losetup").arg("-d").arg(&dev))?;
+    let lo = abupdate_utils::loopdev::LoopDevice::attach(&image)?;
+    assert_eq!(
+        lo.path().to_string_lossy(),
+        dev,
+        "the test needs the same loop device again (another process took a loop device?)"
+    );
+    assert!(lo.partition(1).exists() && lo.partition(2).exists());
+    lo.close()?;
+    Ok(())
+}

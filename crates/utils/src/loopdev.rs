@@ -28,6 +28,10 @@ impl LoopDevice {
     /// Attaches `image` to a free loop device and creates its partition nodes with `partx -a`.
     pub fn attach(image: &Path) -> Result<LoopDevice, LoopError> {
         let dev = Self::attach_filesystem(image)?;
+        // A loop device detached by a bare `losetup -d` keeps the partitions `partx -a` gave
+        // it, and the next `partx -a` on that number fails ("error adding partitions"):
+        // forget them first (an error here only means there were none).
+        let _ = Cmd::new("partx").arg("-d").arg(&dev.dev).run();
         Cmd::new("partx")
             .arg("-a")
             .arg(&dev.dev)
