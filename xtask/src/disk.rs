@@ -290,13 +290,6 @@ pub fn build(
 /// abupdate.service; without the daemon it is disabled again as an operator would
 /// (`systemctl disable`; the package's upgrade re-enables only a unit that was enabled).
 fn install_package(root: &Path, deb: &Path, daemon: bool) -> Result<()> {
-    // The image's path-exclude of /usr/share/man/* left out the section directories too; a
-    // path-include brings files only, so dpkg needs their directories (as Debian's own slim
-    // images do).
-    for d in ["usr/share/man/man5", "usr/share/man/man8"] {
-        let dir = root.join(d);
-        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-    }
     let rel = "tmp/abupdate-xtask.deb";
     let inside = root.join(rel);
     std::fs::copy(deb, &inside)

@@ -233,6 +233,12 @@ fn old_only_files(ssh_pub: &str) -> Vec<OverlayFile> {
     ]
 }
 
+/// The man page section directories abupdate's package installs into: the path-exclude of
+/// `/usr/share/man/*` leaves them out too, a path-include brings files only, and dpkg does
+/// not create a directory it filtered (`dpkg -i` of the package then fails, as it did in a
+/// Debian 13 slot). Debian's own slim images keep them the same way.
+const HOOK_MAN_DIRS: &str = "mkdir -p \"$1\"/usr/share/man/man5 \"$1\"/usr/share/man/man8";
+
 const HOOK_INITRAMFS: &str = "chroot \"$1\" update-initramfs -u -k all";
 /// Records that the image's caches are up to date (`/etc/.updated`, `/var/.updated`), as the
 /// first boot of an installed system does: the package scripts already built `ld.so.cache`
@@ -486,21 +492,28 @@ fn write_overlay(dir: &Path, files: &[OverlayFile]) -> Result<()> {
     Ok(())
 }
 
-fn recipes(ssh: &SshKey) -> Result<(Recipe, Recipe)> {
+/// The host's apt sources (deb822) with its suites renamed to `suite`'s (`trixie`,
+/// `trixie-updates`, `trixie-security`): the same mirror, another release.
+pub fn host_sources(suite: &str) -> Result<String> {
     let host = std::fs::read_to_string(HOST_SOURCES)
         .with_context(|| format!("read the host's apt sources {HOST_SOURCES}"))?;
+    sources_for(&host, suite)
+}
+
+fn recipes(ssh: &SshKey) -> Result<(Recipe, Recipe)> {
     let mut old_late = late_files();
     old_late.extend(old_only_files(&ssh.public));
     let mut old_hooks = vec![HOOK_INITRAMFS.to_string()];
     old_hooks.extend(HOOK_OLD.iter().map(|s| s.to_string()));
     old_hooks.push(HOOK_NO_MANDB_TIMER.to_string());
+    old_hooks.push(HOOK_MAN_DIRS.to_string());
     old_hooks.push(HOOK_NO_KEXEC_REBOOT.to_string());
     old_hooks.push(HOOK_UPDATE_DONE.to_string());
     old_hooks.extend(HOOK_INSTALLER_GRUB.iter().map(|s| s.to_string()));
     let old = Recipe {
         suite: "bookworm",
         packages: old_packages(),
-        sources: sources_for(&host, "bookworm")?,
+        sources: host_sources("bookworm")?,
         early: early_files(),
         late: old_late,
         hooks: old_hooks,
@@ -508,12 +521,13 @@ fn recipes(ssh: &SshKey) -> Result<(Recipe, Recipe)> {
     let mut new_hooks = vec![HOOK_INITRAMFS.to_string()];
     new_hooks.extend(HOOK_NEW.iter().map(|s| s.to_string()));
     new_hooks.push(HOOK_NO_MANDB_TIMER.to_string());
+    new_hooks.push(HOOK_MAN_DIRS.to_string());
     new_hooks.push(HOOK_NO_KEXEC_REBOOT.to_string());
     new_hooks.push(HOOK_UPDATE_DONE.to_string());
     let new = Recipe {
         suite: "trixie",
         packages: PACKAGES.iter().map(|p| p.to_string()).collect(),
-        sources: sources_for(&host, "trixie")?,
+        sources: host_sources("trixie")?,
         early: early_files(),
         late: late_files(),
         hooks: new_hooks,
