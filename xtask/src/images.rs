@@ -281,6 +281,18 @@ fn old_packages() -> Vec<String> {
     v
 }
 
+/// Debian 13's packages: [`PACKAGES`] with the kernel of the point release (suite `trixie`,
+/// not `trixie-security`), so that scenario p has a newer kernel to install in slot B too.
+fn new_packages() -> Vec<String> {
+    PACKAGES
+        .iter()
+        .map(|p| match *p {
+            "linux-image-amd64" => format!("{p}/trixie"),
+            p => p.to_string(),
+        })
+        .collect()
+}
+
 const HOOK_OLD: &[&str] = &["chroot \"$1\" systemctl enable systemd-networkd.service"];
 /// The new image has no identity of its own: hostname and keys come from the manifest.
 const HOOK_NEW: &[&str] = &[
@@ -526,7 +538,7 @@ fn recipes(ssh: &SshKey) -> Result<(Recipe, Recipe)> {
     new_hooks.push(HOOK_UPDATE_DONE.to_string());
     let new = Recipe {
         suite: "trixie",
-        packages: PACKAGES.iter().map(|p| p.to_string()).collect(),
+        packages: new_packages(),
         sources: host_sources("trixie")?,
         early: early_files(),
         late: late_files(),

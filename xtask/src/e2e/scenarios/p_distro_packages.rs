@@ -10,13 +10,15 @@
 //! `inline_data`, which Debian 12's GRUB 2.06 does not read) is staged: `switch` proves it
 //! with GRUB's own filesystem code and refuses (exit 4, naming the feature, grubenv
 //! byte-identical, still in A). Then Debian 13 is staged over it and `switch` reaches B's
-//! trial. Ends booted in B on trial.
-//! Cost: 4 boots, two stages and three `dpkg` runs under TCG (882 s on a quiet machine; the
-//! kernel's unpack, its initramfs and `update-grub` dominate), so it is outside the default
-//! run.
+//! trial; B is committed and gets the same kernel update from a second repository (Debian
+//! 13's security suite, downloaded with a private apt configuration on the host): the
+//! kernel hook `stage` installed in B refreshes B's entry, the next boot of B runs the new
+//! kernel, and after the old one is purged the next boot still does. Ends in B, committed.
+//! Cost: 6 boots, two stages and five `dpkg` runs under TCG (the kernels' unpack, their
+//! initramfs and `update-grub` dominate: 1446 s in a lane of one-vCPU guests beside
+//! another), so it is outside the default run.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use abupdate_utils::Cmd;
 use anyhow::{ensure, Context, Result};
@@ -26,7 +28,7 @@ use crate::e2e::apt_repo;
 use crate::e2e::machine::{step, Machine};
 use crate::e2e::scenario::{Ctx, MachineSpec, Prep, Run, Scenario, Served, Start};
 use crate::e2e::TRIXIE_URL;
-use crate::util;
+use crate::{images, util};
 
 /// The declaration.
 pub const SCENARIO: Scenario = Scenario {
@@ -38,15 +40,19 @@ pub const SCENARIO: Scenario = Scenario {
         watchdog: false,
     },
     start: Start::Fresh,
-    secs: 880,
+    secs: 1450,
     serves: Some(serves),
     run: Run::OnMachine(run),
 };
 
-/// Where the repository is served (`http://10.0.2.100/boot-apt` in the guest).
+/// Where slot A's repository is served (`http://10.0.2.100/boot-apt` in the guest).
 const REPO_URL: &str = "/boot-apt";
-/// The suite whose kernel is newer than the image's (the image has `bookworm`'s).
+/// The suite whose kernel is newer than slot A's image's (the image has `bookworm`'s).
 const NEWER_SUITE: &str = "bookworm-security";
+/// Where slot B's repository (Debian 13's newer kernel) is served.
+const REPO_B_URL: &str = "/boot-apt-trixie";
+/// The suite whose kernel is newer than the Debian 13 image's (it has `trixie`'s).
+const NEWER_SUITE_B: &str = "trixie-security";
 /// The guest's boot code: the MBR's code and the BIOS boot partition (core.img).
 const BOOT_CODE_SUM: &str = "head -c 440 /dev/vda | sha256sum; sha256sum < /dev/vda1";
 /// Non-interactive apt in the guest.
@@ -57,6 +63,7 @@ const UNREADABLE: &str = "/inline-data.img";
 
 fn serves(prep: &Prep<'_>) -> Result<Vec<Served>> {
     let mut files = repo_files(prep)?;
+    files.extend(repo_b_files(prep)?);
     files.push(unreadable_image(prep)?);
     Ok(files)
 }
@@ -109,29 +116,79 @@ fn repo_dir(run_dir: &Path) -> PathBuf {
     run_dir.join("boot-apt")
 }
 
+fn repo_b_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("boot-apt-trixie")
+}
+
 /// Downloads the newer kernel (the meta package and the image it depends on) and the GRUB
 /// packages with the host's apt and indexes them.
 fn repo_files(prep: &Prep<'_>) -> Result<Vec<Served>> {
     let repo = repo_dir(prep.run_dir);
     let pool = repo.join("pool");
     std::fs::create_dir_all(&pool).with_context(|| format!("create {}", pool.display()))?;
-    let download = |what: &str| -> Result<()> {
-        let out = Command::new("apt-get")
-            .args(["download", "-q", what])
-            .current_dir(&pool)
-            .output()
-            .context("run apt-get download")?;
-        ensure!(
-            out.status.success(),
-            "apt-get download {what} failed ({}): {} (scenario p needs a kernel in \
-             {NEWER_SUITE} newer than the point release's, from the host's apt sources)",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        Ok(())
-    };
-    download(&format!("linux-image-amd64/{NEWER_SUITE}"))?;
-    let meta = std::fs::read_dir(&pool)
+    download_kernel(&pool, &[], NEWER_SUITE)?;
+    for p in ["grub-pc", "grub-pc-bin", "grub2-common", "grub-common"] {
+        download(&pool, &[], p)?;
+    }
+    apt_repo::index(&repo, REPO_URL)
+}
+
+/// Downloads Debian 13's newer kernel with a private apt configuration (the host's mirror,
+/// Debian 13's suites; nothing of the host's apt state is touched) and indexes it.
+fn repo_b_files(prep: &Prep<'_>) -> Result<Vec<Served>> {
+    let repo = repo_b_dir(prep.run_dir);
+    let pool = repo.join("pool");
+    let apt = prep.run_dir.join("apt-trixie");
+    for d in [
+        pool.clone(),
+        apt.join("etc"),
+        apt.join("state/lists/partial"),
+        apt.join("cache/archives/partial"),
+    ] {
+        std::fs::create_dir_all(&d).with_context(|| format!("create {}", d.display()))?;
+    }
+    install_file(
+        &apt,
+        "etc/trixie.sources",
+        images::host_sources("trixie")?.as_bytes(),
+        0o644,
+    )?;
+    let opts: Vec<String> = [
+        "Dir::Etc::SourceList=/dev/null".to_string(),
+        format!("Dir::Etc::SourceParts={}", apt.join("etc").display()),
+        format!("Dir::State={}", apt.join("state").display()),
+        format!("Dir::Cache={}", apt.join("cache").display()),
+        "Dir::State::status=/dev/null".to_string(),
+    ]
+    .into_iter()
+    .flat_map(|o| ["-o".to_string(), o])
+    .collect();
+    Cmd::new("apt-get")
+        .args(&opts)
+        .args(["update", "-q"])
+        .run()
+        .context("apt-get update with Debian 13's sources (a private apt configuration)")?;
+    download_kernel(&pool, &opts, NEWER_SUITE_B)?;
+    apt_repo::index(&repo, REPO_B_URL)
+}
+
+/// `apt-get OPTS download WHAT` into `pool`.
+fn download(pool: &Path, opts: &[String], what: &str) -> Result<()> {
+    Cmd::new("apt-get")
+        .args(opts)
+        .args(["download", "-q", what])
+        .current_dir(pool)
+        .run()
+        .with_context(|| format!("apt-get download {what} into {}", pool.display()))?;
+    Ok(())
+}
+
+/// Downloads `linux-image-amd64` from `suite` and the kernel image package it depends on.
+fn download_kernel(pool: &Path, opts: &[String], suite: &str) -> Result<()> {
+    download(pool, opts, &format!("linux-image-amd64/{suite}")).with_context(|| {
+        format!("scenario p needs a kernel in {suite} newer than the point release's")
+    })?;
+    let meta = std::fs::read_dir(pool)
         .with_context(|| format!("list {}", pool.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| {
@@ -157,16 +214,12 @@ fn repo_files(prep: &Prep<'_>) -> Result<Vec<Served>> {
         .split_once(" (= ")
         .and_then(|(n, v)| Some((n, v.strip_suffix(')')?)))
         .with_context(|| format!("unexpected kernel dependency {image:?}"))?;
-    download(&format!("{name}={version}"))?;
-    for p in ["grub-pc", "grub-pc-bin", "grub2-common", "grub-common"] {
-        download(p)?;
-    }
-    apt_repo::index(&repo, REPO_URL)
+    download(pool, opts, &format!("{name}={version}"))
 }
 
-/// The kernel release (`uname -r`) of the newer kernel in the repository.
-fn newer_release(run_dir: &Path) -> Result<String> {
-    let pool = repo_dir(run_dir).join("pool");
+/// The kernel release (`uname -r`) of the newer kernel in the repository `repo`.
+fn newer_release(repo: &Path) -> Result<String> {
+    let pool = repo.join("pool");
     std::fs::read_dir(&pool)
         .with_context(|| format!("list {}", pool.display()))?
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
@@ -184,36 +237,93 @@ impl Machine {
         Ok(self.vm.ssh_ok("uname -r")?.trim().to_string())
     }
 
-    /// The kernel `status` says GRUB loads from slot A.
-    fn kernel_of_a(&self) -> Result<String> {
+    /// The kernel `status` says GRUB loads from `slot`.
+    fn kernel_of(&self, slot: &str) -> Result<String> {
         let st = self.status()?;
-        st.slot("a")["kernel"]
+        st.slot(slot)["kernel"]
             .as_str()
             .map(str::to_string)
-            .with_context(|| format!("status names no kernel for slot a: {}", st.summary()))
+            .with_context(|| format!("status names no kernel for slot {slot}: {}", st.summary()))
+    }
+
+    /// In the booted `slot`: makes the repository at `url` the only apt source and
+    /// installs its `linux-image-amd64` (kernel `newer`), then runs `and_then` (more apt
+    /// commands); `status` must name the new kernel for the slot. Returns the kernel it
+    /// ran before and what apt printed.
+    fn install_newer_kernel(
+        &self,
+        slot: &str,
+        url: &str,
+        newer: &str,
+        and_then: &str,
+    ) -> Result<(String, String)> {
+        let older = self.uname()?;
+        ensure!(
+            older != newer,
+            "slot {slot} already runs {newer}: its image should have the point release's kernel"
+        );
+        self.vm.ssh_ok(&apt_repo::use_only(url))?;
+        let out = self
+            .vm
+            .ssh_ok(&format!("{APT} install linux-image-amd64 2>&1{and_then}"))?;
+        let kernel = self.kernel_of(slot)?;
+        ensure!(
+            kernel.contains(newer),
+            "after installing {newer}, status should name it for slot {slot}, names {kernel}"
+        );
+        Ok((older, out))
+    }
+
+    /// Reboots into `slot` (the newest kernel must run), purges the kernel `older`, and
+    /// reboots again: `status` and the next boot still name `newer`.
+    fn boots_newer_after_purge(&mut self, slot: &str, older: &str, newer: &str) -> Result<()> {
+        self.rebooting("systemctl reboot")?;
+        self.boot_expect(slot)?;
+        let now = self.uname()?;
+        ensure!(now == newer, "slot {slot} should boot {newer}, runs {now}");
+        step(&format!("slot {slot} boots {now} through abupdate's menu"));
+        self.vm
+            .ssh_ok(&format!("{APT} purge linux-image-{older} 2>&1"))?;
+        ensure!(
+            self.vm.ssh(&format!("test -e /boot/vmlinuz-{older}"))?.code != 0,
+            "the purged kernel's /boot/vmlinuz-{older} is still there"
+        );
+        let kernel = self.kernel_of(slot)?;
+        ensure!(
+            kernel.contains(newer),
+            "after purging {older}, status should still name {newer} for slot {slot}, names {kernel}"
+        );
+        self.rebooting("systemctl reboot")?;
+        self.boot_expect(slot)?;
+        let now = self.uname()?;
+        ensure!(
+            now == newer,
+            "after the purge slot {slot} should boot {newer}, runs {now}"
+        );
+        step(&format!("{older} purged; slot {slot} still boots {now}"));
+        Ok(())
     }
 }
 
 fn run(cx: &mut Ctx<'_>) -> Result<()> {
-    let newer = newer_release(&cx.env.run_dir)?;
+    let run_dir = cx.env.run_dir.clone();
+    let newer = newer_release(&repo_dir(&run_dir))?;
+    let newer_b = newer_release(&repo_b_dir(&run_dir))?;
     let m = &mut *cx.m;
-    let older = m.uname()?;
-    ensure!(
-        older != newer,
-        "slot A already runs {newer}: the image should have the point release's kernel"
-    );
     let code = m.vm.ssh_ok(BOOT_CODE_SUM)?;
     let debconf = m.vm.ssh_ok("debconf-show grub-pc | grep install_devices")?;
     step(&format!(
-        "slot A runs {older}; grub-pc's debconf after init: {}",
+        "grub-pc's debconf after init: {}",
         debconf.trim().replace('\n', "; ")
     ));
 
     // 1. What a security update does: a new kernel, and the GRUB packages' postinst.
-    m.vm.ssh_ok(&apt_repo::use_only(REPO_URL))?;
-    let out = m.vm.ssh_ok(&format!(
-        "{APT} install linux-image-amd64 2>&1 && {APT} install --reinstall grub-pc grub-pc-bin grub2-common grub-common 2>&1"
-    ))?;
+    let (older, out) = m.install_newer_kernel(
+        "a",
+        REPO_URL,
+        &newer,
+        &format!(" && {APT} install --reinstall grub-pc grub-pc-bin grub2-common grub-common 2>&1"),
+    )?;
     ensure!(
         !out.contains("grub-install success"),
         "grub-pc's postinst installed GRUB on a disk:\n{out}"
@@ -223,44 +333,16 @@ fn run(cx: &mut Ctx<'_>) -> Result<()> {
         after == code,
         "the boot code changed when the packages were installed:\nbefore {code}\nafter  {after}\n{out}"
     );
-    let kernel = m.kernel_of_a()?;
-    ensure!(
-        kernel.contains(&newer),
-        "after installing {newer}, status should name it for slot a, names {kernel}"
-    );
     step(&format!(
-        "kernel {newer} installed and grub-pc reinstalled: boot code unchanged, status: slot a loads {kernel}"
+        "slot A ran {older}; kernel {newer} installed and grub-pc reinstalled: boot code unchanged, status names {newer} for slot a"
     ));
 
-    // 2. The next boot goes through abupdate's grub.cfg (the marker) and runs the new kernel.
-    m.rebooting("systemctl reboot")?;
-    m.boot_expect("a")?;
-    let now = m.uname()?;
-    ensure!(now == newer, "slot A should boot {newer}, runs {now}");
-    step(&format!("slot A boots {now} through abupdate's menu"));
-
-    // 3. The old kernel purged: the entry follows, the next boot still runs the new one.
-    m.vm.ssh_ok(&format!("{APT} purge linux-image-{older} 2>&1"))?;
-    ensure!(
-        m.vm.ssh(&format!("test -e /boot/vmlinuz-{older}"))?.code != 0,
-        "the purged kernel's /boot/vmlinuz-{older} is still there"
-    );
-    let kernel = m.kernel_of_a()?;
-    ensure!(
-        kernel.contains(&newer),
-        "after purging {older}, status should still name {newer}, names {kernel}"
-    );
-    m.rebooting("systemctl reboot")?;
-    m.boot_expect("a")?;
-    let now = m.uname()?;
-    ensure!(
-        now == newer,
-        "after the purge slot A should boot {newer}, runs {now}"
-    );
-    step(&format!("{older} purged; slot A still boots {now}"));
+    // 2. The next boot goes through abupdate's grub.cfg (the marker) and runs the new kernel;
+    // 3. the old kernel purged, the entry follows, the next boot still runs the new one.
+    m.boots_newer_after_purge("a", &older, &newer)?;
 
     // 4. A slot GRUB cannot read is refused; the chain still switches to one it can.
-    switch_refuses_unreadable_slot(m, &cx.env.run_dir)?;
+    switch_refuses_unreadable_slot(m, &run_dir)?;
     m.ensure_staged(TRIXIE_URL, &cx.env.imgs.trixie_sha256)?;
     m.timed_switch()?;
     let st = m.status()?;
@@ -270,5 +352,13 @@ fn run(cx: &mut Ctx<'_>) -> Result<()> {
         st.summary()
     );
     step("switch after the package changes: B boots on trial");
-    Ok(())
+
+    // 5. The same kernel update in the committed Debian 13 slot B, through the kernel hook
+    // that stage installed there.
+    m.abupdate("commit")?;
+    let (older_b, _) = m.install_newer_kernel("b", REPO_B_URL, &newer_b, "")?;
+    step(&format!(
+        "slot B ran {older_b}; kernel {newer_b} installed from {NEWER_SUITE_B}: status names it for slot b"
+    ));
+    m.boots_newer_after_purge("b", &older_b, &newer_b)
 }
