@@ -105,11 +105,12 @@ fn run(env: &mut Env) -> Result<()> {
             sha256,
         });
     }
+    let powered = Instant::now();
     for h in &hosts {
         h.bmc.power_on()?;
     }
     for h in &hosts {
-        let took = h.bmc.ssh.wait_answer(BOOT_TIMEOUT).with_context(|| {
+        h.bmc.ssh.wait_answer(BOOT_TIMEOUT).with_context(|| {
             format!(
                 "{} after `chassis power on` (serial {})",
                 h.bmc.name(),
@@ -123,8 +124,9 @@ fn run(env: &mut Env) -> Result<()> {
             h.bmc.serial_path(1).display()
         );
         step(&format!(
-            "{}: powered on through its BMC, slot A answers ssh after {took:.1?}",
-            h.bmc.name()
+            "{}: powered on through its BMC, slot A answers ssh {:.1?} after the power-on",
+            h.bmc.name(),
+            powered.elapsed()
         ));
     }
     let host2 = &hosts[1];
