@@ -17,71 +17,91 @@ use anyhow::{bail, Context, Result};
 use crate::disk::Firmware;
 use crate::util;
 
+/// A list of what the signal thread must stop when xtask is interrupted, shared by every
+/// thread (Drop guards do not run on a signal).
+struct Tracked<T>(Mutex<Vec<T>>);
+
+impl<T: Clone + PartialEq> Tracked<T> {
+    const fn new() -> Self {
+        Tracked(Mutex::new(Vec::new()))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<T>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn add(&self, item: T) {
+        self.lock().push(item);
+    }
+
+    fn remove(&self, item: &T) {
+        self.lock().retain(|x| x != item);
+    }
+
+    fn snapshot(&self) -> Vec<T> {
+        self.lock().clone()
+    }
+}
+
 /// QEMU processes (and simulated BMCs) alive now, killed by the signal thread when xtask is
 /// interrupted.
-static LIVE_QEMU: Mutex<Vec<u32>> = Mutex::new(Vec::new());
-
-fn live_qemu() -> std::sync::MutexGuard<'static, Vec<u32>> {
-    LIVE_QEMU.lock().unwrap_or_else(|e| e.into_inner())
-}
+static LIVE_QEMU: Tracked<u32> = Tracked::new();
 
 /// Pid files of processes xtask did not start itself (a simulated BMC's chassis and its
 /// QEMU), killed like [`LIVE_QEMU`] when xtask is interrupted.
-static LIVE_PIDFILES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+static LIVE_PIDFILES: Tracked<PathBuf> = Tracked::new();
 
-fn live_pidfiles() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
-    LIVE_PIDFILES.lock().unwrap_or_else(|e| e.into_inner())
-}
+/// Child xtask processes alive now (parallel lanes), sent SIGTERM when xtask is interrupted
+/// so that each kills its own QEMU processes.
+static LIVE_LANES: Tracked<u32> = Tracked::new();
 
 /// Records a process (besides QEMU) to be killed if xtask is interrupted.
 pub fn track_process(pid: u32) {
-    live_qemu().push(pid);
+    LIVE_QEMU.add(pid);
 }
 
 /// Forgets a process recorded by [`track_process`].
 pub fn untrack_process(pid: u32) {
-    live_qemu().retain(|p| *p != pid);
+    LIVE_QEMU.remove(&pid);
 }
 
 /// Records a pid file whose process is to be killed if xtask is interrupted.
 pub fn track_pidfile(path: &Path) {
-    live_pidfiles().push(path.to_path_buf());
+    LIVE_PIDFILES.add(path.to_path_buf());
 }
 
 /// Forgets a pid file recorded by [`track_pidfile`].
 pub fn untrack_pidfile(path: &Path) {
-    live_pidfiles().retain(|p| p != path);
-}
-
-/// SIGKILLs the process whose pid `path` holds, if any.
-pub fn kill_pidfile(path: &Path) {
-    let pid = std::fs::read_to_string(path)
-        .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok());
-    if let Some(pid) = pid.filter(|p| *p > 1) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-}
-
-/// Child xtask processes alive now (parallel lanes), sent SIGTERM when xtask is interrupted
-/// so that each kills its own QEMU processes.
-static LIVE_LANES: Mutex<Vec<u32>> = Mutex::new(Vec::new());
-
-fn live_lanes() -> std::sync::MutexGuard<'static, Vec<u32>> {
-    LIVE_LANES.lock().unwrap_or_else(|e| e.into_inner())
+    LIVE_PIDFILES.remove(&path.to_path_buf());
 }
 
 /// Records a child xtask process to be terminated if this one is interrupted.
 pub fn track_lane(pid: u32) {
-    live_lanes().push(pid);
+    LIVE_LANES.add(pid);
 }
 
 /// Forgets a child xtask process that has exited.
 pub fn untrack_lane(pid: u32) {
-    live_lanes().retain(|p| *p != pid);
+    LIVE_LANES.remove(&pid);
+}
+
+/// Sends `sig` to process `pid`, if it is a valid pid (errors ignored: it may be gone).
+fn signal(pid: impl TryInto<i32>, sig: nix::sys::signal::Signal) {
+    if let Ok(pid) = pid.try_into() {
+        if pid > 1 {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+        }
+    }
+}
+
+/// SIGKILLs the process whose pid `path` holds, if any.
+pub fn kill_pidfile(path: &Path) {
+    if let Some(pid) = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+    {
+        signal(pid, nix::sys::signal::Signal::SIGKILL);
+    }
 }
 
 /// Blocks SIGINT/SIGTERM/SIGHUP in every thread and handles them in one thread that
@@ -96,22 +116,16 @@ pub fn install_signal_cleanup() -> Result<()> {
     set.thread_block().context("block termination signals")?;
     std::thread::spawn(move || {
         if let Ok(sig) = set.wait() {
-            for pid in live_lanes().clone() {
-                if let Ok(pid) = i32::try_from(pid) {
-                    let _ =
-                        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM);
-                }
+            for pid in LIVE_LANES.snapshot() {
+                signal(pid, Signal::SIGTERM);
             }
-            let pids: Vec<u32> = live_qemu().clone();
+            let pids = LIVE_QEMU.snapshot();
             eprintln!("xtask: {sig:?}: killing QEMU {pids:?} and exiting");
             for pid in pids {
-                if let Ok(pid) = i32::try_from(pid) {
-                    let _ =
-                        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
-                }
+                signal(pid, Signal::SIGKILL);
             }
             // After the BMCs: a chassis killed first would be started again.
-            for path in live_pidfiles().clone() {
+            for path in LIVE_PIDFILES.snapshot() {
                 kill_pidfile(&path);
             }
             std::process::exit(130);
@@ -336,7 +350,7 @@ impl Vm {
             .stderr(err)
             .spawn()
             .context("vm: start qemu-system-x86_64")?;
-        live_qemu().push(child.id());
+        LIVE_QEMU.add(child.id());
         self.child = Some(child);
         Ok(())
     }
@@ -376,7 +390,7 @@ impl Vm {
     /// Drops the (exited) child and its registration.
     fn forget(&mut self) {
         if let Some(c) = self.child.take() {
-            live_qemu().retain(|p| *p != c.id());
+            LIVE_QEMU.remove(&c.id());
         }
     }
 
@@ -434,10 +448,8 @@ impl Vm {
                     self.serial_path().display()
                 );
             }
-            if let Ok(o) = self.target.ssh_with_timeout("true", 5) {
-                if o.code == 0 {
-                    return Ok(start.elapsed());
-                }
+            if self.target.answers() {
+                return Ok(start.elapsed());
             }
             if start.elapsed() >= timeout {
                 bail!(
@@ -456,10 +468,8 @@ impl Vm {
             if !self.running() {
                 return Ok(false);
             }
-            if let Ok(o) = self.target.ssh_with_timeout("true", 5) {
-                if o.code == 0 {
-                    return Ok(true);
-                }
+            if self.target.answers() {
+                return Ok(true);
             }
             if start.elapsed() >= timeout {
                 bail!(
@@ -514,12 +524,17 @@ impl SshTarget {
         self.port
     }
 
+    /// Whether sshd answers a command now (connect timeout 5 s).
+    pub fn answers(&self) -> bool {
+        self.ssh_with_timeout("true", 5).is_ok_and(|o| o.code == 0)
+    }
+
     /// Waits until sshd answers a command, or `timeout` passes.
-    pub fn wait_answer(&self, timeout: Duration) -> Result<Duration> {
+    pub fn wait_answer(&self, timeout: Duration) -> Result<()> {
         let start = Instant::now();
         loop {
-            if self.ssh_with_timeout("true", 5).is_ok_and(|o| o.code == 0) {
-                return Ok(start.elapsed());
+            if self.answers() {
+                return Ok(());
             }
             if start.elapsed() >= timeout {
                 bail!(
@@ -558,7 +573,7 @@ impl SshTarget {
     }
 
     /// Runs `cmd` in the guest with an ssh connect timeout of `connect_timeout` seconds.
-    pub fn ssh_with_timeout(&self, cmd: &str, connect_timeout: u32) -> Result<SshOutput> {
+    fn ssh_with_timeout(&self, cmd: &str, connect_timeout: u32) -> Result<SshOutput> {
         let out = self
             .ssh_command(connect_timeout)
             .arg(cmd)
