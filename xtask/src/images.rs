@@ -266,31 +266,25 @@ const HOOK_INSTALLER_GRUB: &[&str] = &[
     "echo '# written by update-grub when the system was installed' > \"$1\"/boot/grub/grub.cfg",
 ];
 
-/// Debian 12's packages: [`PACKAGES`] with the kernel of the point release (suite
-/// `bookworm`, not `bookworm-security`), so that scenario p has a newer kernel package to
-/// install, and `grub-pc` (see [`HOOK_INSTALLER_GRUB`]).
-fn old_packages() -> Vec<String> {
-    let mut v: Vec<String> = PACKAGES
-        .iter()
-        .map(|p| match *p {
-            "linux-image-amd64" => format!("{p}/bookworm"),
-            p => p.to_string(),
-        })
-        .collect();
-    v.push("grub-pc".into());
-    v
-}
-
-/// Debian 13's packages: [`PACKAGES`] with the kernel of the point release (suite `trixie`,
-/// not `trixie-security`), so that scenario p has a newer kernel to install in slot B too.
-fn new_packages() -> Vec<String> {
+/// [`PACKAGES`] with the kernel of `suite`'s point release (`linux-image-amd64/<suite>`,
+/// not the security suite's), so that scenario p has a newer kernel package to install in
+/// each slot.
+fn packages_with_point_release_kernel(suite: &str) -> Vec<String> {
     PACKAGES
         .iter()
         .map(|p| match *p {
-            "linux-image-amd64" => format!("{p}/trixie"),
+            "linux-image-amd64" => format!("{p}/{suite}"),
             p => p.to_string(),
         })
         .collect()
+}
+
+/// Debian 12's packages: the point release's kernel, and `grub-pc` (see
+/// [`HOOK_INSTALLER_GRUB`]).
+fn old_packages() -> Vec<String> {
+    let mut v = packages_with_point_release_kernel("bookworm");
+    v.push("grub-pc".into());
+    v
 }
 
 const HOOK_OLD: &[&str] = &["chroot \"$1\" systemctl enable systemd-networkd.service"];
@@ -538,7 +532,7 @@ fn recipes(ssh: &SshKey) -> Result<(Recipe, Recipe)> {
     new_hooks.push(HOOK_UPDATE_DONE.to_string());
     let new = Recipe {
         suite: "trixie",
-        packages: new_packages(),
+        packages: packages_with_point_release_kernel("trixie"),
         sources: host_sources("trixie")?,
         early: early_files(),
         late: late_files(),

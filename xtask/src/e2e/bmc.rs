@@ -152,6 +152,16 @@ impl Bmc {
         &self.name
     }
 
+    /// Its directory (configuration, serial, chassis and QEMU logs).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The BMC user's password.
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+
     /// The UDP port of its IPMI-over-LAN interface on 127.0.0.1.
     pub fn lan_port(&self) -> u16 {
         self.lan_port
@@ -276,7 +286,7 @@ impl Sol {
 
     /// Ends the session: `~.` (ipmitool's escape to leave), then `sol deactivate` on the
     /// BMC so that the next session can start.
-    pub fn close(mut self, bmc: &Bmc) -> Result<String> {
+    pub fn close(mut self, bmc: &Bmc) -> String {
         if let Some(mut stdin) = self.stdin.take() {
             let _ = stdin.write_all(b"\r~.");
         }
@@ -287,7 +297,7 @@ impl Sol {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = bmc.ipmitool(&["sol", "deactivate"]);
-        Ok(self.text())
+        self.text()
     }
 }
 

@@ -10,7 +10,7 @@
 //! host1 changes nothing. A serial-over-LAN session on host2's BMC, open throughout, shows
 //! GRUB's trial boots and the return to A.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -62,8 +62,6 @@ fn hang_image(prep: &Prep<'_>) -> Result<Vec<Served>> {
 /// One host of the fleet that runs: its BMC (with its VM) and its release.
 struct Host {
     bmc: Bmc,
-    dir: PathBuf,
-    password: String,
     image: &'static str,
     sha256: String,
 }
@@ -97,13 +95,7 @@ fn run(env: &mut Env) -> Result<()> {
             "{name}: BMC up (ipmi_sim, IPMI over LAN on 127.0.0.1:{}/udp), chassis off",
             bmc.lan_port()
         ));
-        hosts.push(Host {
-            bmc,
-            dir,
-            password,
-            image,
-            sha256,
-        });
+        hosts.push(Host { bmc, image, sha256 });
     }
     let powered = Instant::now();
     for h in &hosts {
@@ -132,7 +124,7 @@ fn run(env: &mut Env) -> Result<()> {
     let host2 = &hosts[1];
     let sol = host2
         .bmc
-        .sol_activate(&host2.dir.join("sol.log"))
+        .sol_activate(&host2.bmc.dir().join("sol.log"))
         .context("open host2's serial-over-LAN session")?;
     step("host2: `ipmitool sol activate` open for the whole rollout");
 
@@ -216,10 +208,10 @@ fn run(env: &mut Env) -> Result<()> {
     ensure!(
         kinds == want,
         "host2's boots (serial logs in {}): {kinds:?}, expected {want:?}",
-        host2.dir.display()
+        host2.bmc.dir().display()
     );
     // Every power-on of the chassis but the first was one of the playbook's power cycles.
-    let cycles = vm::read_text(&host2.dir.join("chassis.log"))
+    let cycles = vm::read_text(&host2.bmc.dir().join("chassis.log"))
         .matches("chassis: power on")
         .count()
         .saturating_sub(1);
@@ -231,7 +223,7 @@ fn run(env: &mut Env) -> Result<()> {
         "host2: boots {kinds:?}; {cycles} power cycles through IPMI"
     ));
 
-    let sol_text = sol.close(&host2.bmc)?;
+    let sol_text = sol.close(&host2.bmc);
     for needle in [
         format!("{GRUB_MARKER} b (trial"),
         "xtask: init hangs".to_string(),
@@ -240,7 +232,7 @@ fn run(env: &mut Env) -> Result<()> {
         ensure!(
             sol_text.contains(&needle),
             "host2's serial-over-LAN session should show {needle:?} ({})",
-            host2.dir.join("sol.log").display()
+            host2.bmc.dir().join("sol.log").display()
         );
     }
     step("host2 over `ipmitool sol activate`: GRUB's trial boots of b, the hung init, GRUB booting a");
@@ -278,7 +270,7 @@ fn run(env: &mut Env) -> Result<()> {
         t0.elapsed()
     ));
     for h in hosts {
-        let disk = h.dir.join("disk.qcow2");
+        let disk = h.bmc.dir().join("disk.qcow2");
         drop(h.bmc);
         std::fs::remove_file(&disk).with_context(|| format!("remove {}", disk.display()))?;
     }
@@ -295,7 +287,7 @@ fn write_inventory(env: &Env, hosts: &[Host], path: &Path) -> Result<()> {
             json!({
                 "ansible_port": h.bmc.ssh.port(),
                 "abupdate_bmc_port": h.bmc.lan_port(),
-                "abupdate_bmc_password": h.password,
+                "abupdate_bmc_password": h.bmc.password(),
                 "abupdate_image": format!("http://10.0.2.100{}", h.image),
                 "abupdate_sha256": h.sha256,
             }),
