@@ -124,6 +124,8 @@ const ESP_VOLUME_ID: &str = "5e1f00e1";
 const ESP_MIB: u64 = 32;
 /// The file on the data partition whose checksum must never change.
 pub const DATA_FILE: &str = "/data/testdata.bin";
+/// systemd's mount unit for the data partition (`systemd-escape -p --suffix=mount /data`).
+pub const DATA_MOUNT_UNIT: &str = "data.mount";
 /// Content of `/etc/app.conf`, an application config the manifest carries to the new slot.
 pub const APP_CONF: &str = "# application config carried across upgrades by abupdate's manifest\nlisten = 0.0.0.0:8080\nsecret = xtask-3f9a\n";
 /// Where slot A's abupdate reads its configuration.

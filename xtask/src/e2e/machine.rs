@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::scenario::MachineSpec;
 use super::{GRUB_TIMEOUT, STAGE_TIMEOUT, TRIES};
-use crate::disk::{DiskInfo, DATA_FILE};
+use crate::disk::{DiskInfo, DATA_FILE, DATA_MOUNT_UNIT};
 use crate::vm::{self, SshTarget, Vm, BOOT_TIMEOUT};
 
 /// How long the daemon may take to commit or roll back after ssh answers in B.
@@ -309,8 +309,13 @@ impl Machine {
             .to_string())
     }
 
+    /// The data file's sha256, once its partition is mounted: the slots mount it `nofail`,
+    /// so ssh can answer before the mount (a fsck after a power cut on a slow machine), and
+    /// `systemctl start` waits for that boot's mount job or says why it failed.
     fn data_sha256(&self) -> Result<String> {
-        let out = self.vm.ssh_ok(&format!("sha256sum {DATA_FILE}"))?;
+        let out = self.vm.ssh_ok(&format!(
+            "systemctl start {DATA_MOUNT_UNIT} && sha256sum {DATA_FILE}"
+        ))?;
         Ok(out.split_whitespace().next().unwrap_or("").to_string())
     }
 
