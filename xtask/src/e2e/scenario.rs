@@ -76,8 +76,9 @@ pub struct Scenario {
     pub machine: MachineSpec,
     /// Whether it continues on a shared machine.
     pub start: Start,
-    /// About how long it runs on the reference machine (2 cores, TCG), in seconds; used
-    /// only to spread the scenarios over parallel lanes evenly.
+    /// About how long it runs on the reference machine (2 cores, TCG, beside the other
+    /// lane), in seconds, as the last full run measured it; used only to spread the
+    /// scenarios over parallel lanes evenly.
     pub secs: u32,
     /// Extra files it needs served over HTTP (built once per run, when it is selected);
     /// the Debian 13 image and its broken variant are always served.

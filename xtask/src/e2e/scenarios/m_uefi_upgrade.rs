@@ -22,7 +22,7 @@ pub const SCENARIO: Scenario = Scenario {
         watchdog: false,
     },
     start: Start::Fresh,
-    secs: 308,
+    secs: 355,
     serves: None,
     run: Run::OnMachine(run),
 };
