@@ -32,7 +32,7 @@ pub const SCENARIO: Scenario = Scenario {
     about: "Ansible upgrades a fleet in batches; a hung host comes back through its BMC and stops the rollout",
     machine: MachineSpec::DAEMON,
     start: Start::Fresh,
-    secs: 950,
+    secs: 1145,
     serves: Some(hang_image),
     run: Run::Own(run),
 };
@@ -310,7 +310,7 @@ fn write_inventory(env: &Env, hosts: &[Host], path: &Path) -> Result<()> {
                 "ansible_host": "127.0.0.1",
                 "ansible_user": "root",
                 "ansible_ssh_private_key_file": env.imgs.ssh.private,
-                "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ServerAliveInterval=5 -o ServerAliveCountMax=3",
+                "ansible_ssh_common_args": format!("-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ServerAliveInterval=5 -o ServerAliveCountMax=3 -o {}", vm::SSH_KEX),
                 "ansible_python_interpreter": "/usr/bin/python3",
                 "abupdate_bmc_address": "127.0.0.1",
                 "abupdate_bmc_user": BMC_USER,
