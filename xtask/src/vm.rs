@@ -5,7 +5,8 @@
 //! every failure path leaves no process behind.
 
 use std::io::Read;
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
@@ -155,6 +156,14 @@ pub const BOOT_TIMEOUT: Duration = Duration::from_secs(480);
 /// per connection; the guests are reached only through 127.0.0.1, so plain X25519 loses
 /// nothing.
 pub const SSH_KEX: &str = "KexAlgorithms=curve25519-sha256";
+
+/// The sockets of the harness's ssh connection masters (`%C`: one per guest port). A new
+/// connection (key exchange, authentication and, on Debian 13, two more processes in the
+/// guest) cost a one-vCPU TCG guest 1.1–1.4 s, and a scenario runs dozens of commands per
+/// boot; over one shared connection each command costs a new session only. The master ends
+/// with its connection: when the guest shuts down its sshd or QEMU exits, so a new boot gets
+/// a new one.
+const SSH_CONTROL_DIR: &str = "/tmp/abupdate-xtask-ssh";
 
 /// What an ssh command returned.
 #[derive(Debug, Clone)]
@@ -309,7 +318,7 @@ impl Vm {
             firmware,
             vars,
             log_dir: log_dir.to_path_buf(),
-            target: SshTarget::new(key, free_port()?),
+            target: SshTarget::new(key, free_port()?)?,
             http_port,
             boot: 0,
             child: None,
@@ -521,11 +530,16 @@ pub struct SshTarget {
 
 impl SshTarget {
     /// The guest whose port 22 is forwarded from 127.0.0.1:`port`, logged into with `key`.
-    pub fn new(key: &Path, port: u16) -> SshTarget {
-        SshTarget {
+    pub fn new(key: &Path, port: u16) -> Result<SshTarget> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(SSH_CONTROL_DIR)
+            .with_context(|| format!("ssh: create {SSH_CONTROL_DIR}"))?;
+        Ok(SshTarget {
             key: key.to_path_buf(),
             port,
-        }
+        })
     }
 
     /// The forwarded port.
@@ -533,9 +547,25 @@ impl SshTarget {
         self.port
     }
 
-    /// Whether sshd answers a command now (connect timeout 5 s).
+    /// Whether sshd answers a command now. Its banner is read first (a second at most): while
+    /// the guest boots, QEMU's port forward accepts the connection and the guest never
+    /// answers, which a whole ssh attempt would wait out; once the banner is there, the
+    /// command gets the full connect timeout (a key exchange with a busy TCG guest can take
+    /// seconds).
     pub fn answers(&self) -> bool {
-        self.ssh_with_timeout("true", 5).is_ok_and(|o| o.code == 0)
+        self.banner() && self.ssh("true").is_ok_and(|o| o.code == 0)
+    }
+
+    /// Whether an ssh server's banner (`SSH-`) arrives on the port within a second.
+    fn banner(&self) -> bool {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
+        let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+            return false;
+        };
+        let mut head = [0u8; 4];
+        s.set_read_timeout(Some(Duration::from_secs(1)))
+            .is_ok_and(|()| s.read_exact(&mut head).is_ok())
+            && &head == b"SSH-"
     }
 
     /// Waits until sshd answers a command, or `timeout` passes.
@@ -555,7 +585,7 @@ impl SshTarget {
         }
     }
 
-    fn ssh_command(&self, connect_timeout: u32) -> Command {
+    fn ssh_command(&self) -> Command {
         let mut c = Command::new("ssh");
         c.arg("-i")
             .arg(&self.key)
@@ -574,18 +604,21 @@ impl SshTarget {
                 "-o",
                 "IdentitiesOnly=yes",
             ])
-            .arg("-o")
-            .arg(format!("ConnectTimeout={connect_timeout}"))
+            .args(["-o", "ConnectTimeout=20"])
             .args(["-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=6"])
             .args(["-o", SSH_KEX])
+            // One connection per guest boot, shared by its commands (see SSH_CONTROL_DIR).
+            .args(["-o", "ControlMaster=auto", "-o", "ControlPersist=60"])
+            .arg("-o")
+            .arg(format!("ControlPath={SSH_CONTROL_DIR}/%C"))
             .arg("root@127.0.0.1");
         c
     }
 
-    /// Runs `cmd` in the guest with an ssh connect timeout of `connect_timeout` seconds.
-    fn ssh_with_timeout(&self, cmd: &str, connect_timeout: u32) -> Result<SshOutput> {
+    /// Runs a shell command in the guest; any exit code is returned.
+    pub fn ssh(&self, cmd: &str) -> Result<SshOutput> {
         let out = self
-            .ssh_command(connect_timeout)
+            .ssh_command()
             .arg(cmd)
             .stdin(Stdio::null())
             .output()
@@ -595,11 +628,6 @@ impl SshTarget {
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         })
-    }
-
-    /// Runs a shell command in the guest; any exit code is returned.
-    pub fn ssh(&self, cmd: &str) -> Result<SshOutput> {
-        self.ssh_with_timeout(cmd, 20)
     }
 
     /// Runs a shell command in the guest; a non-zero exit is an error with its output.
@@ -625,7 +653,7 @@ impl SshTarget {
         use std::io::Write as _;
         let cmd = format!("cat > '{path}'");
         let mut child = self
-            .ssh_command(20)
+            .ssh_command()
             .arg(&cmd)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -654,7 +682,7 @@ impl SshTarget {
     /// Starts a guest command in the background, its output appended to `log`.
     pub fn ssh_spawn(&self, cmd: &str, log: &Path) -> Result<Child> {
         let (out, err) = util::log_stdio(log)?;
-        self.ssh_command(20)
+        self.ssh_command()
             .arg(cmd)
             .stdin(Stdio::null())
             .stdout(out)

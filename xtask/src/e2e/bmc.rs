@@ -88,7 +88,7 @@ impl Bmc {
         std::fs::create_dir_all(h.dir).with_context(|| format!("create {}", h.dir.display()))?;
         let lan_port = free_udp_port()?;
         let vm_if_port = vm::free_port()?;
-        let ssh = SshTarget::new(h.key, vm::free_port()?);
+        let ssh = SshTarget::new(h.key, vm::free_port()?)?;
         let relay = SolRelay::start()?;
         let chassis = h.dir.join("chassis.sh");
         write_exec(
