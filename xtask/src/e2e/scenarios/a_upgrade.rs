@@ -14,7 +14,7 @@ pub const SCENARIO: Scenario = Scenario {
     about: "stage Debian 13 over HTTP, switch, boot B on trial, commit; ends committed in B",
     machine: MachineSpec::PLAIN,
     start: Start::InA,
-    secs: 220,
+    secs: 140,
     serves: None,
     run: Run::OnMachine(upgrade),
 };

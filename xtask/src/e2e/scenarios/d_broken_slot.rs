@@ -16,7 +16,7 @@ pub const SCENARIO: Scenario = Scenario {
     about: "a slot whose init dies panics on each trial boot; GRUB returns to A by itself",
     machine: MachineSpec::PLAIN,
     start: Start::InA,
-    secs: 190,
+    secs: 115,
     serves: None,
     run: Run::OnMachine(run),
 };

@@ -23,7 +23,7 @@ pub const SCENARIO: Scenario = Scenario {
         watchdog: true,
     },
     start: Start::Fresh,
-    secs: 345,
+    secs: 170,
     serves: Some(hang_image),
     run: Run::OnMachine(run),
 };

@@ -22,7 +22,7 @@ pub const SCENARIO: Scenario = Scenario {
         watchdog: false,
     },
     start: Start::Fresh,
-    secs: 355,
+    secs: 175,
     serves: None,
     run: Run::OnMachine(run),
 };
