@@ -2,8 +2,9 @@
 //! boot chain `abupdate init` installed itself (an unsigned GRUB image as
 //! `\EFI\BOOT\BOOTX64.EFI` on the ESP, GRUB's modules on the boot partition): A boots, the
 //! Debian 13 image is staged (with the guard that keeps B's GRUB packages off the ESP and
-//! the kernel hooks), switch boots B on trial, commit, rollback boots A. Three boots and one
-//! stage on a machine of its own.
+//! the kernel hooks), switch boots B on trial, commit, a plain reboot of B (the downtime's
+//! baseline: `switch` → ssh in B against a plain UEFI reboot of the same system), rollback
+//! boots A. Four boots and one stage on a machine of its own.
 
 use anyhow::{ensure, Result};
 
@@ -16,13 +17,13 @@ use crate::e2e::TRIXIE_URL;
 pub const SCENARIO: Scenario = Scenario {
     id: "m",
     name: "uefi-upgrade",
-    about: "UEFI (OVMF), chain installed by abupdate init: stage Debian 13, switch, boot B, commit, rollback boots A",
+    about: "UEFI (OVMF), chain installed by abupdate init: stage Debian 13, switch, commit, plain reboot of B, rollback boots A",
     machine: MachineSpec {
         disk: DiskKind::UEFI,
         watchdog: false,
     },
     start: Start::Fresh,
-    secs: 175,
+    secs: 240,
     serves: None,
     run: Run::OnMachine(run),
 };
@@ -92,12 +93,16 @@ fn run(cx: &mut Ctx<'_>) -> Result<()> {
         st.summary()
     );
 
+    let reboot_b = m.reboot_time("b")?;
+    assert_uefi(m)?;
+    step(&format!(
+        "UEFI downtime: switch → ssh in B {switch:.1?}, plain reboot in B → ssh {reboot_b:.1?}, \
+         ratio {:.2}",
+        switch.as_secs_f64() / reboot_b.as_secs_f64()
+    ));
+
     m.rollback_to_a()?;
     assert_uefi(m)?;
-    ensure!(m.vm.boots() == 3, "expected 3 boots, saw {}", m.vm.boots());
-    step(&format!(
-        "UEFI: switch → ssh in B {switch:.1?}, {} boots",
-        m.vm.boots()
-    ));
+    ensure!(m.vm.boots() == 4, "expected 4 boots, saw {}", m.vm.boots());
     m.assert_data_intact()
 }
