@@ -240,17 +240,16 @@ mod tests {
     fn the_best_split_beats_longest_first_where_that_one_is_uneven() {
         // Longest first puts 3+2+2 on one lane (7); 3+3 against 2+2+2 is 6 each.
         let costs = [3, 3, 2, 2, 2];
+        let loads = |assignment: &[usize]| {
+            let mut load = [0; 2];
+            for (c, &l) in costs.iter().zip(assignment) {
+                load[l] += c;
+            }
+            load
+        };
         let best = best_assignment(&costs, 2).expect("32 assignments");
-        let mut load = [0; 2];
-        for (c, l) in costs.iter().zip(&best) {
-            load[*l] += c;
-        }
-        assert_eq!(load, [6, 6]);
-        let mut greedy_load = [0; 2];
-        for (c, l) in costs.iter().zip(greedy(&costs, 2)) {
-            greedy_load[l] += c;
-        }
-        assert_eq!(greedy_load.iter().max(), Some(&7));
+        assert_eq!(loads(&best), [6, 6]);
+        assert_eq!(loads(&greedy(&costs, 2)).iter().max(), Some(&7));
         let g = greedy(&[8, 7, 4, 3], 2);
         assert_eq!(g, [0, 1, 1, 0]);
         // Too many assignments to try: the caller falls back to longest first.
