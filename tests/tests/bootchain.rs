@@ -236,6 +236,19 @@ impl BootDisk {
         Output::of(self.command(None).args(args))
     }
 
+    /// Runs `args` as if slot `booted` were the booted one.
+    fn run_as<I, S>(&self, booted: &str, args: I) -> Result<Output>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        Output::of(
+            self.command(None)
+                .env("ABUPDATE_ASSUME_BOOTED", booted)
+                .args(args),
+        )
+    }
+
     fn command(&self, failpoint: Option<&str>) -> Command {
         let mut c = Command::new(abupdate_bin());
         c.env("ABUPDATE_ASSUME_BOOTED", "a")
@@ -820,6 +833,38 @@ fn verify_fails_on_a_missing_initrd_and_boot_code_pointing_elsewhere() -> Result
     // switch proves the slot it boots next (not the chain, which only init changes): the
     // slot is readable, so the switch goes ahead.
     disk.run(["init", "--chain-only"])?.assert_ok();
+    disk.run(["switch", "--no-reboot"])?.assert_ok();
+    let records = disk.records()?;
+    assert_eq!(records["grubenv"]["ab_trial"], "b", "{records:#}");
+    Ok(())
+}
+
+/// A slot grub.cfg lists (committed, then rolled back from) is staged again: stage gives
+/// its entry the new filesystem, so `verify` and the next `switch` accept it.
+#[test]
+fn restaging_a_slot_grub_cfg_lists_renders_its_new_entry() -> Result<()> {
+    let _s = serial();
+    let disk = BootDisk::new("unsigned")?;
+    disk.run(["init", "--slot", "a"])?.assert_ok();
+    let (image, sum) = slot_image(disk.dir.path(), "b.img", None, false)?;
+    disk.run(stage_args(&image, &sum))?.assert_ok();
+    disk.run(["switch", "--no-reboot"])?.assert_ok();
+    disk.run_as("b", ["commit"])?.assert_ok();
+    disk.run_as("b", ["rollback", "--no-reboot"])?.assert_ok();
+    let old = TestDisk::blkid(&disk.part(5), "UUID")?;
+    ensure!(disk.boot_file("grub/grub.cfg")?.contains(&old));
+
+    disk.run(stage_args(&image, &sum))?.assert_ok();
+    let new = TestDisk::blkid(&disk.part(5), "UUID")?;
+    ensure!(new != old, "stage gives the slot a new filesystem UUID");
+    let cfg = disk.boot_file("grub/grub.cfg")?;
+    ensure!(
+        cfg.contains(&new) && !cfg.contains(&old),
+        "grub.cfg still searches B's old filesystem {old}:\n{cfg}"
+    );
+    disk.run(["verify", "--slot", "b"])?
+        .assert_ok()
+        .assert_mentions_all(&["slot-b-entry"]);
     disk.run(["switch", "--no-reboot"])?.assert_ok();
     let records = disk.records()?;
     assert_eq!(records["grubenv"]["ab_trial"], "b", "{records:#}");

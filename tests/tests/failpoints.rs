@@ -698,7 +698,8 @@ fn stage_failpoints() -> Result<()> {
     let disk = TestDisk::new()?;
     let image = disk.new_release_image()?;
     let stage = stage_args(&image.path, &image.sha256);
-    // B good and A's fallback: the re-stage first drops B from grubenv.
+    // B good, A's fallback and listed in grub.cfg: the re-stage first drops B from
+    // grubenv, then gives grub.cfg B's new entry.
     disk.run(&stage)?.assert_ok();
     disk.run(["switch", "--no-reboot"])?.assert_ok();
     disk.run_as("b", ["commit"])?.assert_ok();
@@ -720,6 +721,7 @@ fn stage_failpoints() -> Result<()> {
                 "stage.after-fs-setup",
                 "stage.after-prepare",
                 "stage.after-grubenv",
+                "stage.after-menu",
                 "stage.after-state",
             ],
             after_kill: &|fx, what| {

@@ -120,6 +120,9 @@ pub const TRIAL_FAILED_AFTER_GRUBENV: &str = "trial-failed.after-grubenv";
 pub const TRIAL_FAILED_AFTER_STATE: &str = "trial-failed.after-state";
 /// `stage`: grubenv no longer names the re-staged slot as fallback or trial.
 pub const STAGE_AFTER_GRUBENV: &str = "stage.after-grubenv";
+/// `stage`: grub.cfg's entry of the re-staged slot names its new filesystem (only when
+/// grub.cfg listed the slot).
+pub const STAGE_AFTER_MENU: &str = "stage.after-menu";
 /// `stage`: the staged slot is recorded.
 pub const STAGE_AFTER_STATE: &str = "stage.after-state";
 /// `init`: grubenv names the default slot.
@@ -158,6 +161,7 @@ pub const FAILPOINTS: &[&str] = &[
     TRIAL_FAILED_AFTER_GRUBENV,
     TRIAL_FAILED_AFTER_STATE,
     STAGE_AFTER_GRUBENV,
+    STAGE_AFTER_MENU,
     STAGE_AFTER_STATE,
     INIT_AFTER_GRUBENV,
     INIT_AFTER_MENU,

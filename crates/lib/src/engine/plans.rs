@@ -66,6 +66,38 @@ fn menu_entry(st: &State, set: &Settings, s: SlotId) -> Option<MenuEntry> {
     })
 }
 
+/// The slots grub.cfg lists (`slot` alone when there is no grub.cfg).
+fn listed(snap: &Snapshot, slot: SlotId) -> Vec<SlotId> {
+    match &snap.menu {
+        Some(m) => m
+            .slots
+            .iter()
+            .filter_map(|(s, _)| SlotId::parse(s))
+            .collect(),
+        None => vec![slot],
+    }
+}
+
+/// grub.cfg with slot `slot`'s entry rendered from the records `st` (listed if it was
+/// not); the other slots it lists and its default stay.
+fn menu_with(snap: &Snapshot, st: &State, set: &Settings, slot: SlotId) -> Write {
+    let listed = listed(snap, slot);
+    let default = snap
+        .menu
+        .as_ref()
+        .and_then(|m| SlotId::parse(&m.default_slot))
+        .or(view(snap).default)
+        .unwrap_or(slot);
+    Write::Menu {
+        entries: SlotId::ALL
+            .into_iter()
+            .filter(|s| *s == slot || listed.contains(s))
+            .filter_map(|s| menu_entry(st, set, s))
+            .collect(),
+        default,
+    }
+}
+
 fn hook(point: HookPoint, op: &str, booted: SlotId, target: SlotId, os: String) -> Hook {
     Hook {
         point,
@@ -696,7 +728,9 @@ pub fn plan_rollback(
 }
 
 /// The end of `stage`: record the prepared slot as staged (`message` is the history line).
-/// grubenv first stops naming the slot as fallback or trial: its old content is gone.
+/// grubenv first stops naming the slot as fallback or trial: its old content is gone; then
+/// a grub.cfg that lists the slot gets its new entry (its old one searches a filesystem
+/// that no longer exists, and `verify` compares grub.cfg with the records).
 pub fn plan_staged(
     snap: &Snapshot,
     set: &Settings,
@@ -735,6 +769,16 @@ pub fn plan_staged(
     );
     if next.trial.as_ref().is_some_and(|t| t.slot == slot) {
         next.trial = None;
+    }
+    let in_menu = snap
+        .menu
+        .as_ref()
+        .is_some_and(|m| m.slots.iter().any(|(s, _)| SlotId::parse(s) == Some(slot)));
+    if in_menu {
+        steps.push(Step {
+            write: menu_with(snap, &next, set, slot),
+            failpoint: STAGE_AFTER_MENU,
+        });
     }
     next.last_operation = Some(OpRecord::at(&set.now, "stage", true, Some(slot), &message));
     steps.push(write_state(next, STAGE_AFTER_STATE));
@@ -790,25 +834,7 @@ pub fn plan_refresh_menu(
         .ok_or_else(|| format!("slot {slot} has no record: run `abupdate init`"))?;
     rec.kernel = kernel;
     rec.initrd = initrd;
-    let listed: Vec<SlotId> = match &snap.menu {
-        Some(m) => m
-            .slots
-            .iter()
-            .filter_map(|(s, _)| SlotId::parse(s))
-            .collect(),
-        None => vec![slot],
-    };
-    let default = snap
-        .menu
-        .as_ref()
-        .and_then(|m| SlotId::parse(&m.default_slot))
-        .or(view(snap).default)
-        .unwrap_or(slot);
-    let entries = SlotId::ALL
-        .into_iter()
-        .filter(|s| *s == slot || listed.contains(s))
-        .filter_map(|s| menu_entry(&st, set, s))
-        .collect();
+    let menu = menu_with(snap, &st, set, slot);
     st.last_operation = Some(OpRecord::at(
         &set.now,
         "refresh-menu",
@@ -821,7 +847,7 @@ pub fn plan_refresh_menu(
         slot: Some(slot),
         steps: vec![
             Step {
-                write: Write::Menu { entries, default },
+                write: menu,
                 failpoint: REFRESH_MENU_AFTER_MENU,
             },
             write_state(st, REFRESH_MENU_AFTER_STATE),
