@@ -119,7 +119,7 @@ pub const BOOT_FS_UUID: &str = "5e1f0000-0000-4000-8000-0000000000b2";
 const ROOT_A_FS_UUID: &str = "5e1f0000-0000-4000-8000-0000000000a3";
 const DATA_FS_UUID: &str = "5e1f0000-0000-4000-8000-0000000000d5";
 /// The ESP's FAT volume id.
-const ESP_VOLUME_ID: &str = "5e1f00e1";
+pub const ESP_VOLUME_ID: &str = "5e1f00e1";
 /// Size of the ESP: FAT16, room for GRUB's image (a few MiB at most).
 const ESP_MIB: u64 = 32;
 /// The file on the data partition whose checksum must never change.

@@ -1,32 +1,131 @@
 //! m: the upgrade and the rollback on UEFI firmware (OVMF, no Secure Boot), on a disk whose
 //! boot chain `abupdate init` installed itself (an unsigned GRUB image as
-//! `\EFI\BOOT\BOOTX64.EFI` on the ESP, GRUB's modules on the boot partition): A boots, the
-//! Debian 13 image is staged (with the guard that keeps B's GRUB packages off the ESP and
+//! `\EFI\BOOT\BOOTX64.EFI` and `\EFI\debian\grubx64.efi` on the ESP, GRUB's modules on the
+//! boot partition): A boots; slot A gets the distribution's UEFI GRUB as a UEFI server has
+//! it (the ESP mounted at `/boot/efi` by fstab, `efibootmgr`, `grub-efi-amd64` from a local
+//! apt repository, replacing `grub-pc`), installed and then reinstalled: both postinsts call
+//! `grub-install` for `/boot/efi/EFI/debian`, which abupdate's guard answers, and the ESP's
+//! files and the NVRAM boot entries stay byte-identical; the next boot (the switch's) goes
+//! through abupdate's `grub.cfg`. The Debian 13 image is staged (with the guard that keeps B's GRUB packages off the ESP and
 //! the kernel hooks), switch boots B on trial, commit, a plain reboot of B (the downtime's
 //! baseline: `switch` → ssh in B against a plain UEFI reboot of the same system), rollback
-//! boots A. Four boots and one stage on a machine of its own.
+//! boots A. Then an image whose init dies is staged over B (B's grub.cfg entry follows its
+//! new filesystem) and switched to: each trial boot panics, OVMF restarts GRUB, and after
+//! [`TRIES`] of them GRUB boots A by itself. Seven boots, two stages and two `apt-get` runs
+//! on a machine of its own.
+//!
+//! [`TRIES`]: crate::e2e::TRIES
 
-use anyhow::{ensure, Result};
+use abupdate_utils::Cmd;
+use anyhow::{ensure, Context, Result};
 
-use crate::disk::DiskKind;
+use crate::disk::{DiskKind, ESP_VOLUME_ID};
+use crate::e2e::apt_repo;
 use crate::e2e::machine::{step, Machine};
-use crate::e2e::scenario::{Ctx, MachineSpec, Run, Scenario, Start};
-use crate::e2e::TRIXIE_URL;
+use crate::e2e::scenario::{Ctx, MachineSpec, Prep, Run, Scenario, Served, Start};
+use crate::e2e::{BROKEN_URL, TRIXIE_URL};
 
 /// The declaration.
 pub const SCENARIO: Scenario = Scenario {
     id: "m",
     name: "uefi-upgrade",
-    about: "UEFI (OVMF), chain installed by abupdate init: stage Debian 13, switch, commit, plain reboot of B, rollback boots A",
+    about: "UEFI (OVMF), chain installed by abupdate init: grub-efi-amd64 installed and reinstalled in A keeps the chain; stage Debian 13, switch, commit, plain reboot of B, rollback boots A; a panicking trial returns to A",
     machine: MachineSpec {
         disk: DiskKind::UEFI,
         watchdog: false,
     },
     start: Start::Fresh,
-    secs: 240,
-    serves: None,
+    secs: 450,
+    serves: Some(serves),
     run: Run::OnMachine(run),
 };
+
+/// Where the distribution's UEFI GRUB packages are served (`http://10.0.2.100/efi-apt`).
+const REPO_URL: &str = "/efi-apt";
+/// The packages of a Debian 12 UEFI server's boot loader: GRUB for UEFI (it replaces
+/// `grub-pc`; `grub-install` and `update-grub` come with `grub2-common` and `grub-common`)
+/// and `efibootmgr` with the libraries it needs, which its `grub-install` calls.
+const PACKAGES: [&str; 8] = [
+    "grub-efi-amd64",
+    "grub-efi-amd64-bin",
+    "grub2-common",
+    "grub-common",
+    "efibootmgr",
+    "libefiboot1",
+    "libefivar1",
+    "libpopt0",
+];
+/// What the distribution's `grub-install` would change: the ESP's files, the NVRAM boot
+/// entries and order.
+const ESP_STATE: &str = "cd /boot/efi && find . -type f | sort | xargs sha256sum && efibootmgr";
+/// Non-interactive apt in the guest.
+const APT: &str = "DEBIAN_FRONTEND=noninteractive apt-get -y -q";
+
+/// Downloads [`PACKAGES`] with the host's apt (Debian 12, as slot A) and indexes them.
+fn serves(prep: &Prep<'_>) -> Result<Vec<Served>> {
+    let repo = prep.run_dir.join("efi-apt");
+    let pool = repo.join("pool");
+    std::fs::create_dir_all(&pool).with_context(|| format!("create {}", pool.display()))?;
+    Cmd::new("apt-get")
+        .args(["download", "-q"])
+        .args(PACKAGES)
+        .current_dir(&pool)
+        .run()
+        .with_context(|| {
+            format!(
+                "apt-get download {} into {}",
+                PACKAGES.join(" "),
+                pool.display()
+            )
+        })?;
+    apt_repo::index(&repo, REPO_URL)
+}
+
+/// Slot A as a Debian UEFI server: the ESP in fstab at `/boot/efi`, `efibootmgr`, then
+/// `grub-efi-amd64` installed and reinstalled (what its security updates do). Each postinst
+/// runs `grub-install`; abupdate's guard must answer it, leaving the ESP and NVRAM as
+/// they were.
+fn distro_grub_efi(m: &Machine) -> Result<()> {
+    m.vm.ssh_ok(&format!(
+        "mkdir -p /boot/efi && \
+         echo 'UUID={}-{} /boot/efi vfat umask=0077 0 1' >> /etc/fstab && \
+         systemctl daemon-reload && mount /boot/efi",
+        &ESP_VOLUME_ID[..4].to_uppercase(),
+        &ESP_VOLUME_ID[4..].to_uppercase()
+    ))?;
+    m.vm.ssh_ok(&apt_repo::use_only(REPO_URL))?;
+    m.vm.ssh_ok(&format!("{APT} install efibootmgr 2>&1"))?;
+    let before = m.vm.ssh_ok(ESP_STATE)?;
+    let installed = m.vm.ssh_ok(&format!("{APT} install grub-efi-amd64 2>&1"))?;
+    let reinstalled = m.vm.ssh_ok(&format!(
+        "{APT} install --reinstall grub-efi-amd64 grub-efi-amd64-bin grub2-common grub-common 2>&1"
+    ))?;
+    for (what, out) in [("install", &installed), ("reinstall", &reinstalled)] {
+        ensure!(
+            out.contains("Setting up grub-efi-amd64 ")
+                && out.contains("grub-install: skipped: abupdate manages the boot loader"),
+            "the {what} of grub-efi-amd64 should run its postinst, whose grub-install abupdate's guard answers:\n{out}"
+        );
+        ensure!(
+            !out.contains("Installation finished"),
+            "the {what} of grub-efi-amd64 ran the distribution's grub-install:\n{out}"
+        );
+    }
+    let pkgs =
+        m.vm.ssh_ok("dpkg-query -W -f='${Package} ${db:Status-Abbrev}\n' grub-efi-amd64 grub-pc")?;
+    ensure!(
+        pkgs.lines().any(|l| l.starts_with("grub-efi-amd64 ii"))
+            && !pkgs.lines().any(|l| l.starts_with("grub-pc ii")),
+        "grub-efi-amd64 should be installed in place of grub-pc: {pkgs}"
+    );
+    let after = m.vm.ssh_ok(ESP_STATE)?;
+    ensure!(
+        after == before,
+        "the ESP or the NVRAM boot entries changed when grub-efi-amd64 was installed:\nbefore:\n{before}\nafter:\n{after}"
+    );
+    step("A: grub-efi-amd64 installed and reinstalled (ESP at /boot/efi): its postinsts ran grub-install, abupdate's guard answered; ESP files and NVRAM entries unchanged");
+    Ok(())
+}
 
 /// The guest was started by UEFI firmware (the kernel exposes `/sys/firmware/efi`).
 fn assert_uefi(m: &Machine) -> Result<()> {
@@ -46,6 +145,7 @@ fn run(cx: &mut Ctx<'_>) -> Result<()> {
     ensure!(v.starts_with("12 "), "slot A should run Debian 12: {v}");
     step(&format!("boot 1 under OVMF: slot A runs {v}"));
     let sums_a = m.manifest_sums()?;
+    distro_grub_efi(m)?;
 
     let took = m.stage(TRIXIE_URL, &cx.env.imgs.trixie_sha256)?;
     step(&format!("staged in {took:.1?}"));
@@ -56,6 +156,8 @@ fn run(cx: &mut Ctx<'_>) -> Result<()> {
         st.summary()
     );
 
+    // The first boot after the package changes: through abupdate's grub.cfg (the marker
+    // `timed_switch` checks) to B's trial.
     let switch = m.timed_switch()?;
     assert_uefi(m)?;
     let v = m.os_version()?;
@@ -104,5 +206,22 @@ fn run(cx: &mut Ctx<'_>) -> Result<()> {
     m.rollback_to_a()?;
     assert_uefi(m)?;
     ensure!(m.vm.boots() == 4, "expected 4 boots, saw {}", m.vm.boots());
+
+    // B, listed in grub.cfg since the switch, is staged again: switch proves the new entry.
+    m.stage(BROKEN_URL, &cx.env.imgs.broken_sha256)?;
+    m.rebooting("abupdate switch")?;
+    let panics =
+        m.failing_trial_boots("a kernel panic (init died)", |s| s.contains("Kernel panic"))?;
+    assert_uefi(m)?;
+    let st = m.status()?;
+    step(&format!(
+        "after {panics} panicking UEFI trial boots: back in A by itself; {}",
+        st.summary()
+    ));
+    ensure!(
+        st.default() == "a" && st.state("b") == "failed",
+        "slot b should be failed and A the default: {}",
+        st.summary()
+    );
     m.assert_data_intact()
 }
