@@ -38,7 +38,7 @@ const EXHAUSTIVE_LIMIT: usize = 1 << 16;
 
 /// Spreads the chains over `lanes` lanes so that the most loaded lane (by declared `secs`)
 /// is as light as possible: every assignment is tried when there are few (a full run has
-/// six chains on two lanes: 64), else longest first onto the least loaded lane. Each lane
+/// eight chains on two lanes: 256), else longest first onto the least loaded lane. Each lane
 /// keeps list order, the lanes are ordered by their first scenario, empty ones dropped.
 pub fn split<'a>(selected: &[&'a Scenario], lanes: usize) -> Vec<Vec<&'a Scenario>> {
     let lanes = lanes.max(1);

@@ -46,17 +46,13 @@ pub const TRIXIE_URL: &str = "/trixie.img.zst";
 /// The Debian 13 image whose init exits at once, served to every run.
 pub const BROKEN_URL: &str = "/broken.img.zst";
 
-/// Parses `--only a,b` (letters or names, also of [`scenarios::EXTENDED`]; the default run
-/// [`scenarios::ALL`] when absent), in list order.
+/// Parses `--only a,b` (letters or names; every scenario of [`scenarios::ALL`] when
+/// absent), in list order.
 pub fn parse_selection(only: Option<&str>) -> Result<Vec<&'static Scenario>> {
+    let all = scenarios::ALL;
     let Some(only) = only else {
-        return Ok(scenarios::ALL.to_vec());
+        return Ok(all.to_vec());
     };
-    let all: Vec<&'static Scenario> = scenarios::ALL
-        .iter()
-        .chain(scenarios::EXTENDED)
-        .copied()
-        .collect();
     let mut wanted = Vec::new();
     for s in only.split(',').filter(|s| !s.trim().is_empty()) {
         let sc = all.iter().find(|sc| sc.is(s)).with_context(|| {
@@ -74,7 +70,7 @@ pub fn parse_selection(only: Option<&str>) -> Result<Vec<&'static Scenario>> {
 
 /// Prints the scenario list with what each needs.
 pub fn list() {
-    for sc in scenarios::ALL.iter().chain(scenarios::EXTENDED) {
+    for sc in scenarios::ALL {
         let start = match sc.start {
             Start::InA => "shared machine in A",
             Start::AsLeft => "shared machine as left",

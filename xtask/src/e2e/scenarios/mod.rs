@@ -28,9 +28,10 @@ use super::scenario::Scenario;
 /// Every scenario, in the order a full run executes them (also the default selection).
 /// Neighbours that share a machine are kept together (a chain, which `--lanes` never
 /// splits): f, a, b, d, e, l on one plain machine (b rolls a's committed B back, so d goes
-/// on in A; l finds B staged by e; with `--only` c and o continue it), h, j, g on one
-/// daemon machine (g finds B staged by j), i on its own, m on its own UEFI machine, n on
-/// its own daemon machine (it ends in B), q on its own three hosts behind simulated BMCs.
+/// on in A; l finds B staged by e), h, j, g on one daemon machine (g finds B staged by j),
+/// i on its own, m on its own UEFI machine, p on its own BIOS machine with the chain
+/// `abupdate init` installed, k, c, o on a second plain machine, n on its own daemon
+/// machine (it ends in B), q on its own three hosts behind simulated BMCs.
 pub const ALL: &[&Scenario] = &[
     &f_downtime::SCENARIO,
     &a_upgrade::SCENARIO,
@@ -43,21 +44,12 @@ pub const ALL: &[&Scenario] = &[
     &g_daemon_commits::SCENARIO,
     &i_hang::SCENARIO,
     &m_uefi_upgrade::SCENARIO,
-    &n_daemon_polls::SCENARIO,
-    &q_fleet::SCENARIO,
-];
-
-/// Scenarios outside the default run (`--only` selects them): on CI's two cores the VM
-/// suite is CPU-bound (two lanes of one-vCPU TCG guests keep both busy), and with these it
-/// no longer fits the CI budget. Their behaviour is also shown elsewhere: c's cut trials by
-/// l, d and i; k (`stage --clone`, `manifest suggest`) and o (`switch --kexec`) pass on
-/// their own (`cargo xtask e2e --only k,o`); p (the distribution's kernel and GRUB packages
-/// updated in slot A and in a committed Debian 13 slot B, 1446 s: dpkg under TCG) too.
-pub const EXTENDED: &[&Scenario] = &[
+    &p_distro_packages::SCENARIO,
     &k_clone_upgrade::SCENARIO,
     &c_uncommitted_trial::SCENARIO,
     &o_kexec::SCENARIO,
-    &p_distro_packages::SCENARIO,
+    &n_daemon_polls::SCENARIO,
+    &q_fleet::SCENARIO,
 ];
 
 #[cfg(test)]
@@ -66,7 +58,7 @@ mod tests {
 
     #[test]
     fn ids_and_names_are_unique() {
-        let all: Vec<&Scenario> = ALL.iter().chain(EXTENDED).copied().collect();
+        let all: Vec<&Scenario> = ALL.to_vec();
         for (i, a) in all.iter().enumerate() {
             for b in &all[i + 1..] {
                 assert_ne!(a.id, b.id, "two scenarios with id {}", a.id);
