@@ -770,11 +770,7 @@ pub fn plan_staged(
     if next.trial.as_ref().is_some_and(|t| t.slot == slot) {
         next.trial = None;
     }
-    let in_menu = snap
-        .menu
-        .as_ref()
-        .is_some_and(|m| m.slots.iter().any(|(s, _)| SlotId::parse(s) == Some(slot)));
-    if in_menu {
+    if snap.menu.is_some() && listed(snap, slot).contains(&slot) {
         steps.push(Step {
             write: menu_with(snap, &next, set, slot),
             failpoint: STAGE_AFTER_MENU,
