@@ -9,7 +9,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
 use super::scenario::MachineSpec;
-use super::{GRUB_TIMEOUT, STAGE_TIMEOUT, TRIES};
+use super::{BROKEN_URL, GRUB_TIMEOUT, STAGE_TIMEOUT, TRIES};
 use crate::disk::{DiskInfo, DATA_FILE, DATA_MOUNT_UNIT};
 use crate::vm::{self, SshTarget, Vm, BOOT_TIMEOUT};
 
@@ -378,6 +378,28 @@ impl Machine {
             self.os_version()?
         ));
         Ok(took)
+    }
+
+    /// Stages the image whose init exits at once (sha256 `broken_sha256`) into B and
+    /// switches: [`Machine::failing_trial_boots`] until GRUB boots A again. Returns the
+    /// number of panicking trial boots.
+    pub fn panicking_trial(&mut self, broken_sha256: &str) -> Result<u32> {
+        self.stage(BROKEN_URL, broken_sha256)?;
+        self.rebooting("abupdate switch")?;
+        self.failing_trial_boots("a kernel panic (init died)", |s| s.contains("Kernel panic"))
+    }
+
+    /// After a trial that never passed: prints `what` with the status, which must show A
+    /// the default and B failed.
+    pub fn assert_b_failed_in_a(&self, what: &str) -> Result<()> {
+        let st = self.status()?;
+        step(&format!("{what}; status: {}", st.summary()));
+        ensure!(
+            st.default() == "a" && st.state("b") == "failed",
+            "slot b should be failed and A the default: {}",
+            st.summary()
+        );
+        Ok(())
     }
 
     /// Powers the machine on until ssh answers, counting the trial boots of B that end before

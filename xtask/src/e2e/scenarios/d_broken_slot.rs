@@ -3,11 +3,9 @@
 //!
 //! [`TRIES`]: crate::e2e::TRIES
 
-use anyhow::{ensure, Result};
+use anyhow::Result;
 
-use crate::e2e::machine::step;
 use crate::e2e::scenario::{Ctx, MachineSpec, Run, Scenario, Start};
-use crate::e2e::BROKEN_URL;
 
 /// The declaration.
 pub const SCENARIO: Scenario = Scenario {
@@ -23,19 +21,9 @@ pub const SCENARIO: Scenario = Scenario {
 
 fn run(cx: &mut Ctx<'_>) -> Result<()> {
     let m = &mut *cx.m;
-    m.stage(BROKEN_URL, &cx.env.imgs.broken_sha256)?;
-    m.rebooting("abupdate switch")?;
-    let panics =
-        m.failing_trial_boots("a kernel panic (init died)", |s| s.contains("Kernel panic"))?;
-    let st = m.status()?;
-    step(&format!(
-        "after {panics} panics: back in A with no human action; {}",
-        st.summary()
-    ));
-    ensure!(
-        st.default() == "a" && st.state("b") == "failed",
-        "slot b should be failed and A the default: {}",
-        st.summary()
-    );
+    let panics = m.panicking_trial(&cx.env.imgs.broken_sha256)?;
+    m.assert_b_failed_in_a(&format!(
+        "after {panics} panics: back in A with no human action"
+    ))?;
     m.assert_data_intact()
 }

@@ -119,17 +119,9 @@ fn panicking_trial(m: &mut Machine, broken_sha256: &str) -> Result<()> {
         "after the kexec spent one of {TRIES} tries GRUB should try b {} times, saw {failed}",
         TRIES - 1
     );
-    let st = m.status()?;
-    step(&format!(
-        "1 kexec'd + {failed} GRUB trial boots panicked, back in A: {}",
-        st.summary()
-    ));
-    ensure!(
-        st.default() == "a" && st.state("b") == "failed",
-        "slot b should be failed and A the default: {}",
-        st.summary()
-    );
-    Ok(())
+    m.assert_b_failed_in_a(&format!(
+        "1 kexec'd + {failed} GRUB trial boots panicked, back in A"
+    ))
 }
 
 fn run(cx: &mut Ctx<'_>) -> Result<()> {
