@@ -52,6 +52,29 @@ pub fn index(repo: &Path, url: &str) -> Result<Vec<Served>> {
     Ok(files)
 }
 
+/// Non-interactive apt in the guest (`{APT} install …`).
+pub const APT: &str = "DEBIAN_FRONTEND=noninteractive apt-get -y -q";
+
+/// `apt-get OPTS download WHAT…` with the host's apt into `pool` (the repository's
+/// `pool` directory).
+pub fn download(pool: &Path, opts: &[String], what: &[&str]) -> Result<()> {
+    std::fs::create_dir_all(pool).with_context(|| format!("create {}", pool.display()))?;
+    Cmd::new("apt-get")
+        .args(opts)
+        .args(["download", "-q"])
+        .args(what)
+        .current_dir(pool)
+        .run()
+        .with_context(|| {
+            format!(
+                "apt-get download {} into {}",
+                what.join(" "),
+                pool.display()
+            )
+        })?;
+    Ok(())
+}
+
 /// The guest command that makes the repository at `url` its only apt source (the image's
 /// own sources are moved to `/etc/apt/offline/`) and reads its index.
 pub fn use_only(url: &str) -> String {

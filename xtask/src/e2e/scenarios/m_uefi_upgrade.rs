@@ -16,14 +16,13 @@
 //!
 //! [`TRIES`]: crate::e2e::TRIES
 
-use abupdate_utils::Cmd;
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 
 use crate::disk::{DiskKind, ESP_VOLUME_ID};
-use crate::e2e::apt_repo;
+use crate::e2e::apt_repo::{self, APT};
 use crate::e2e::machine::{step, Machine};
 use crate::e2e::scenario::{Ctx, MachineSpec, Prep, Run, Scenario, Served, Start};
-use crate::e2e::{BROKEN_URL, TRIXIE_URL};
+use crate::e2e::TRIXIE_URL;
 
 /// The declaration.
 pub const SCENARIO: Scenario = Scenario {
@@ -58,26 +57,10 @@ const PACKAGES: [&str; 8] = [
 /// What the distribution's `grub-install` would change: the ESP's files, the NVRAM boot
 /// entries and order.
 const ESP_STATE: &str = "cd /boot/efi && find . -type f | sort | xargs sha256sum && efibootmgr";
-/// Non-interactive apt in the guest.
-const APT: &str = "DEBIAN_FRONTEND=noninteractive apt-get -y -q";
-
 /// Downloads [`PACKAGES`] with the host's apt (Debian 12, as slot A) and indexes them.
 fn serves(prep: &Prep<'_>) -> Result<Vec<Served>> {
     let repo = prep.run_dir.join("efi-apt");
-    let pool = repo.join("pool");
-    std::fs::create_dir_all(&pool).with_context(|| format!("create {}", pool.display()))?;
-    Cmd::new("apt-get")
-        .args(["download", "-q"])
-        .args(PACKAGES)
-        .current_dir(&pool)
-        .run()
-        .with_context(|| {
-            format!(
-                "apt-get download {} into {}",
-                PACKAGES.join(" "),
-                pool.display()
-            )
-        })?;
+    apt_repo::download(&repo.join("pool"), &[], &PACKAGES)?;
     apt_repo::index(&repo, REPO_URL)
 }
 
@@ -208,20 +191,10 @@ fn run(cx: &mut Ctx<'_>) -> Result<()> {
     ensure!(m.vm.boots() == 4, "expected 4 boots, saw {}", m.vm.boots());
 
     // B, listed in grub.cfg since the switch, is staged again: switch proves the new entry.
-    m.stage(BROKEN_URL, &cx.env.imgs.broken_sha256)?;
-    m.rebooting("abupdate switch")?;
-    let panics =
-        m.failing_trial_boots("a kernel panic (init died)", |s| s.contains("Kernel panic"))?;
+    let panics = m.panicking_trial(&cx.env.imgs.broken_sha256)?;
     assert_uefi(m)?;
-    let st = m.status()?;
-    step(&format!(
-        "after {panics} panicking UEFI trial boots: back in A by itself; {}",
-        st.summary()
-    ));
-    ensure!(
-        st.default() == "a" && st.state("b") == "failed",
-        "slot b should be failed and A the default: {}",
-        st.summary()
-    );
+    m.assert_b_failed_in_a(&format!(
+        "after {panics} panicking UEFI trial boots: back in A by itself"
+    ))?;
     m.assert_data_intact()
 }

@@ -24,7 +24,7 @@ use abupdate_utils::Cmd;
 use anyhow::{ensure, Context, Result};
 
 use crate::disk::{install_file, DiskKind};
-use crate::e2e::apt_repo;
+use crate::e2e::apt_repo::{self, APT};
 use crate::e2e::machine::{step, Machine};
 use crate::e2e::scenario::{Ctx, MachineSpec, Prep, Run, Scenario, Served, Start};
 use crate::e2e::TRIXIE_URL;
@@ -55,8 +55,6 @@ const REPO_B_URL: &str = "/boot-apt-trixie";
 const NEWER_SUITE_B: &str = "trixie-security";
 /// The guest's boot code: the MBR's code and the BIOS boot partition (core.img).
 const BOOT_CODE_SUM: &str = "head -c 440 /dev/vda | sha256sum; sha256sum < /dev/vda1";
-/// Non-interactive apt in the guest.
-const APT: &str = "DEBIAN_FRONTEND=noninteractive apt-get -y -q";
 
 /// Where the unreadable image is served and kept in the run directory.
 const UNREADABLE: &str = "/inline-data.img";
@@ -125,11 +123,12 @@ fn repo_b_dir(run_dir: &Path) -> PathBuf {
 fn repo_files(prep: &Prep<'_>) -> Result<Vec<Served>> {
     let repo = repo_dir(prep.run_dir);
     let pool = repo.join("pool");
-    std::fs::create_dir_all(&pool).with_context(|| format!("create {}", pool.display()))?;
     download_kernel(&pool, &[], NEWER_SUITE)?;
-    for p in ["grub-pc", "grub-pc-bin", "grub2-common", "grub-common"] {
-        download(&pool, &[], p)?;
-    }
+    apt_repo::download(
+        &pool,
+        &[],
+        &["grub-pc", "grub-pc-bin", "grub2-common", "grub-common"],
+    )?;
     apt_repo::index(&repo, REPO_URL)
 }
 
@@ -172,22 +171,11 @@ fn repo_b_files(prep: &Prep<'_>) -> Result<Vec<Served>> {
     apt_repo::index(&repo, REPO_B_URL)
 }
 
-/// `apt-get OPTS download WHAT` into `pool`.
-fn download(pool: &Path, opts: &[String], what: &str) -> Result<()> {
-    Cmd::new("apt-get")
-        .args(opts)
-        .args(["download", "-q", what])
-        .current_dir(pool)
-        .run()
-        .with_context(|| format!("apt-get download {what} into {}", pool.display()))?;
-    Ok(())
-}
-
 /// Downloads `linux-image-amd64` from `suite` and the kernel image package it depends on.
 fn download_kernel(pool: &Path, opts: &[String], suite: &str) -> Result<()> {
-    download(pool, opts, &format!("linux-image-amd64/{suite}")).with_context(|| {
-        format!("scenario p needs a kernel in {suite} newer than the point release's")
-    })?;
+    apt_repo::download(pool, opts, &[&format!("linux-image-amd64/{suite}")]).with_context(
+        || format!("scenario p needs a kernel in {suite} newer than the point release's"),
+    )?;
     let meta = std::fs::read_dir(pool)
         .with_context(|| format!("list {}", pool.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -214,7 +202,7 @@ fn download_kernel(pool: &Path, opts: &[String], suite: &str) -> Result<()> {
         .split_once(" (= ")
         .and_then(|(n, v)| Some((n, v.strip_suffix(')')?)))
         .with_context(|| format!("unexpected kernel dependency {image:?}"))?;
-    download(pool, opts, &format!("{name}={version}"))
+    apt_repo::download(pool, opts, &[&format!("{name}={version}")])
 }
 
 /// The kernel release (`uname -r`) of the newer kernel in the repository `repo`.
