@@ -11,7 +11,8 @@
 //! They pass a fixed set of page-aligned buffers through bounded channels and give them
 //! back once used, so memory use does not depend on the image size: [`SOURCE_POOL`]
 //! buffers of [`SOURCE_CHUNK_LEN`] bytes of compressed data and [`IMAGE_POOL`] buffers of
-//! [`CHUNK_LEN`] image bytes (a raw image's source buffers are its image buffers). The sink
+//! [`CHUNK_LEN`] image bytes, or for a raw image (whose source buffers are its image
+//! buffers) [`RAW_POOL`] of them. The sink
 //! runs on the caller's thread, so while it writes one chunk the other threads fill the
 //! next ones.
 
@@ -28,12 +29,18 @@ use crate::{Compression, Error, OpenedSource, Progress};
 
 /// Bytes of every image chunk handed to a [`ChunkSink`] but the last.
 pub const CHUNK_LEN: usize = 1 << 20;
-/// Image buffers in flight between the decoder (or the hasher) and the sink.
-pub const IMAGE_POOL: usize = 3;
+/// Decompressed image buffers: the decoder fills one while the sink writes the other. A
+/// third would only let the decoder run further ahead of a slower sink, and costs a MiB of
+/// resident memory (the decoder's window and the HTTP client's buffers already take about
+/// 3.5 MiB).
+pub const IMAGE_POOL: usize = 2;
+/// Image buffers of a raw image, which pass from the reader through the hasher to the sink:
+/// one for each, so reading, hashing and writing overlap.
+pub const RAW_POOL: usize = 3;
 /// Bytes of each buffer of compressed source data.
 pub const SOURCE_CHUNK_LEN: usize = 128 << 10;
 /// Buffers of compressed source data in flight between the reader and the decoder.
-pub const SOURCE_POOL: usize = 4;
+pub const SOURCE_POOL: usize = 3;
 
 /// Options of [`copy`] and [`copy_to`].
 #[derive(Debug, Clone, Default)]
@@ -129,7 +136,7 @@ pub fn copy_to(
     let limit = opts.source_len;
     let raw = compression == Compression::None;
     let (source_free, source_pool) = if raw {
-        pool(IMAGE_POOL, CHUNK_LEN)
+        pool(RAW_POOL, CHUNK_LEN)
     } else {
         pool(SOURCE_POOL, SOURCE_CHUNK_LEN)
     };

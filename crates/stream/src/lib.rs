@@ -22,8 +22,8 @@ mod sums;
 pub use buffer::BUF_ALIGN;
 pub use compression::{Compression, MAGIC_LEN};
 pub use copy::{
-    copy, copy_to, ChunkSink, CopyOptions, CopyStats, CHUNK_LEN, IMAGE_POOL, SOURCE_CHUNK_LEN,
-    SOURCE_POOL,
+    copy, copy_to, ChunkSink, CopyOptions, CopyStats, CHUNK_LEN, IMAGE_POOL, RAW_POOL,
+    SOURCE_CHUNK_LEN, SOURCE_POOL,
 };
 pub use error::{Error, ErrorKind};
 pub use progress::{reporter, NoProgress, Progress};
