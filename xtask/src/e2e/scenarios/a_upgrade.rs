@@ -14,7 +14,7 @@ pub const SCENARIO: Scenario = Scenario {
     about: "stage Debian 13 over HTTP, switch, boot B on trial, commit; ends committed in B",
     machine: MachineSpec::PLAIN,
     start: Start::InA,
-    secs: 140,
+    secs: 193,
     serves: None,
     run: Run::OnMachine(upgrade),
 };

@@ -16,7 +16,7 @@ pub const SCENARIO: Scenario = Scenario {
     about: "from a committed B, `abupdate rollback` boots A again; B stays good",
     machine: MachineSpec::PLAIN,
     start: Start::AsLeft,
-    secs: 50,
+    secs: 80,
     serves: None,
     run: Run::OnMachine(rollback),
 };

@@ -15,7 +15,7 @@ pub const SCENARIO: Scenario = Scenario {
     about: "a trial of B that is never committed (power cut each time) falls back to A",
     machine: MachineSpec::PLAIN,
     start: Start::InA,
-    secs: 180,
+    secs: 268,
     serves: None,
     run: Run::OnMachine(run),
 };

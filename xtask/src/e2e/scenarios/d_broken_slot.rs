@@ -14,7 +14,7 @@ pub const SCENARIO: Scenario = Scenario {
     about: "a slot whose init dies panics on each trial boot; GRUB returns to A by itself",
     machine: MachineSpec::PLAIN,
     start: Start::InA,
-    secs: 115,
+    secs: 128,
     serves: None,
     run: Run::OnMachine(run),
 };

@@ -17,7 +17,7 @@ pub const SCENARIO: Scenario = Scenario {
     about: "power cut mid-stage: A boots, B is not bootable, a second stage succeeds",
     machine: MachineSpec::PLAIN,
     start: Start::InA,
-    secs: 60,
+    secs: 69,
     serves: None,
     run: Run::OnMachine(run),
 };

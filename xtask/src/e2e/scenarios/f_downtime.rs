@@ -18,7 +18,7 @@ pub const SCENARIO: Scenario = Scenario {
     about: "abupdate installed from its .deb, man pages and bash completion work; times a plain reboot of A against `switch` → ssh in B (ratio in the summary)",
     machine: MachineSpec::PLAIN,
     start: Start::InA,
-    secs: 90,
+    secs: 104,
     serves: None,
     run: Run::OnMachine(run),
 };

@@ -21,7 +21,7 @@ pub const SCENARIO: Scenario = Scenario {
     about: "nobody commits: the daemon in B commits a healthy trial by itself (after a power cut inside its first commit)",
     machine: MachineSpec::DAEMON,
     start: Start::InA,
-    secs: 135,
+    secs: 183,
     serves: None,
     run: Run::OnMachine(run),
 };

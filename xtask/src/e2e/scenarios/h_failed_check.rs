@@ -24,7 +24,7 @@ pub const SCENARIO: Scenario = Scenario {
     about: "a failing health check in B: the daemon returns to A by itself, history names it",
     machine: MachineSpec::DAEMON,
     start: Start::InA,
-    secs: 225,
+    secs: 274,
     serves: None,
     run: Run::OnMachine(run),
 };

@@ -23,7 +23,7 @@ pub const SCENARIO: Scenario = Scenario {
         watchdog: true,
     },
     start: Start::Fresh,
-    secs: 170,
+    secs: 208,
     serves: Some(hang_image),
     run: Run::OnMachine(run),
 };

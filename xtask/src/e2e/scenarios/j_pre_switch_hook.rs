@@ -14,7 +14,7 @@ pub const SCENARIO: Scenario = Scenario {
     about: "a pre-switch hook that exits 1 refuses the switch; grubenv unchanged, B staged",
     machine: MachineSpec::DAEMON,
     start: Start::InA,
-    secs: 15,
+    secs: 18,
     serves: None,
     run: Run::OnMachine(run),
 };

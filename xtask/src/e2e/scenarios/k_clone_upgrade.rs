@@ -26,7 +26,7 @@ pub const SCENARIO: Scenario = Scenario {
     about: "stage --clone with an apt upgrade from a local repository, manifest suggest, rollback",
     machine: MachineSpec::PLAIN,
     start: Start::InA,
-    secs: 230,
+    secs: 320,
     serves: Some(repo_files),
     run: Run::OnMachine(clone_upgrade),
 };

@@ -30,7 +30,7 @@ pub const SCENARIO: Scenario = Scenario {
     about: "abupdate killed at switch/commit/rollback failpoints, power cut, real boot: GRUB, status and the next run agree",
     machine: MachineSpec::PLAIN,
     start: Start::InA,
-    secs: 415,
+    secs: 373,
     serves: None,
     run: Run::OnMachine(run),
 };

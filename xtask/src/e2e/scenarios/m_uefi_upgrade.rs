@@ -34,7 +34,7 @@ pub const SCENARIO: Scenario = Scenario {
         watchdog: false,
     },
     start: Start::Fresh,
-    secs: 450,
+    secs: 645,
     serves: Some(serves),
     run: Run::OnMachine(run),
 };

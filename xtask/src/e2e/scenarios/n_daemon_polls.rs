@@ -32,7 +32,7 @@ pub const SCENARIO: Scenario = Scenario {
             is staged, switched by kexec inside the window, committed",
     machine: MachineSpec::DAEMON,
     start: Start::Fresh,
-    secs: 255,
+    secs: 277,
     serves: Some(files),
     run: Run::OnMachine(run),
 };

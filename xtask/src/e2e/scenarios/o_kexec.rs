@@ -29,7 +29,7 @@ pub const SCENARIO: Scenario = Scenario {
     about: "`switch --kexec` into a panicking slot and into Debian 13 without firmware or GRUB; `rollback --kexec` returns",
     machine: MachineSpec::PLAIN,
     start: Start::InA,
-    secs: 400,
+    secs: 292,
     serves: None,
     run: Run::OnMachine(run),
 };

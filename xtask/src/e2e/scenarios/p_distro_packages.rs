@@ -40,7 +40,7 @@ pub const SCENARIO: Scenario = Scenario {
         watchdog: false,
     },
     start: Start::Fresh,
-    secs: 700,
+    secs: 874,
     serves: Some(serves),
     run: Run::OnMachine(run),
 };

@@ -32,7 +32,7 @@ pub const SCENARIO: Scenario = Scenario {
     about: "Ansible upgrades a fleet in batches; a hung host comes back through its BMC and stops the rollout",
     machine: MachineSpec::DAEMON,
     start: Start::Fresh,
-    secs: 815,
+    secs: 816,
     serves: Some(hang_image),
     run: Run::Own(run),
 };
