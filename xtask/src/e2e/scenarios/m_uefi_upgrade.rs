@@ -5,8 +5,11 @@
 //! it (the ESP mounted at `/boot/efi` by fstab, `efibootmgr`, `grub-efi-amd64` from a local
 //! apt repository, replacing `grub-pc`), installed and then reinstalled: both postinsts call
 //! `grub-install` for `/boot/efi/EFI/debian`, which abupdate's guard answers, and the ESP's
-//! files and the NVRAM boot entries stay byte-identical; the next boot (the switch's) goes
-//! through abupdate's `grub.cfg`. The Debian 13 image is staged (with the guard that keeps B's GRUB packages off the ESP and
+//! files and the NVRAM boot entries stay byte-identical. Then, with `bootchain.nvram`
+//! turned on, `init --chain-only` on the UEFI firmware creates abupdate's NVRAM boot entry
+//! (`\EFI\debian\grubx64.efi`, first in `BootOrder`); the next boot (the switch's) starts
+//! from that entry (`BootCurrent`) and goes through abupdate's `grub.cfg`. The Debian 13
+//! image is staged (with the guard that keeps B's GRUB packages off the ESP and
 //! the kernel hooks), switch boots B on trial, commit, a plain reboot of B (the downtime's
 //! baseline: `switch` → ssh in B against a plain UEFI reboot of the same system), rollback
 //! boots A. Then an image whose init dies is staged over B (B's grub.cfg entry follows its
@@ -16,9 +19,9 @@
 //!
 //! [`TRIES`]: crate::e2e::TRIES
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 
-use crate::disk::{DiskKind, ESP_VOLUME_ID};
+use crate::disk::{DiskKind, ESP_VOLUME_ID, GUEST_CONFIG};
 use crate::e2e::apt_repo::{self, APT};
 use crate::e2e::machine::{step, Machine};
 use crate::e2e::scenario::{Ctx, MachineSpec, Prep, Run, Scenario, Served, Start};
@@ -55,8 +58,11 @@ const PACKAGES: [&str; 8] = [
     "libpopt0",
 ];
 /// What the distribution's `grub-install` would change: the ESP's files, the NVRAM boot
-/// entries and order.
-const ESP_STATE: &str = "cd /boot/efi && find . -type f | sort | xargs sha256sum && efibootmgr";
+/// entries (with their device paths) and order.
+const ESP_STATE: &str = "cd /boot/efi && find . -type f | sort | xargs sha256sum && efibootmgr -v";
+/// The firmware's `BootCurrent` variable (EFI global variable GUID) in efivarfs.
+const BOOT_CURRENT: &str =
+    "/sys/firmware/efi/efivars/BootCurrent-8be4df61-93ca-11d2-aa0d-00e098032b8c";
 /// Downloads [`PACKAGES`] with the host's apt (Debian 12, as slot A) and indexes them.
 fn serves(prep: &Prep<'_>) -> Result<Vec<Served>> {
     let repo = prep.run_dir.join("efi-apt");
@@ -110,6 +116,51 @@ fn distro_grub_efi(m: &Machine) -> Result<()> {
     Ok(())
 }
 
+/// `init` on UEFI firmware adds abupdate's NVRAM boot entry, first in `BootOrder`. The disk
+/// was set up on the build host (`bootchain.nvram: false`, so that it never touches the
+/// host's NVRAM); in the guest, once it has GRUB for UEFI ([`distro_grub_efi`]: `init`
+/// installs the chain from the running system's GRUB), the option is turned on and
+/// `init --chain-only` creates the entry. Returns its number (`0004`).
+fn nvram_entry(m: &Machine) -> Result<String> {
+    m.vm.ssh_ok(&format!(
+        "sed -i 's/^\\( *\\)nvram: false$/\\1nvram: true/' {GUEST_CONFIG} && grep -q 'nvram: true' {GUEST_CONFIG}"
+    ))?;
+    m.abupdate("init --chain-only")?;
+    let boot = m.vm.ssh_ok("efibootmgr -v")?;
+    let num = boot
+        .lines()
+        .find(|l| l.starts_with("Boot") && l.contains(" abupdate") && l.contains("\\EFI\\debian\\grubx64.efi"))
+        .and_then(|l| l.get(4..8))
+        .with_context(|| format!("no NVRAM entry \"abupdate\" for \\EFI\\debian\\grubx64.efi after `abupdate init --chain-only`:\n{boot}"))?
+        .to_string();
+    let order = boot
+        .lines()
+        .find_map(|l| l.strip_prefix("BootOrder: "))
+        .unwrap_or_default();
+    ensure!(
+        order.starts_with(&num),
+        "abupdate's entry Boot{num} should come first in the BootOrder: {order}"
+    );
+    step(&format!(
+        "A: `init --chain-only` on UEFI firmware created NVRAM entry Boot{num} (\\EFI\\debian\\grubx64.efi), first in BootOrder {order}"
+    ));
+    Ok(num)
+}
+
+/// The NVRAM entry the firmware started this boot from (`BootCurrent`), as `efibootmgr`
+/// names it (`0008`). Read from efivarfs (4 bytes of attributes, then the entry's number as
+/// a little-endian u16): slot B's image has no `efibootmgr`.
+fn boot_current(m: &Machine) -> Result<String> {
+    // The whole variable: efivarfs files do not seek, so no `od -j`.
+    let out = m.vm.ssh_ok(&format!("od -An -v -tx1 {BOOT_CURRENT}"))?;
+    let bytes: Vec<&str> = out.split_whitespace().collect();
+    ensure!(
+        bytes.len() == 6,
+        "{BOOT_CURRENT} should hold 4 bytes of attributes and a u16: {out:?}"
+    );
+    Ok(format!("{}{}", bytes[5], bytes[4]).to_uppercase())
+}
+
 /// The guest was started by UEFI firmware (the kernel exposes `/sys/firmware/efi`).
 fn assert_uefi(m: &Machine) -> Result<()> {
     let o = m.vm.ssh("test -d /sys/firmware/efi")?;
@@ -127,8 +178,10 @@ fn run(cx: &mut Ctx<'_>) -> Result<()> {
     let v = m.os_version()?;
     ensure!(v.starts_with("12 "), "slot A should run Debian 12: {v}");
     step(&format!("boot 1 under OVMF: slot A runs {v}"));
-    let sums_a = m.manifest_sums()?;
     distro_grub_efi(m)?;
+    let entry = nvram_entry(m)?;
+    // After `nvram: true` went into A's abupdate.yaml, one of the manifest's files.
+    let sums_a = m.manifest_sums()?;
 
     let took = m.stage(TRIXIE_URL, &cx.env.imgs.trixie_sha256)?;
     step(&format!("staged in {took:.1?}"));
@@ -143,6 +196,14 @@ fn run(cx: &mut Ctx<'_>) -> Result<()> {
     // `timed_switch` checks) to B's trial.
     let switch = m.timed_switch()?;
     assert_uefi(m)?;
+    let current = boot_current(m)?;
+    ensure!(
+        current == entry,
+        "the firmware should have started abupdate's NVRAM entry Boot{entry}, started Boot{current}"
+    );
+    step(&format!(
+        "the firmware started B's trial from abupdate's NVRAM entry Boot{current}"
+    ));
     let v = m.os_version()?;
     ensure!(v.starts_with("13 "), "slot B should run Debian 13: {v}");
     let st = m.status()?;
