@@ -79,13 +79,7 @@ fn failed_check_flow(trixie_sha256: &str, m: &mut Machine) -> Result<()> {
     step(&format!(
         "failed check: trial power-on → ssh in A {back:.1?} (in B until reboot {in_b:.1?})"
     ));
-    let st = m.status()?;
-    step(&format!("status: {}", st.summary()));
-    ensure!(
-        st.default() == "a" && st.state("b") == "failed",
-        "after a failed check A must be the default and B failed: {}",
-        st.summary()
-    );
+    m.assert_b_failed_in_a("after the failed check")?;
     let hist = m.vm.ssh_ok("abupdate --json history")?;
     ensure!(
         hist.contains(MISSING_UNIT),

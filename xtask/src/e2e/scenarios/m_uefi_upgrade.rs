@@ -120,7 +120,7 @@ fn distro_grub_efi(m: &Machine) -> Result<()> {
 /// was set up on the build host (`bootchain.nvram: false`, so that it never touches the
 /// host's NVRAM); in the guest, once it has GRUB for UEFI ([`distro_grub_efi`]: `init`
 /// installs the chain from the running system's GRUB), the option is turned on and
-/// `init --chain-only` creates the entry. Returns its number (`0004`).
+/// `init --chain-only` creates the entry. Returns its number (`0008`).
 fn nvram_entry(m: &Machine) -> Result<String> {
     m.vm.ssh_ok(&format!(
         "sed -i 's/^\\( *\\)nvram: false$/\\1nvram: true/' {GUEST_CONFIG} && grep -q 'nvram: true' {GUEST_CONFIG}"
